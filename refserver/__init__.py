@@ -1,0 +1,1 @@
+"""refserver: a reference Matrix homeserver."""
