@@ -17,6 +17,7 @@ M_BAD_JSON = "M_BAD_JSON"
 M_NOT_JSON = "M_NOT_JSON"
 M_NOT_FOUND = "M_NOT_FOUND"
 M_LIMIT_EXCEEDED = "M_LIMIT_EXCEEDED"
+M_GUEST_ACCESS_FORBIDDEN = "M_GUEST_ACCESS_FORBIDDEN"
 M_UNRECOGNIZED = "M_UNRECOGNIZED"
 M_UNKNOWN = "M_UNKNOWN"
 M_UNAUTHORIZED = "M_UNAUTHORIZED"
@@ -46,6 +47,7 @@ class MatrixError(Exception):
         *,
         extra: JsonDict | None = None,
         headers: dict[str, str] | None = None,
+        body: JsonDict | None = None,
     ) -> None:
         super().__init__(f"{errcode}: {error}")
         self.status = status
@@ -53,8 +55,12 @@ class MatrixError(Exception):
         self.error = error
         self.extra = extra or {}
         self.headers = headers or {}
+        #: Replaces the standard body (user-interactive auth answers 401 with its flows).
+        self.body = body
 
     def to_json(self) -> JsonDict:
+        if self.body is not None:
+            return self.body
         return {"errcode": self.errcode, "error": self.error, **self.extra}
 
 
@@ -68,3 +74,14 @@ def forbidden(error: str) -> MatrixError:
 
 def not_found(error: str) -> MatrixError:
     return MatrixError(404, M_NOT_FOUND, error)
+
+
+def limit_exceeded(retry_after_s: float) -> MatrixError:
+    """429 M_LIMIT_EXCEEDED with ``Retry-After`` (and the deprecated ``retry_after_ms``)."""
+    return MatrixError(
+        429,
+        M_LIMIT_EXCEEDED,
+        "too many requests; try again later",
+        extra={"retry_after_ms": int(retry_after_s * 1000) + 1},
+        headers={"Retry-After": str(int(retry_after_s) + 1)},
+    )

@@ -1,0 +1,152 @@
+"""``refserver`` command line: init, run, register-user.
+
+See the README's "Command line" section; ``refserver <command> --help`` lists every option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from pathlib import Path
+
+import trio
+
+from refserver.accounts.service import AccountService
+from refserver.app.config import Config, ConfigError, load_config, parse_config, render_config
+from refserver.errors import MatrixError
+from refserver.storage.database import open_database
+from refserver.crypto.keys import KeyFileError, generate_key_file, key_id
+
+CONFIG_FILE = "refserver.toml"
+
+
+def _config_path(args: argparse.Namespace) -> Path:
+    if args.config:
+        return Path(args.config)
+    if args.data_dir:
+        return Path(args.data_dir) / CONFIG_FILE
+    raise SystemExit("error: give --data-dir DIR or --config FILE")
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help=f"instance directory holding {CONFIG_FILE}")
+    p.add_argument("--config", help="path of the config file (instead of --data-dir)")
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    data_dir = Path(args.data_dir)
+    config_path = data_dir / CONFIG_FILE
+    key_path = data_dir / "signing.key"
+    if key_path.exists():
+        print(f"error: {key_path} already exists; refusing to overwrite a signing key", file=sys.stderr)
+        return 1
+    server_name = args.server_name or f"localhost:{args.client_port}"
+    text = render_config(
+        server_name=server_name, bind=args.bind, client_port=args.client_port,
+        federation_port=args.federation_port,
+    )
+    try:
+        parse_config(text, base_dir=data_dir)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if config_path.exists() and not args.force:
+        print(f"error: {config_path} exists (use --force to rewrite it)", file=sys.stderr)
+        return 1
+    try:
+        key = generate_key_file(key_path)
+    except KeyFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    config_path.write_text(text)
+    print(f"wrote {config_path} (server_name {server_name})")
+    print(f"wrote {key_path} ({key_id(key)})")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from refserver.app.main import configure_logging, serve
+
+    config = load_config(_config_path(args))
+    configure_logging(config.server.log_level)
+    try:
+        trio.run(serve, config)
+    except KeyFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_register_user(args: argparse.Namespace) -> int:
+    config = load_config(_config_path(args))
+    password = args.password
+    if password is None:
+        if not sys.stdin.isatty():
+            print("error: give --password (no terminal to prompt on)", file=sys.stderr)
+            return 1
+        password = getpass.getpass("Password: ")
+        if password != getpass.getpass("Confirm password: "):
+            print("error: passwords do not match", file=sys.stderr)
+            return 1
+    return register_user(config, args.username, password)
+
+
+def register_user(config: Config, username: str, password: str) -> int:
+    async def create() -> str:
+        async with open_database(config.resolve(config.server.database_path)) as db:
+            accounts = AccountService(
+                db, server_name=config.server.server_name, registration_enabled=True
+            )
+            await accounts.check_available(username)
+            return await accounts.create_user(accounts.check_username(username), password)
+
+    try:
+        user_id = trio.run(create)
+    except MatrixError as exc:
+        print(f"error: {exc.errcode}: {exc.error}", file=sys.stderr)
+        return 1
+    print(f"created {user_id}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="refserver",
+        description="A small Trio-based reference Matrix homeserver (MSC4259 profile EDUs).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("init", help="create an instance directory: config file and signing key")
+    p.add_argument("--data-dir", required=True, help="instance directory to create")
+    p.add_argument("--server-name", help="server name (default localhost:<client-port>)")
+    p.add_argument("--client-port", type=int, default=8008, help="client API port (default 8008)")
+    p.add_argument("--federation-port", type=int, default=8448, help="federation port (default 8448)")
+    p.add_argument("--bind", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    p.add_argument("--force", action="store_true", help="rewrite an existing config file (never the key)")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("run", help="run the homeserver until SIGINT/SIGTERM")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("register-user", help="create a user, even when registration is off")
+    _add_config_args(p)
+    p.add_argument("username", help="localpart of the new user, e.g. alice")
+    p.add_argument("--password", help="password (prompted for when omitted)")
+    p.set_defaults(func=cmd_register_user)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""refserver configuration: one TOML file, every setting documented (docs/configuration.md).
+
+``refserver init`` writes :func:`render_config` — every setting, commented, with its default —
+and :func:`load_config` reads it back into frozen dataclasses. Unknown keys are errors, so a
+typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from refserver.ids import is_valid_server_name
+
+
+class ConfigError(Exception):
+    """The configuration file is missing, malformed or inconsistent."""
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """A token bucket: ``burst`` actions at once, refilled at ``per_second``."""
+
+    per_second: float
+    burst: int
+
+
+@dataclass(frozen=True)
+class ServerSection:
+    server_name: str
+    #: Base URL clients use (well-known). Empty: derived from the client listener.
+    public_baseurl: str = ""
+    signing_key_path: str = "signing.key"
+    database_path: str = "refserver.db"
+    log_level: str = "INFO"
+
+
+@dataclass(frozen=True)
+class ClientListener:
+    bind: str = "127.0.0.1"
+    port: int = 8008
+    #: Request bodies above this size are refused with 413 M_TOO_LARGE.
+    max_request_body_bytes: int = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class FederationListener:
+    bind: str = "127.0.0.1"
+    port: int = 8448
+
+
+@dataclass(frozen=True)
+class RegistrationSection:
+    #: Open registration through POST /register. ``register-user`` works regardless.
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class ProfileSection:
+    #: false: users may not change any profile field (m.profile_fields.enabled).
+    enabled: bool = True
+    #: If non-empty, only these fields may be changed; ``disallowed_fields`` is then ignored.
+    allowed_fields: tuple[str, ...] = ()
+    #: Fields users may not change.
+    disallowed_fields: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RateLimitSection:
+    login: RateLimit = RateLimit(per_second=5.0, burst=30)
+    register: RateLimit = RateLimit(per_second=5.0, burst=30)
+    profile_write: RateLimit = RateLimit(per_second=20.0, burst=200)
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerSection
+    client: ClientListener = field(default_factory=ClientListener)
+    federation: FederationListener = field(default_factory=FederationListener)
+    registration: RegistrationSection = field(default_factory=RegistrationSection)
+    profile: ProfileSection = field(default_factory=ProfileSection)
+    rate_limits: RateLimitSection = field(default_factory=RateLimitSection)
+    #: Directory relative paths are resolved against (the config file's directory).
+    base_dir: Path = Path(".")
+
+    def resolve(self, relative: str) -> Path:
+        path = Path(relative)
+        return path if path.is_absolute() else self.base_dir / path
+
+    @property
+    def client_base_url(self) -> str:
+        if self.server.public_baseurl:
+            return self.server.public_baseurl.rstrip("/")
+        host = f"[{self.client.bind}]" if ":" in self.client.bind else self.client.bind
+        return f"http://{host}:{self.client.port}"
+
+
+def _build(cls: type[Any], data: dict[str, Any], where: str) -> Any:
+    """Build dataclass ``cls`` from a TOML table, checking names and types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"[{where}] must be a table")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "base_dir"}
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise ConfigError(f"unknown setting(s) in [{where}]: {', '.join(sorted(unknown))}")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        ftype = fields[name].type
+        key = f"{where}.{name}"
+        if dataclasses.is_dataclass(_SECTION_TYPES.get(ftype)):
+            kwargs[name] = _build(_SECTION_TYPES[ftype], value, key)
+        elif ftype == "tuple[str, ...]":
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{key} must be a list of strings")
+            kwargs[name] = tuple(value)
+        elif ftype == "bool":
+            if not isinstance(value, bool):
+                raise ConfigError(f"{key} must be true or false")
+            kwargs[name] = value
+        elif ftype == "int":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{key} must be an integer")
+            kwargs[name] = value
+        elif ftype == "float":
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise ConfigError(f"{key} must be a positive number")
+            kwargs[name] = float(value)
+        elif ftype == "str":
+            if not isinstance(value, str):
+                raise ConfigError(f"{key} must be a string")
+            kwargs[name] = value
+        else:  # pragma: no cover - a new field type was added without a branch here
+            raise ConfigError(f"{key}: unsupported type {ftype}")
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"[{where}]: {exc}") from None
+
+
+_SECTION_TYPES: dict[str, type[Any]] = {
+    "RateLimit": RateLimit,
+    "ServerSection": ServerSection,
+    "ClientListener": ClientListener,
+    "FederationListener": FederationListener,
+    "RegistrationSection": RegistrationSection,
+    "ProfileSection": ProfileSection,
+    "RateLimitSection": RateLimitSection,
+}
+
+
+def parse_config(text: str, *, base_dir: Path) -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"invalid TOML: {exc}") from None
+    if "server" not in data or "server_name" not in data.get("server", {}):
+        raise ConfigError("[server] server_name is required")
+    config: Config = _build(Config, data, "config")
+    config = dataclasses.replace(config, base_dir=base_dir)
+    if not is_valid_server_name(config.server.server_name):
+        raise ConfigError(f"invalid server_name {config.server.server_name!r}")
+    for port in (config.client.port, config.federation.port):
+        if not 0 <= port < 65536:
+            raise ConfigError(f"invalid port {port}")
+    return config
+
+
+def load_config(path: Path) -> Config:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found (run `refserver init`)") from None
+    return parse_config(text, base_dir=path.resolve().parent)
+
+
+def render_config(
+    *, server_name: str, bind: str = "127.0.0.1", client_port: int = 8008,
+    federation_port: int = 8448,
+) -> str:
+    """The commented config file ``refserver init`` writes: every setting with its default."""
+    d = RateLimitSection()
+    return f'''\
+# refserver configuration. Every setting is listed with its default; see docs/configuration.md.
+# Relative paths are resolved against the directory holding this file.
+
+[server]
+# The server name: the domain part of user IDs (@alice:{server_name}). Never change it later.
+server_name = "{server_name}"
+# Base URL clients should use (served in /.well-known/matrix/client). Empty: http://bind:port.
+public_baseurl = ""
+# ed25519 signing key in Synapse's format ("ed25519 <version> <seed>"). Never commit it.
+signing_key_path = "signing.key"
+# SQLite database (WAL mode; schema migrations run at start-up).
+database_path = "refserver.db"
+# Python logging level: DEBUG, INFO, WARNING, ERROR.
+log_level = "INFO"
+
+[client]
+# Client-server API listener (plain HTTP; put a TLS proxy in front for anything public).
+bind = "{bind}"
+port = {client_port}
+# Larger request bodies get 413 M_TOO_LARGE.
+max_request_body_bytes = {ClientListener.max_request_body_bytes}
+
+[federation]
+# Server-server API listener (TLS).
+bind = "{bind}"
+port = {federation_port}
+
+[registration]
+# Open registration via POST /_matrix/client/v3/register (m.login.dummy).
+# `refserver register-user` creates users even when this is false.
+enabled = true
+
+[profile]
+# false: users may not change any profile field (capability m.profile_fields.enabled).
+enabled = true
+# If non-empty, only these fields may be set or deleted; disallowed_fields is then ignored.
+allowed_fields = []
+# Fields users may not set or delete, e.g. ["avatar_url"].
+disallowed_fields = []
+
+# Token buckets: `burst` requests at once, refilled at `per_second`. Over the limit: 429
+# M_LIMIT_EXCEEDED with Retry-After. Login and register are keyed by client address,
+# profile writes by user.
+[rate_limits.login]
+per_second = {d.login.per_second}
+burst = {d.login.burst}
+
+[rate_limits.register]
+per_second = {d.register.per_second}
+burst = {d.register.burst}
+
+[rate_limits.profile_write]
+per_second = {d.profile_write.per_second}
+burst = {d.profile_write.burst}
+'''

@@ -1,0 +1,152 @@
+"""Local profile reads and writes (CS API "Profiles", Matrix 1.16 extended profiles).
+
+Every write lands in the ``profile_stream`` table with a new stream position; listeners
+registered with :meth:`ProfileService.add_listener` are told after the write commits (room
+member events, MSC4259 EDUs and /sync wake-ups hang off this).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from refserver.accounts.service import Requester, now_ms
+from refserver.errors import MatrixError, forbidden, limit_exceeded, not_found
+from refserver.ids import InvalidId, UserId
+from refserver.profiles.fields import (
+    FieldPolicy,
+    ProfileFieldError,
+    PutField,
+    check_key_name,
+    check_profile_size,
+)
+from refserver.ratelimit import RateLimiter
+from refserver.storage import accounts as account_store
+from refserver.storage import profiles as store
+from refserver.storage.database import Database
+from refserver.types import JsonDict, JsonValue
+
+
+@dataclass(frozen=True)
+class ProfileChange:
+    """A committed change of one field: ``removed`` True means the field was deleted."""
+
+    user_id: str
+    field: str
+    value: JsonValue
+    removed: bool
+    stream_pos: int
+
+
+ProfileListener = Callable[[ProfileChange], Awaitable[None]]
+
+
+def field_error(exc: ProfileFieldError) -> MatrixError:
+    return MatrixError(400, exc.errcode, str(exc))
+
+
+class ProfileService:
+    def __init__(
+        self, db: Database, *, server_name: str, policy: FieldPolicy, write_limiter: RateLimiter
+    ) -> None:
+        self._db = db
+        self._server_name = server_name
+        self.policy = policy
+        self._write_limiter = write_limiter
+        self._listeners: list[ProfileListener] = []
+
+    def add_listener(self, listener: ProfileListener) -> None:
+        self._listeners.append(listener)
+
+    def is_mine(self, user_id: str) -> bool:
+        try:
+            return UserId.parse(user_id).server_name == self._server_name
+        except InvalidId:
+            return False
+
+    def _parse_user(self, user_id: str) -> UserId:
+        try:
+            return UserId.parse(user_id)
+        except InvalidId as exc:
+            raise MatrixError(400, "M_INVALID_PARAM", str(exc)) from None
+
+    # -- reads ---------------------------------------------------------------------------
+
+    async def get_profile(self, user_id: str) -> JsonDict:
+        """GET /profile/{userId}: every set field; unset fields are omitted, never null."""
+        user = self._parse_user(user_id)
+        if user.server_name != self._server_name:
+            raise not_found("remote profiles are not available: this server does not federate yet")
+
+        def txn(conn: sqlite3.Connection) -> JsonDict | None:
+            if not account_store.user_exists(conn, str(user)):
+                return None
+            return store.get_profile(conn, str(user))
+
+        profile = await self._db.run(txn)
+        if profile is None:
+            raise not_found("user not found")
+        return profile
+
+    async def get_field(self, user_id: str, key_name: str) -> JsonDict:
+        """GET /profile/{userId}/{keyName} → ``{keyName: value}``, 404 if unset."""
+        try:
+            check_key_name(key_name)
+        except ProfileFieldError as exc:
+            raise field_error(exc) from None
+        profile = await self.get_profile(user_id)
+        if key_name not in profile:
+            raise not_found(f"profile field {key_name!r} is not set")
+        return {key_name: profile[key_name]}
+
+    # -- writes --------------------------------------------------------------------------
+
+    def _check_may_write(self, requester: Requester, user_id: str, key_name: str) -> None:
+        if requester.user_id != user_id:
+            raise forbidden("you may only change your own profile")
+        if not self.policy.may_edit(key_name):
+            raise forbidden(f"profile field {key_name!r} may not be changed on this server")
+        retry_after = self._write_limiter.acquire(requester.user_id, time.monotonic())
+        if retry_after is not None:
+            raise limit_exceeded(retry_after)
+
+    async def set_field(self, requester: Requester, user_id: str, put: PutField) -> None:
+        """PUT /profile/{userId}/{keyName}: validate, store, then tell listeners."""
+        if put.delete:
+            await self.delete_field(requester, user_id, put.key_name)
+            return
+        self._parse_user(user_id)
+        self._check_may_write(requester, user_id, put.key_name)
+
+        def txn(conn: sqlite3.Connection) -> int | None:
+            profile = store.get_profile(conn, user_id)
+            if profile.get(put.key_name, object()) == put.value:
+                return None  # unchanged: no stream entry, no events, no EDUs
+            profile[put.key_name] = put.value
+            check_profile_size(profile)  # inside the transaction: checked and written together
+            return store.set_field(conn, user_id, put.key_name, put.value, now_ms())
+
+        try:
+            pos = await self._db.run(txn)
+        except ProfileFieldError as exc:
+            raise field_error(exc) from None
+        if pos is not None:
+            await self._notify(ProfileChange(user_id, put.key_name, put.value, False, pos))
+
+    async def delete_field(self, requester: Requester, user_id: str, key_name: str) -> None:
+        """DELETE /profile/{userId}/{keyName}: 200 ``{}`` whether or not the field existed."""
+        try:
+            check_key_name(key_name)
+        except ProfileFieldError as exc:
+            raise field_error(exc) from None
+        self._parse_user(user_id)
+        self._check_may_write(requester, user_id, key_name)
+        pos = await self._db.run(store.delete_field, user_id, key_name, now_ms())
+        if pos is not None:
+            await self._notify(ProfileChange(user_id, key_name, None, True, pos))
+
+    async def _notify(self, change: ProfileChange) -> None:
+        for listener in self._listeners:
+            await listener(change)

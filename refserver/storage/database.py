@@ -1,0 +1,90 @@
+"""The database handle: one sqlite3 connection, used from worker threads one call at a time."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from importlib import resources
+from pathlib import Path
+from typing import ParamSpec, TypeVar
+
+import trio
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class Database:
+    """Runs storage functions ``fn(conn, *args)`` on a worker thread, serialised."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        # One connection, one user at a time: sqlite3 connections are not safe for
+        # concurrent use and SQLite serialises writers anyway.
+        self._limiter = trio.CapacityLimiter(1)
+
+    async def run(self, fn: Callable[..., T], /, *args: object) -> T:
+        """Run ``fn(conn, *args)`` in a transaction on the database thread.
+
+        The default ``abandon_on_cancel=False`` means a started write always finishes,
+        even if the calling task is cancelled.
+        """
+        return await trio.to_thread.run_sync(self._call, fn, args, limiter=self._limiter)
+
+    def _call(self, fn: Callable[..., T], args: tuple[object, ...]) -> T:
+        with self._conn:  # commit on success, roll back on any exception
+            return fn(self._conn, *args)
+
+    def run_sync(self, fn: Callable[..., T], /, *args: object) -> T:
+        """For CLI commands that run outside trio."""
+        return self._call(fn, args)
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # check_same_thread=False: trio hands the call to whichever worker thread is free; the
+    # CapacityLimiter(1) in Database guarantees a single user at a time.
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level="DEFERRED")
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=5000")
+    migrate(conn)
+    return conn
+
+
+def _migrations() -> list[tuple[int, str]]:
+    files = resources.files("refserver.storage") / "schema"
+    out = []
+    for entry in files.iterdir():
+        if entry.name.endswith(".sql"):
+            out.append((int(entry.name.split("_", 1)[0]), entry.read_text()))
+    return sorted(out)
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply every schema file newer than ``PRAGMA user_version``; return the new version."""
+    current = conn.execute("PRAGMA user_version").fetchone()[0]
+    for version, sql in _migrations():
+        if version <= current:
+            continue
+        log.info("applying schema migration %03d", version)
+        with conn:
+            conn.executescript(f"BEGIN;\n{sql}\nPRAGMA user_version = {version};\nCOMMIT;")
+        current = version
+    return int(current)
+
+
+@asynccontextmanager
+async def open_database(path: Path) -> AsyncIterator[Database]:
+    conn = await trio.to_thread.run_sync(connect, path)
+    try:
+        yield Database(conn)
+    finally:
+        # Runs after the root nursery is gone, so no call is in flight.
+        conn.close()

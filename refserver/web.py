@@ -1,0 +1,74 @@
+"""HTTP edge helpers shared by client and federation routes: JSON bodies and raw paths.
+
+CS API "API Standards": bodies are JSON objects; invalid JSON is ``M_NOT_JSON``, valid JSON
+of the wrong shape is ``M_BAD_JSON``. Matrix JSON is canonical-JSON compatible, so floats,
+NaN/Infinity and integers outside ±(2^53−1) are refused here, once, for every endpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import unquote_to_bytes
+
+from quart import Request
+
+from refserver.errors import M_NOT_JSON, MatrixError, bad_json
+from refserver.types import JsonDict, JsonValue
+
+MAX_SAFE_INT = 2**53 - 1
+
+
+class _NonCanonical(ValueError):
+    pass
+
+
+def _parse_int(text: str) -> int:
+    value = int(text)
+    if not -MAX_SAFE_INT <= value <= MAX_SAFE_INT:
+        raise _NonCanonical(f"integer {text} is outside the range ±(2^53-1)")
+    return value
+
+
+def _parse_float(text: str) -> float:
+    raise _NonCanonical(f"floating-point numbers are not allowed in Matrix JSON ({text})")
+
+
+def _parse_constant(text: str) -> float:
+    raise _NonCanonical(f"{text} is not valid JSON")
+
+
+def parse_json(data: bytes) -> JsonValue:
+    """Decode a request body; raise M_NOT_JSON / M_BAD_JSON as a MatrixError."""
+    try:
+        text = data.decode("utf-8")
+        return json.loads(
+            text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant
+        )
+    except _NonCanonical as exc:
+        raise bad_json(str(exc)) from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise MatrixError(400, M_NOT_JSON, f"request body is not valid JSON: {exc}") from None
+
+
+async def read_json_object(request: Request, *, allow_empty: bool = True) -> JsonDict:
+    """The body as a JSON object. An empty body counts as ``{}``: matrix-nio sends
+    ``Content-Type: application/json`` with no body on join/leave/logout."""
+    data = await request.get_data(cache=True, as_text=False)
+    if not data.strip():
+        if allow_empty:
+            return {}
+        raise MatrixError(400, M_NOT_JSON, "request body is empty")
+    value = parse_json(data)
+    if not isinstance(value, dict):
+        raise bad_json("request body must be a JSON object")
+    return value
+
+
+def raw_path_segments(request: Request) -> list[str]:
+    """Path segments decoded one by one from the raw path.
+
+    Quart decodes ``%2F`` before routing, which would split a user ID such as
+    ``@a/b:hs`` into two segments; splitting the raw path first keeps it whole.
+    """
+    raw: bytes = request.scope.get("raw_path") or request.path.encode()
+    return [unquote_to_bytes(seg).decode("utf-8", "replace") for seg in raw.split(b"/")]
