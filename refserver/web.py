@@ -54,6 +54,7 @@ async def read_json_object(request: Request, *, allow_empty: bool = True) -> Jso
     """The body as a JSON object. An empty body counts as ``{}``: matrix-nio sends
     ``Content-Type: application/json`` with no body on join/leave/logout."""
     data = await request.get_data(cache=True, as_text=False)
+    assert isinstance(data, bytes)
     if not data.strip():
         if allow_empty:
             return {}

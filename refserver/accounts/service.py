@@ -132,11 +132,15 @@ class AccountService:
 
     async def create_user(self, user: UserId | None, password: str | None) -> str:
         """Create an account (also used by ``refserver register-user``)."""
-        pw_hash = None if password is None else await trio.to_thread.run_sync(self._hasher.hash, password)
+        pw_hash = (
+            None if password is None else await trio.to_thread.run_sync(self._hasher.hash, password)
+        )
         for _ in range(10):
             candidate = user or UserId(self._generate_localpart(), self._server_name)
             try:
-                await self._db.run(store.insert_user, str(candidate), candidate.localpart, pw_hash, now_ms())
+                await self._db.run(
+                    store.insert_user, str(candidate), candidate.localpart, pw_hash, now_ms()
+                )
             except store.UserExists:
                 if user is not None:  # lost a race with another registration
                     raise MatrixError(400, M_USER_IN_USE, "user ID already taken") from None
@@ -146,7 +150,9 @@ class AccountService:
 
     @staticmethod
     def _generate_localpart() -> str:
-        return "u" + "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(11))
+        return "u" + "".join(
+            secrets.choice(string.ascii_lowercase + string.digits) for _ in range(11)
+        )
 
     @staticmethod
     def _check_password(password: JsonValue, *, required: bool) -> None:
@@ -170,8 +176,11 @@ class AccountService:
         user_id = self._login_user_id(body)
         password = body.get("password")
         self._check_password(password, required=True)
+        assert isinstance(password, str)
         stored = await self._db.run(store.get_password_hash, user_id)
-        if not await trio.to_thread.run_sync(self._verify, stored or self._dummy_hash, password) or stored is None:
+        # Verify even for unknown users (against a dummy hash) so timing reveals nothing.
+        verified = await trio.to_thread.run_sync(self._verify, stored or self._dummy_hash, password)
+        if not verified or stored is None:
             raise MatrixError(403, M_FORBIDDEN, "invalid username or password")
         return await self._new_session(
             user_id, body.get("device_id"), body.get("initial_device_display_name")
@@ -183,7 +192,9 @@ class AccountService:
             if not isinstance(identifier, dict):
                 raise bad_json("identifier must be an object")
             if identifier.get("type") != "m.id.user":
-                raise MatrixError(400, M_UNKNOWN, f"unsupported identifier type {identifier.get('type')!r}")
+                raise MatrixError(
+                    400, M_UNKNOWN, f"unsupported identifier type {identifier.get('type')!r}"
+                )
             user = identifier.get("user")
         else:
             user = body.get("user")
@@ -205,8 +216,12 @@ class AccountService:
         except (VerificationError, InvalidHashError):
             return False
 
-    async def _new_session(self, user_id: str, device_id: JsonValue, display_name: JsonValue) -> Session:
-        if device_id is not None and (not isinstance(device_id, str) or not 0 < len(device_id) <= 255):
+    async def _new_session(
+        self, user_id: str, device_id: JsonValue, display_name: JsonValue
+    ) -> Session:
+        if device_id is not None and (
+            not isinstance(device_id, str) or not 0 < len(device_id) <= 255
+        ):
             raise bad_json("device_id must be a non-empty string")
         if display_name is not None and not isinstance(display_name, str):
             raise bad_json("initial_device_display_name must be a string")
@@ -231,7 +246,12 @@ class AccountService:
     async def requester_for_token(self, token: str) -> Requester:
         owner = await self._db.run(store.get_token_owner, hash_token(token))
         if owner is None:
-            raise MatrixError(401, M_UNKNOWN_TOKEN, "unknown or expired access token", extra={"soft_logout": False})
+            raise MatrixError(
+                401,
+                M_UNKNOWN_TOKEN,
+                "unknown or expired access token",
+                extra={"soft_logout": False},
+            )
         return Requester(owner.user_id, owner.device_id)
 
     async def user_exists(self, user_id: str) -> bool:

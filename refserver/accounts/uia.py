@@ -22,7 +22,9 @@ class UiaSessions:
     def __init__(self) -> None:
         self._sessions: dict[str, float] = {}  # session ID → expiry (monotonic seconds)
 
-    def challenge(self, now: float, *, session: str | None = None, error: str | None = None) -> MatrixError:
+    def challenge(
+        self, now: float, *, session: str | None = None, error: str | None = None
+    ) -> MatrixError:
         """The 401 answer: flows, params, session (plus errcode/error after a failed stage)."""
         self._expire(now)
         if session is None or session not in self._sessions:

@@ -14,9 +14,9 @@ import trio
 
 from refserver.accounts.service import AccountService
 from refserver.app.config import Config, ConfigError, load_config, parse_config, render_config
+from refserver.crypto.keys import KeyFileError, generate_key_file, key_id
 from refserver.errors import MatrixError
 from refserver.storage.database import open_database
-from refserver.crypto.keys import KeyFileError, generate_key_file, key_id
 
 CONFIG_FILE = "refserver.toml"
 
@@ -38,26 +38,24 @@ def cmd_init(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir)
     config_path = data_dir / CONFIG_FILE
     key_path = data_dir / "signing.key"
-    if key_path.exists():
-        print(f"error: {key_path} already exists; refusing to overwrite a signing key", file=sys.stderr)
-        return 1
+    if args.keep_existing and key_path.exists() and config_path.exists():
+        print(f"using existing instance in {data_dir}")
+        return 0
+    for existing in (key_path, config_path):
+        if existing.exists():
+            print(f"error: {existing} already exists; refusing to overwrite it", file=sys.stderr)
+            return 1
     server_name = args.server_name or f"localhost:{args.client_port}"
     text = render_config(
-        server_name=server_name, bind=args.bind, client_port=args.client_port,
+        server_name=server_name,
+        bind=args.bind,
+        client_port=args.client_port,
         federation_port=args.federation_port,
     )
     try:
         parse_config(text, base_dir=data_dir)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    data_dir.mkdir(parents=True, exist_ok=True)
-    if config_path.exists() and not args.force:
-        print(f"error: {config_path} exists (use --force to rewrite it)", file=sys.stderr)
-        return 1
-    try:
         key = generate_key_file(key_path)
-    except KeyFileError as exc:
+    except (ConfigError, KeyFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     config_path.write_text(text)
@@ -122,9 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", required=True, help="instance directory to create")
     p.add_argument("--server-name", help="server name (default localhost:<client-port>)")
     p.add_argument("--client-port", type=int, default=8008, help="client API port (default 8008)")
-    p.add_argument("--federation-port", type=int, default=8448, help="federation port (default 8448)")
+    p.add_argument(
+        "--federation-port", type=int, default=8448, help="federation port (default 8448)"
+    )
     p.add_argument("--bind", default="127.0.0.1", help="listen address (default 127.0.0.1)")
-    p.add_argument("--force", action="store_true", help="rewrite an existing config file (never the key)")
+    p.add_argument(
+        "--keep-existing",
+        action="store_true",
+        help="succeed without changes if DIR already holds a config and a key",
+    )
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("run", help="run the homeserver until SIGINT/SIGTERM")

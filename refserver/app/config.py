@@ -70,8 +70,8 @@ class ProfileSection:
 
 @dataclass(frozen=True)
 class RateLimitSection:
-    login: RateLimit = RateLimit(per_second=5.0, burst=30)
-    register: RateLimit = RateLimit(per_second=5.0, burst=30)
+    login: RateLimit = RateLimit(per_second=10.0, burst=100)
+    register: RateLimit = RateLimit(per_second=10.0, burst=100)
     profile_write: RateLimit = RateLimit(per_second=20.0, burst=200)
 
 
@@ -108,7 +108,7 @@ def _build(cls: type[Any], data: dict[str, Any], where: str) -> Any:
         raise ConfigError(f"unknown setting(s) in [{where}]: {', '.join(sorted(unknown))}")
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
-        ftype = fields[name].type
+        ftype = str(fields[name].type)  # a string: annotations are postponed
         key = f"{where}.{name}"
         if dataclasses.is_dataclass(_SECTION_TYPES.get(ftype)):
             kwargs[name] = _build(_SECTION_TYPES[ftype], value, key)
@@ -177,7 +177,10 @@ def load_config(path: Path) -> Config:
 
 
 def render_config(
-    *, server_name: str, bind: str = "127.0.0.1", client_port: int = 8008,
+    *,
+    server_name: str,
+    bind: str = "127.0.0.1",
+    client_port: int = 8008,
     federation_port: int = 8448,
 ) -> str:
     """The commented config file ``refserver init`` writes: every setting with its default."""

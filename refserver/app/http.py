@@ -38,7 +38,9 @@ def _dumps(body: object) -> str:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
 
 
-def create_app(blueprints: list[Blueprint], *, max_body_bytes: int, name: str = "refserver") -> QuartTrio:
+def create_app(
+    blueprints: list[Blueprint], *, max_body_bytes: int, name: str = "refserver"
+) -> QuartTrio:
     app = QuartTrio(name)
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
@@ -64,9 +66,13 @@ def create_app(blueprints: list[Blueprint], *, max_body_bytes: int, name: str = 
         if isinstance(error, NotFound):
             return _json_error(MatrixError(404, M_UNRECOGNIZED, "unrecognized request"))
         if isinstance(error, MethodNotAllowed):
-            return _json_error(MatrixError(405, M_UNRECOGNIZED, "method not allowed on this endpoint"))
+            return _json_error(
+                MatrixError(405, M_UNRECOGNIZED, "method not allowed on this endpoint")
+            )
         if isinstance(error, RequestEntityTooLarge):
-            return _json_error(MatrixError(413, M_TOO_LARGE, f"request body larger than {max_body_bytes} bytes"))
+            return _json_error(
+                MatrixError(413, M_TOO_LARGE, f"request body larger than {max_body_bytes} bytes")
+            )
         status = error.code or 500
         errcode = M_NOT_JSON if status == 400 else M_UNKNOWN
         return _json_error(MatrixError(status, errcode, error.description or error.name))

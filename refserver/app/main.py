@@ -53,7 +53,11 @@ async def _wait_for_signal(stop: trio.Event) -> None:
 
 
 async def _serve_http(
-    app: object, hc: HyperConfig, *, stop: trio.Event, done: trio.Event,
+    app: object,
+    hc: HyperConfig,
+    *,
+    stop: trio.Event,
+    done: trio.Event,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     try:
@@ -75,14 +79,18 @@ async def serve(config: Config, *, stop: trio.Event | None = None) -> None:
             client_done = trio.Event()
             await root.start(
                 partial(
-                    _serve_http, client_app,
+                    _serve_http,
+                    client_app,
                     _hypercorn_config(config.client.bind, config.client.port),
-                    stop=stop, done=client_done,
+                    stop=stop,
+                    done=client_done,
                 )
             )
             log.info(
                 "refserver ready: server_name=%s client_url=%s signing_key=%s",
-                config.server.server_name, config.client_base_url, key_id(keys[0]),
+                config.server.server_name,
+                config.client_base_url,
+                key_id(keys[0]),
             )
             await stop.wait()
             # Hypercorn gives in-flight requests their grace period; then every remaining

@@ -50,7 +50,9 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
         disallowed=config.profile.disallowed_fields,
     )
     profiles = ProfileService(
-        db, server_name=server_name, policy=policy,
+        db,
+        server_name=server_name,
+        policy=policy,
         write_limiter=_limiter(config.rate_limits.profile_write),
     )
     return Services(

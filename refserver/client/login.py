@@ -22,7 +22,10 @@ def rate_limit(limiter: RateLimiter, key: str) -> None:
 
 
 def login_routes(
-    accounts: AccountService, auth: Authenticator, *, login_limiter: RateLimiter,
+    accounts: AccountService,
+    auth: Authenticator,
+    *,
+    login_limiter: RateLimiter,
     register_limiter: RateLimiter,
 ) -> Blueprint:
     bp = Blueprint("client_login", __name__)

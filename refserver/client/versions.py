@@ -18,7 +18,9 @@ UNSTABLE_FEATURES: JsonDict = {
 }
 
 
-def discovery_routes(*, client_base_url: str, policy: FieldPolicy, auth: Authenticator) -> Blueprint:
+def discovery_routes(
+    *, client_base_url: str, policy: FieldPolicy, auth: Authenticator
+) -> Blueprint:
     bp = Blueprint("client_discovery", __name__)
 
     @bp.get("/_matrix/client/versions")

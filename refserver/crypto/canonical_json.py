@@ -105,7 +105,12 @@ def decode_base64(s: str) -> bytes:
     padding". Raises :class:`ValueError` on anything else (bad characters, bad length).
     """
     stripped = s.rstrip("=")
-    if len(s) - len(stripped) > 2 or not _BASE64_RE.match(stripped) or len(stripped) % 4 == 1:
+    padded = stripped != s
+    if (
+        not _BASE64_RE.match(stripped)
+        or len(stripped) % 4 == 1
+        or (padded and (len(s) % 4 != 0 or len(s) - len(stripped) > 2 or not stripped))
+    ):
         raise ValueError(f"invalid base64: {s!r}")
     translated = stripped.replace("-", "+").replace("_", "/")
     try:

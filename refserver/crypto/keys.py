@@ -27,7 +27,10 @@ class KeyFileError(Exception):
 
 def new_key_version() -> str:
     """A fresh key version, e.g. ``a_Xy3z`` (the ``[a-zA-Z0-9_]`` grammar)."""
-    return "a_" + "".join(secrets.choice("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789") for _ in range(4))
+    return "a_" + "".join(
+        secrets.choice("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+        for _ in range(4)
+    )
 
 
 def generate_key_file(path: Path, *, version: str | None = None) -> SigningKey:

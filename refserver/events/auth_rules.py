@@ -15,12 +15,9 @@ How to use it. On receipt of a PDU a server runs the rules three times (checks 4
 State resolution (:mod:`refserver.events.state_res`) only runs step 2's rules, against its
 partially resolved state.
 
-Numbering. Comments use the /rooms/v12 list, the superset: it is the v10/v11 list plus a
-new rule 2 (v12 room IDs) and a new rule 10.4 (creators not in ``users``), minus rule 3.4
-(the create event is no longer an auth event; v12 keeps the gap). So v12 rule *n* (n ≥ 3) is
-v10/v11 rule *n − 1*, and v12 10.5–10.11 are v10/v11 9.4–9.10. (The v12 page prints the last
-two sub-rules of rule 10 both as "10."; they are 10.10 and 10.11 here.) ``AuthError.rule``
-is translated by ``_rule`` to the numbering of the event's own room version.
+Rule numbers in comments and in ``AuthError.rule`` are explained in
+:mod:`refserver.events.auth_state`; rule 5 (membership) is in
+:mod:`refserver.events.membership_rules`.
 
 Not done here, on purpose:
 
@@ -29,7 +26,7 @@ Not done here, on purpose:
   signature checks (server-server API §"Validating hashes and signatures on received events").
   Rule 5.3.5.2 (the authorising user is joined and may invite) *is* checked here.
 * Third-party invites (rule 5.4.1: ``m.room.member`` invites with ``third_party_invite``) are
-  refused with ``AuthError("third-party invites are not supported")``: verifying them needs
+  refused with an ``AuthError`` saying "third-party invites are not supported": verifying them needs
   ed25519 signature checks over ``signed``, which this pure module does not do. Sending
   ``m.room.third_party_invite`` itself (rule 7) is supported.
 * ``content.room_version`` (rule 1.3) is "recognised" if refserver implements it
@@ -40,22 +37,33 @@ Not done here, on purpose:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any
 
+from refserver.events.auth_state import (
+    AUTHORISING_USER,
+    CREATE,
+    JOIN_RULES_KEY,
+    MEMBER,
+    POWER_LEVELS,
+    THIRD_PARTY_INVITE,
+    AuthError,
+    AuthState,
+    domain_of,
+    reject,
+)
+from refserver.events.membership_rules import check_member
 from refserver.events.model import Event
 from refserver.events.power_levels import (
     CREATE_KEY,
     POWER_LEVELS_KEY,
     PowerLevel,
     StateKey,
-    get_named_level,
     get_required_power_level,
     get_room_creators,
     get_user_power_level,
 )
 from refserver.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
-from refserver.ids import InvalidId, is_valid_user_id, server_name_of
+from refserver.ids import is_valid_user_id
 
 __all__ = [
     "AuthError",
@@ -66,16 +74,6 @@ __all__ = [
     "get_room_creators",
     "get_user_power_level",
 ]
-
-CREATE = "m.room.create"
-MEMBER = "m.room.member"
-JOIN_RULES = "m.room.join_rules"
-POWER_LEVELS = "m.room.power_levels"
-THIRD_PARTY_INVITE = "m.room.third_party_invite"
-JOIN_RULES_KEY: StateKey = (JOIN_RULES, "")
-
-#: m.room.member content key naming the user who authorised a restricted join (MSC3083).
-AUTHORISING_USER = "join_authorised_via_users_server"
 
 #: Rule 10.1: "users_default, events_default, state_default, ban, redact, kick, or invite".
 _SCALAR_LEVELS = (
@@ -89,45 +87,6 @@ _SCALAR_LEVELS = (
 )
 #: Rules 10.2, 10.7, 10.8: the maps from event type (or notification key) to level.
 _LEVEL_MAPS = ("events", "notifications")
-
-
-class AuthError(Exception):
-    """An event fails the authorisation rules. errcode hint: ``M_FORBIDDEN``.
-
-    ``rule`` is the number of the failed rule on the spec page of the event's room version
-    (for example ``"5.3.3"`` in v12 is ``"4.3.3"`` in v11).
-    """
-
-    errcode = "M_FORBIDDEN"
-
-    def __init__(self, rule: str, message: str) -> None:
-        super().__init__(f"auth rule {rule}: {message}")
-        self.rule = rule
-        self.message = message
-
-
-def _rule(room_version: RoomVersion, v12_number: str) -> str:
-    """Translate a v12 rule number to the room version's own numbering (module docstring)."""
-    if room_version.room_id_is_create_event_hash:
-        return v12_number
-    parts = [int(p) for p in v12_number.split(".")]
-    if parts[0] < 3:
-        return v12_number
-    if parts[0] == 10 and len(parts) > 1 and parts[1] > 4:
-        parts[1] -= 1  # v12 inserted 10.4 (creators not in users); later sub-rules moved up
-    parts[0] -= 1
-    return ".".join(map(str, parts))
-
-
-def _reject(event: Event, v12_number: str, message: str) -> NoReturn:
-    raise AuthError(_rule(event.room_version, v12_number), message)
-
-
-def _domain(identifier: str) -> str | None:
-    try:
-        return server_name_of(identifier)
-    except InvalidId:
-        return None
 
 
 # --- Auth events selection (server-server API §"Auth events selection") and rule 3 ---
@@ -187,56 +146,28 @@ def check_auth_events_selection(event: Event, auth_events: Sequence[Event]) -> N
     keys = [(e.type, e.state_key) for e in auth_events]
     # 3.1. If there are duplicate entries for a given type and state_key pair, reject.
     if len(set(wanted_ids)) != len(wanted_ids) or len(set(keys)) != len(keys):
-        _reject(event, "3.1", "auth_events has duplicate (type, state_key) entries")
+        reject(event, "3.1", "auth_events has duplicate (type, state_key) entries")
     # 3.2. If there are entries whose type and state_key don't match those specified by the
     #      auth events selection algorithm, reject. (v12: m.room.create MUST NOT be selected.)
     allowed = auth_types_for_event(event.type, event.state_key, event.sender, event.content, rv)
     for auth_event, (event_type, state_key) in zip(auth_events, keys, strict=True):
         if state_key is None or (event_type, state_key) not in allowed:
-            _reject(event, "3.2", f"auth event {auth_event.event_id} is not a selectable type")
+            reject(event, "3.2", f"auth event {auth_event.event_id} is not a selectable type")
     # 3.3. If there are entries which were themselves rejected, reject.
     for auth_event in auth_events:
         if auth_event.rejected:
-            _reject(event, "3.3", f"auth event {auth_event.event_id} was rejected")
+            reject(event, "3.3", f"auth event {auth_event.event_id} was rejected")
     # 3.4. (v10/v11 only) If there is no m.room.create event among the entries, reject.
     if rv.create_event_in_auth_events and CREATE_KEY not in keys:
-        _reject(event, "3.4", "no m.room.create event among auth_events")
+        reject(event, "3.4", "no m.room.create event among auth_events")
     # 3.5. If any event in auth_events has a room_id which does not match that of the event
     #      being authorised, reject.
     for auth_event in auth_events:
         if auth_event.room_id != event.room_id:
-            _reject(event, "3.5", f"auth event {auth_event.event_id} is in another room")
+            reject(event, "3.5", f"auth event {auth_event.event_id} is in another room")
 
 
 # --- Rules 1, 2, 4–11 ---
-
-
-@dataclass(frozen=True)
-class _AuthState:
-    """The state an event is checked against, with the create event resolved."""
-
-    state: Mapping[StateKey, Event]
-    create: Event
-    room_version: RoomVersion
-
-    def membership(self, user_id: str) -> str | None:
-        """The user's *current membership state* (``None`` if never a member)."""
-        member = self.state.get((MEMBER, user_id))
-        return member.membership if member is not None else None
-
-    def power(self, user_id: str) -> PowerLevel:
-        return get_user_power_level(
-            user_id, self.state, self.room_version, create_event=self.create
-        )
-
-    def level(self, name: str) -> int:
-        return get_named_level(self.state, name)
-
-    def join_rule(self) -> object:
-        # No join_rules event, or one without join_rule: "invite", as in Synapse (the spec is
-        # silent). Any other value that is not a known rule fails rule 5.3.7.
-        join_rules = self.state.get(JOIN_RULES_KEY)
-        return join_rules.content.get("join_rule", "invite") if join_rules is not None else "invite"
 
 
 def check_auth(
@@ -266,41 +197,41 @@ def check_auth(
     if rv.room_id_is_create_event_hash and (
         create is None or create.rejected or event.room_id != "!" + create.event_id[1:]
     ):
-        _reject(event, "2", "room_id is not the ID of an accepted m.room.create event")
+        reject(event, "2", "room_id is not the ID of an accepted m.room.create event")
     if create is None:
         # v10/v11 3.4 guarantees a create event among the auth events; without one there is
         # nothing to check the event against.
-        _reject(event, "3.4", "no m.room.create event in the auth state")
-    st = _AuthState(auth_state, create, rv)
+        reject(event, "3.4", "no m.room.create event in the auth state")
+    st = AuthState(auth_state, create, rv)
     # 4. If the create event has m.federate set to false and the sender domain of the event
     #    does not match the sender domain of the create event, reject.
-    if create.content.get("m.federate") is False and _domain(event.sender) != _domain(
+    if create.content.get("m.federate") is False and domain_of(event.sender) != domain_of(
         create.sender
     ):
-        _reject(event, "4", "room is not federated (m.federate is false)")
+        reject(event, "4", "room is not federated (m.federate is false)")
     # 5. If type is m.room.member:
     if event.type == MEMBER:
-        _check_member(event, st)
+        check_member(event, st)
         return
     # 6. If the sender's current membership state is not join, reject.
     if st.membership(event.sender) != "join":
-        _reject(event, "6", f"sender {event.sender} is not joined to the room")
+        reject(event, "6", f"sender {event.sender} is not joined to the room")
     sender_power = st.power(event.sender)
     # 7. If type is m.room.third_party_invite: allow if and only if sender's current power
     #    level is greater than or equal to the invite level.
     if event.type == THIRD_PARTY_INVITE:
         if sender_power >= st.level("invite"):
             return
-        _reject(event, "7.1", "sender's power level is below the invite level")
+        reject(event, "7.1", "sender's power level is below the invite level")
     # 8. If the event type's required power level is greater than the sender's, reject.
     required = get_required_power_level(auth_state, event.type, is_state=event.is_state)
     if required > sender_power:
-        _reject(event, "8", f"{event.type} needs power level {required}, sender has {sender_power}")
+        reject(event, "8", f"{event.type} needs power level {required}, sender has {sender_power}")
     # 9. If the event has a state_key that starts with an @ and does not match the sender,
     #    reject.
     state_key = event.state_key
     if state_key is not None and state_key.startswith("@") and state_key != event.sender:
-        _reject(event, "9", "state_key starting with @ must be the sender")
+        reject(event, "9", "state_key starting with @ must be the sender")
     # 10. If type is m.room.power_levels:
     if event.type == POWER_LEVELS:
         _check_power_levels(event, st, sender_power)
@@ -312,184 +243,57 @@ def _check_create(event: Event) -> None:
     rv = event.room_version
     # 1.1. If it has any prev_events, reject.
     if event.prev_event_ids:
-        _reject(event, "1.1", "m.room.create has prev_events")
+        reject(event, "1.1", "m.room.create has prev_events")
     if rv.room_id_is_create_event_hash:
         # 1.2. (v12) If the event has a room_id, reject.
         if "room_id" in event.pdu:
-            _reject(event, "1.2", "m.room.create must not have a room_id")
+            reject(event, "1.2", "m.room.create must not have a room_id")
     # 1.2. (v10/v11) If the domain of the room_id does not match the domain of the sender,
     #      reject.
-    elif _domain(event.room_id) is None or _domain(event.room_id) != _domain(event.sender):
-        _reject(event, "1.2", "room_id domain does not match the sender's domain")
+    elif domain_of(event.room_id) is None or domain_of(event.room_id) != domain_of(event.sender):
+        reject(event, "1.2", "room_id domain does not match the sender's domain")
     # 1.3. If content.room_version is present and is not a recognised version, reject.
     if "room_version" in event.content:
         room_version = event.content["room_version"]
         if not isinstance(room_version, str) or room_version not in KNOWN_ROOM_VERSIONS:
-            _reject(event, "1.3", f"unrecognised room version {room_version!r}")
+            reject(event, "1.3", f"unrecognised room version {room_version!r}")
     # 1.4. (v10) If content has no creator property, reject.
     if not rv.implicit_room_creator and "creator" not in event.content:
-        _reject(event, "1.4", "m.room.create has no creator")
+        reject(event, "1.4", "m.room.create has no creator")
     # 1.4. (v12) If additional_creators is present in content and is not an array of strings
     #      where each string passes the user ID validation applied to sender, reject.
     if rv.privileged_creators and "additional_creators" in event.content:
         additional = event.content["additional_creators"]
         if not isinstance(additional, list) or not all(map(is_valid_user_id, additional)):
-            _reject(event, "1.4", "additional_creators must be an array of user IDs")
+            reject(event, "1.4", "additional_creators must be an array of user IDs")
     # 1.5. Otherwise, allow.
-
-
-def _check_member(event: Event, st: _AuthState) -> None:
-    """Rule 5: "If type is m.room.member"."""
-    # 5.1. If there is no state_key property, or no membership property in content, reject.
-    target = event.state_key
-    if target is None or "membership" not in event.content:
-        _reject(event, "5.1", "m.room.member needs a state_key and content.membership")
-    # 5.2. join_authorised_via_users_server must be signed by that user's server: checked
-    #      with the other signatures, not here (module docstring).
-    membership = event.content["membership"]
-    sender = event.sender
-    if membership == "join":
-        _check_join(event, st, target)
-    elif membership == "invite":
-        _check_invite(event, st, target)
-    elif membership == "leave":
-        # 5.5.1. If the sender matches state_key, allow if and only if that user's current
-        #        membership state is invite, join, or knock.
-        if sender == target:
-            if st.membership(sender) in ("invite", "join", "knock"):
-                return
-            _reject(event, "5.5.1", "only an invited, joined or knocking user may leave")
-        # 5.5.2. If the sender's current membership state is not join, reject.
-        if st.membership(sender) != "join":
-            _reject(event, "5.5.2", "sender is not joined to the room")
-        sender_power = st.power(sender)
-        # 5.5.3. If the target user's current membership state is ban, and the sender's power
-        #        level is less than the ban level, reject.
-        if st.membership(target) == "ban" and sender_power < st.level("ban"):
-            _reject(event, "5.5.3", "sender's power level is below the ban level (unban)")
-        # 5.5.4. If the sender's power level is greater than or equal to the kick level, and
-        #        the target user's power level is less than the sender's power level, allow.
-        if sender_power >= st.level("kick") and st.power(target) < sender_power:
-            return
-        # 5.5.5. Otherwise, reject.
-        _reject(event, "5.5.5", "sender may not kick the target user")
-    elif membership == "ban":
-        # 5.6.1. If the sender's current membership state is not join, reject.
-        if st.membership(sender) != "join":
-            _reject(event, "5.6.1", "sender is not joined to the room")
-        # 5.6.2. If the sender's power level is greater than or equal to the ban level, and
-        #        the target user's power level is less than the sender's power level, allow.
-        sender_power = st.power(sender)
-        if sender_power >= st.level("ban") and st.power(target) < sender_power:
-            return
-        # 5.6.3. Otherwise, reject.
-        _reject(event, "5.6.3", "sender may not ban the target user")
-    elif membership == "knock":
-        # 5.7.1. If the join_rule is anything other than knock or knock_restricted, reject.
-        if st.join_rule() not in ("knock", "knock_restricted"):
-            _reject(event, "5.7.1", "the room's join rule does not allow knocking")
-        # 5.7.2. If sender does not match state_key, reject.
-        if sender != target:
-            _reject(event, "5.7.2", "users may only knock for themselves")
-        # 5.7.3. If the sender's current membership is not ban, invite, or join, allow.
-        if st.membership(sender) not in ("ban", "invite", "join"):
-            return
-        # 5.7.4. Otherwise, reject.
-        _reject(event, "5.7.4", "banned, invited or joined users may not knock")
-    else:
-        # 5.8. Otherwise, the membership is unknown. Reject.
-        _reject(event, "5.8", f"unknown membership {membership!r}")
-
-
-def _check_join(event: Event, st: _AuthState, target: str) -> None:
-    """Rule 5.3: "If membership is join"."""
-    create = st.create
-    # 5.3.1. If the only previous event is an m.room.create and the state_key is the sender
-    #        of the m.room.create (v10: the creator), allow.
-    creator = create.sender if st.room_version.implicit_room_creator else create.content.get(
-        "creator"
-    )
-    if event.prev_event_ids == [create.event_id] and target == creator:
-        return
-    # 5.3.2. If the sender does not match state_key, reject.
-    if event.sender != target:
-        _reject(event, "5.3.2", "users may only join for themselves")
-    current = st.membership(target)
-    # 5.3.3. If the sender is banned, reject.
-    if current == "ban":
-        _reject(event, "5.3.3", "sender is banned from the room")
-    join_rule = st.join_rule()
-    # 5.3.4. If the join_rule is invite or knock then allow if membership state is invite or
-    #        join.
-    if join_rule in ("invite", "knock"):
-        if current in ("invite", "join"):
-            return
-        _reject(event, "5.3.4", f"join rule is {join_rule} and the sender is not invited")
-    # 5.3.5. If the join_rule is restricted or knock_restricted:
-    if join_rule in ("restricted", "knock_restricted"):
-        # 5.3.5.1. If membership state is join or invite, allow.
-        if current in ("invite", "join"):
-            return
-        # 5.3.5.2. If the join_authorised_via_users_server key in content is not a user with
-        #          sufficient permission to invite other users or is not a joined member of
-        #          the room, reject.
-        authoriser = event.content.get(AUTHORISING_USER)
-        if not isinstance(authoriser, str) or st.membership(authoriser) != "join":
-            _reject(event, "5.3.5.2", "restricted join not authorised by a joined member")
-        if st.power(authoriser) < st.level("invite"):
-            _reject(event, "5.3.5.2", "authorising user may not invite")
-        # 5.3.5.3. Otherwise, allow.
-        return
-    # 5.3.6. If the join_rule is public, allow.
-    if join_rule == "public":
-        return
-    # 5.3.7. Otherwise, reject.
-    _reject(event, "5.3.7", f"join rule {join_rule!r} does not allow joining")
-
-
-def _check_invite(event: Event, st: _AuthState, target: str) -> None:
-    """Rule 5.4: "If membership is invite"."""
-    # 5.4.1. If content has a third_party_invite property: refused (module docstring).
-    if "third_party_invite" in event.content:
-        _reject(event, "5.4.1", "third-party invites are not supported")
-    # 5.4.2. If the sender's current membership state is not join, reject.
-    if st.membership(event.sender) != "join":
-        _reject(event, "5.4.2", "sender is not joined to the room")
-    # 5.4.3. If target user's current membership state is join or ban, reject.
-    if st.membership(target) in ("join", "ban"):
-        _reject(event, "5.4.3", f"target is already {st.membership(target)}")
-    # 5.4.4. If the sender's power level is greater than or equal to the invite level, allow.
-    if st.power(event.sender) >= st.level("invite"):
-        return
-    # 5.4.5. Otherwise, reject.
-    _reject(event, "5.4.5", "sender's power level is below the invite level")
 
 
 def _is_level_map(value: object) -> bool:
     return isinstance(value, dict) and all(type(v) is int for v in value.values())
 
 
-def _check_power_levels(event: Event, st: _AuthState, sender_power: PowerLevel) -> None:
+def _check_power_levels(event: Event, st: AuthState, sender_power: PowerLevel) -> None:
     """Rule 10: "If type is m.room.power_levels"."""
     new = event.content
     # 10.1. If any of users_default, events_default, state_default, ban, redact, kick, or
     #       invite are present and not an integer, reject. (v10+: no strings, MSC3667.)
     for name in _SCALAR_LEVELS:
         if name in new and type(new[name]) is not int:
-            _reject(event, "10.1", f"{name} must be an integer")
+            reject(event, "10.1", f"{name} must be an integer")
     # 10.2. If either of events or notifications are present and not an object with values
     #       that are integers, reject.
     for name in _LEVEL_MAPS:
         if name in new and not _is_level_map(new[name]):
-            _reject(event, "10.2", f"{name} must be an object of integers")
+            reject(event, "10.2", f"{name} must be an object of integers")
     # 10.3. If the users property is not an object with keys that are valid user IDs with
     #       values that are integers, reject. (An absent users property is an empty one.)
     users = new.get("users", {})
     if not _is_level_map(users) or not all(map(is_valid_user_id, users)):
-        _reject(event, "10.3", "users must map valid user IDs to integers")
+        reject(event, "10.3", "users must map valid user IDs to integers")
     # 10.4. (v12) If users contains a room creator, reject.
     if st.room_version.privileged_creators and get_room_creators(st.create) & users.keys():
-        _reject(event, "10.4", "room creators must not appear in users")
+        reject(event, "10.4", "room creators must not appear in users")
     # 10.5. If there is no previous m.room.power_levels event in the room, allow.
     previous = st.state.get(POWER_LEVELS_KEY)
     if previous is None:
@@ -518,9 +322,9 @@ def _check_power_levels(event: Event, st: _AuthState, sender_power: PowerLevel) 
         if before == after:
             continue
         if before is not None and user_id != event.sender and before >= sender_power:
-            _reject(event, "10.9", f"cannot change the level of {user_id} (>= your own)")
+            reject(event, "10.9", f"cannot change the level of {user_id} (>= your own)")
         if after is not None and after > sender_power:
-            _reject(event, "10.10", f"cannot give {user_id} a level above your own")
+            reject(event, "10.10", f"cannot give {user_id} a level above your own")
     # 10.11. Otherwise, allow.
 
 
@@ -543,7 +347,7 @@ def _check_level_change(
     if before == after:
         return
     if type(before) is int and before > sender_power:
-        _reject(event, v12_number, f"cannot change {what}: current value above your level")
+        reject(event, v12_number, f"cannot change {what}: current value above your level")
     if type(after) is int and after > sender_power:
         number = "10.8" if v12_number == "10.7" else v12_number
-        _reject(event, number, f"cannot set {what} above your own level")
+        reject(event, number, f"cannot set {what} above your own level")

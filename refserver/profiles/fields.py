@@ -8,14 +8,18 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from refserver.crypto.canonical_json import CanonicalJsonError, check_canonical_values, encode_canonical_json
+from refserver.crypto.canonical_json import (
+    CanonicalJsonError,
+    check_canonical_values,
+    encode_canonical_json,
+)
 from refserver.types import JsonDict, JsonValue
 
 DISPLAYNAME = "displayname"
 AVATAR_URL = "avatar_url"
 TZ = "m.tz"
 
-# profile.yaml, keyName: pattern '^(avatar_url|displayname|m\.tz|[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+)$'.
+# profile.yaml, keyName pattern (the regex below, verbatim).
 # The prose points at the Common Namespaced Identifier Grammar (which allows '-'); the
 # pattern is the stricter of the two, so every key we accept is valid under both.
 KEY_NAME_RE = re.compile(r"^(avatar_url|displayname|m\.tz|[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+)$")

@@ -67,7 +67,9 @@ def current_stream_pos(conn: sqlite3.Connection) -> int:
     return int(row[0] or 0)
 
 
-def get_writes_since(conn: sqlite3.Connection, since: int, *, limit: int = 1000) -> list[ProfileWrite]:
+def get_writes_since(
+    conn: sqlite3.Connection, since: int, *, limit: int = 1000
+) -> list[ProfileWrite]:
     rows = conn.execute(
         "SELECT stream_pos, user_id, field, value_json FROM profile_stream"
         " WHERE stream_pos > ? ORDER BY stream_pos LIMIT ?",

@@ -1,0 +1,346 @@
+"""State resolution v2 (room versions 2–11) and v2.1 (room version 12) (pure).
+
+Spec: /rooms/v11 §"State resolution" (fragment ``rooms/fragments/v2-state-res.md``) and
+/rooms/v12 §"State resolution" (v2.1, MSC4297). v2.1 differs from v2 in two places:
+
+* the first iterative auth checks start from an *empty* state map, not the unconflicted map,
+  so a stale unconflicted event (say, the sender's old membership) cannot veto power events;
+* the *full conflicted set* also holds the *conflicted state subgraph*: every event on an
+  ``auth_events`` path between two conflicted events, so those events are replayed too.
+
+Design. Everything is synchronous and in memory: the caller passes ``event_map`` holding
+every event of the state sets and of their full auth chains (rejected ones flagged), and this
+module walks the auth DAG itself. A missing event raises :class:`StateResolutionError`.
+
+Choices where the spec leaves room, each matching Synapse (``synapse/state/v2.py``):
+
+* In v12 the create event is never listed in ``auth_events``; it is implied by the room ID
+  (MSC4291), so it is treated as an auth event of every other event when walking the DAG.
+* The reverse topological power ordering uses the direct ``auth_events`` edges between the
+  events being sorted.
+* Events flagged ``rejected`` that appear in the state sets are replayed "as usual" (spec
+  §"Rejected events"); only fallback auth events must not be rejected.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Collection, Iterable, Mapping, Sequence
+
+from refserver.events.auth_rules import AuthError, auth_types_for_event, check_auth
+from refserver.events.model import Event
+from refserver.events.power_levels import (
+    POWER_LEVELS_KEY,
+    PowerLevel,
+    StateKey,
+    get_user_power_level,
+)
+from refserver.events.room_versions import RoomVersion, StateResAlgorithm
+
+__all__ = [
+    "StateResolutionError",
+    "is_power_event",
+    "iterative_auth_checks",
+    "mainline_sort",
+    "resolve_state",
+    "reverse_topological_power_sort",
+]
+
+StateMap = Mapping[StateKey, str]
+
+
+class StateResolutionError(ValueError):
+    """``event_map`` lacks an event the algorithm needs, or the auth graph has a cycle."""
+
+
+def resolve_state(
+    room_version: RoomVersion,
+    state_sets: Sequence[StateMap],
+    event_map: Mapping[str, Event],
+) -> dict[StateKey, str]:
+    """Resolve ``state_sets`` into one state map (spec §"Algorithm").
+
+    Args:
+        room_version: picks v2 or v2.1 (``room_version.state_res``).
+        state_sets: the states to merge, each ``(type, state_key) → event_id``.
+        event_map: every event of the state sets and of their auth chains.
+
+    Returns:
+        The resolved state, ``(type, state_key) → event_id``.
+    """
+    unconflicted, conflicted = _separate(state_sets)
+    if not conflicted:
+        return unconflicted
+    graph = _AuthGraph(event_map)
+    conflicted_ids = set().union(*conflicted.values())
+    full_conflicted = conflicted_ids | _auth_difference(graph, state_sets)
+    v2_1 = room_version.state_res is StateResAlgorithm.V2_1
+    if v2_1:
+        full_conflicted |= _conflicted_subgraph(graph, conflicted_ids)
+    # 1. Select the set X of all power events in the full conflicted set, enlarged with the
+    #    events of their auth chains which also belong to the full conflicted set. Sort X by
+    #    the reverse topological power ordering.
+    power_ids = {e for e in full_conflicted if is_power_event(graph.event(e))}
+    x = set(power_ids)
+    for event_id in power_ids:
+        x |= graph.auth_chain(event_id) & full_conflicted
+    sorted_power = reverse_topological_power_sort(x, event_map)
+    # 2. Apply the iterative auth checks algorithm, starting from the unconflicted state map
+    #    (v2) or from an *empty* state map (v2.1), to get a partially resolved state.
+    base: StateMap = {} if v2_1 else unconflicted
+    partial = iterative_auth_checks(room_version, sorted_power, base, event_map)
+    # 3. Order the remaining events by the mainline ordering based on the power level in the
+    #    partially resolved state.
+    others = mainline_sort(full_conflicted - x, partial.get(POWER_LEVELS_KEY), event_map)
+    # 4. Apply the iterative auth checks algorithm on the partial state and that list.
+    resolved = iterative_auth_checks(room_version, others, partial, event_map)
+    # 5. Replace any event with the event with the same key from the unconflicted state map.
+    resolved.update(unconflicted)
+    return resolved
+
+
+def _separate(
+    state_sets: Sequence[StateMap],
+) -> tuple[dict[StateKey, str], dict[StateKey, set[str]]]:
+    """Spec §"Unconflicted state map and conflicted state set".
+
+    A key is unconflicted only if it is present in every state set with the same value.
+    """
+    unconflicted: dict[StateKey, str] = {}
+    conflicted: dict[StateKey, set[str]] = {}
+    for key in set().union(*state_sets):
+        values = {state.get(key) for state in state_sets}
+        only = next(iter(values))
+        if len(values) == 1 and only is not None:
+            unconflicted[key] = only
+        else:
+            conflicted[key] = {v for v in values if v is not None}
+    return unconflicted, conflicted
+
+
+def is_power_event(event: Event) -> bool:
+    """Spec §"Power events": power levels, join rules, and kicks/bans (leave or ban by others)."""
+    if event.type in ("m.room.power_levels", "m.room.join_rules"):
+        return event.state_key == ""
+    return (
+        event.type == "m.room.member"
+        and event.membership in ("leave", "ban")
+        and event.state_key is not None
+        and event.state_key != event.sender
+    )
+
+
+def _auth_ids(event: Event) -> list[str]:
+    """The event's auth events; in v12 the create event is implied by the room ID (MSC4291)."""
+    ids = event.auth_event_ids
+    if event.room_version.room_id_is_create_event_hash and event.type != "m.room.create":
+        create_id = "$" + event.room_id[1:]
+        if create_id not in ids:
+            ids.append(create_id)
+    return ids
+
+
+def _get(event_map: Mapping[str, Event], event_id: str) -> Event:
+    try:
+        return event_map[event_id]
+    except KeyError:
+        raise StateResolutionError(f"event {event_id} is not in event_map") from None
+
+
+class _AuthGraph:
+    """The auth DAG over ``event_map``, with memoised auth chains (spec §"Auth chain")."""
+
+    def __init__(self, event_map: Mapping[str, Event]) -> None:
+        self._event_map = event_map
+        self._chains: dict[str, frozenset[str]] = {}
+
+    def event(self, event_id: str) -> Event:
+        return _get(self._event_map, event_id)
+
+    def auth_chain(self, event_id: str) -> frozenset[str]:
+        """Every event reachable through ``auth_events`` links (excluding the event itself)."""
+        # Iterative depth-first search; ``path`` holds the events being expanded, so meeting
+        # one of them again means the "DAG" has a cycle.
+        path = {event_id}
+        stack = [(event_id, iter(_auth_ids(self.event(event_id))))]
+        while stack:
+            current, parents = stack[-1]
+            for parent in parents:
+                if parent in self._chains:
+                    continue
+                if parent in path:
+                    raise StateResolutionError(f"auth_events cycle through {parent}")
+                path.add(parent)
+                stack.append((parent, iter(_auth_ids(self.event(parent)))))
+                break
+            else:
+                direct = _auth_ids(self.event(current))
+                self._chains[current] = frozenset(direct).union(
+                    *(self._chains[p] for p in direct)
+                )
+                stack.pop()
+                path.discard(current)
+        return self._chains[event_id]
+
+    def full_auth_chain(self, event_ids: Iterable[str]) -> set[str]:
+        return set().union(*(self.auth_chain(e) for e in event_ids))
+
+
+def _auth_difference(graph: _AuthGraph, state_sets: Sequence[StateMap]) -> set[str]:
+    """Spec §"Auth difference": ∪ Cᵢ − ∩ Cᵢ over the full auth chains Cᵢ of the states."""
+    chains = [graph.full_auth_chain(state.values()) for state in state_sets]
+    return set().union(*chains) - chains[0].intersection(*chains[1:])
+
+
+def _conflicted_subgraph(graph: _AuthGraph, conflicted: set[str]) -> set[str]:
+    """/rooms/v12 §"Conflicted state subgraph".
+
+    The union of all ``auth_events`` paths between two conflicted events, endpoints included:
+    the events below some conflicted event whose own auth chain reaches a conflicted event.
+    """
+    below = graph.full_auth_chain(conflicted)
+    return conflicted | {e for e in below if graph.auth_chain(e) & conflicted}
+
+
+def _sender_power(event: Event, event_map: Mapping[str, Event]) -> PowerLevel:
+    """The sender's power level "when looking at their respective auth_events"."""
+    auth_state: dict[StateKey, Event] = {}
+    for auth_id in _auth_ids(event):
+        auth_event = _get(event_map, auth_id)
+        if auth_event.state_key is not None:
+            auth_state[(auth_event.type, auth_event.state_key)] = auth_event
+    return get_user_power_level(event.sender, auth_state, event.room_version)
+
+
+def reverse_topological_power_sort(
+    event_ids: Collection[str], event_map: Mapping[str, Event]
+) -> list[str]:
+    """Spec §"Reverse topological power ordering", earliest event first.
+
+    Kahn's algorithm over the ``auth_events`` edges among ``event_ids``, taking at each step
+    the smallest ready event: greater sender power level first, then smaller
+    ``origin_server_ts``, then smaller ``event_id``.
+    """
+    ids = set(event_ids)
+    waiting_on = {e: {a for a in _auth_ids(_get(event_map, e)) if a in ids} for e in ids}
+    unblocks: dict[str, list[str]] = {e: [] for e in ids}
+    for event_id, auth_ids in waiting_on.items():
+        for auth_id in auth_ids:
+            unblocks[auth_id].append(event_id)
+
+    def order(event_id: str) -> tuple[PowerLevel, int, str]:
+        event = _get(event_map, event_id)
+        return (-_sender_power(event, event_map), event.origin_server_ts, event_id)
+
+    ready = [order(e) for e, auth_ids in waiting_on.items() if not auth_ids]
+    heapq.heapify(ready)
+    result: list[str] = []
+    while ready:
+        event_id = heapq.heappop(ready)[2]
+        result.append(event_id)
+        for later in unblocks[event_id]:
+            waiting_on[later].discard(event_id)
+            if not waiting_on[later]:
+                heapq.heappush(ready, order(later))
+    if len(result) != len(ids):
+        raise StateResolutionError("auth_events cycle among the power events")
+    return result
+
+
+def _power_levels_auth_event(event: Event, event_map: Mapping[str, Event]) -> str | None:
+    for auth_id in _auth_ids(event):
+        auth_event = _get(event_map, auth_id)
+        if (auth_event.type, auth_event.state_key) == POWER_LEVELS_KEY:
+            return auth_id
+    return None
+
+
+def mainline_sort(
+    event_ids: Iterable[str],
+    power_levels_event_id: str | None,
+    event_map: Mapping[str, Event],
+) -> list[str]:
+    """Spec §"Mainline ordering" based on ``power_levels_event_id``, earliest event first.
+
+    The mainline of P₀ is P₀, the power levels event in its auth events P₁, and so on. The
+    *mainline position* of an event e is the index i of the first Pᵢ met when walking the
+    power levels events of e's auth events (e itself excluded), or ∞. Events sort by
+    *greater* position first, then smaller ``origin_server_ts``, then smaller ``event_id``.
+    """
+    mainline: list[str] = []
+    current = power_levels_event_id
+    while current is not None:
+        mainline.append(current)
+        current = _power_levels_auth_event(_get(event_map, current), event_map)
+    positions: dict[str, PowerLevel] = {e: i for i, e in enumerate(mainline)}
+
+    def position(event: Event) -> PowerLevel:
+        walked: list[str] = []
+        current = _power_levels_auth_event(event, event_map)
+        while current is not None and current not in positions:
+            walked.append(current)
+            current = _power_levels_auth_event(_get(event_map, current), event_map)
+        found = positions[current] if current is not None else float("inf")
+        positions.update(dict.fromkeys(walked, found))  # memoise the walk
+        return found
+
+    def order(event_id: str) -> tuple[PowerLevel, int, str]:
+        event = _get(event_map, event_id)
+        return (-position(event), event.origin_server_ts, event_id)
+
+    return sorted(event_ids, key=order)
+
+
+def iterative_auth_checks(
+    room_version: RoomVersion,
+    event_ids: Iterable[str],
+    base_state: StateMap,
+    event_map: Mapping[str, Event],
+) -> dict[StateKey, str]:
+    """Spec §"Iterative auth checks": apply each event that passes the auth rules, in order.
+
+    Each event is checked (:func:`~refserver.events.auth_rules.check_auth`) against the state
+    built so far; a ``(type, state_key)`` needed by the rules but missing from that state is
+    taken from the event's own ``auth_events`` if that auth event is not rejected. An event
+    that fails is skipped.
+    """
+    resolved = dict(base_state)
+    for event_id in event_ids:
+        event = _get(event_map, event_id)
+        if event.state_key is None:
+            continue
+        auth_state, create = _auth_state_for(event, room_version, resolved, event_map)
+        try:
+            check_auth(event, auth_state, create_event=create)
+        except AuthError:
+            continue
+        resolved[event.state_tuple()] = event_id
+    return resolved
+
+
+def _auth_state_for(
+    event: Event,
+    room_version: RoomVersion,
+    resolved: StateMap,
+    event_map: Mapping[str, Event],
+) -> tuple[dict[StateKey, Event], Event | None]:
+    """The state ``event`` is checked against during iterative auth checks, and (v12) the
+    create event implied by its room ID."""
+    fallback: dict[StateKey, Event] = {}
+    for auth_id in event.auth_event_ids:
+        auth_event = _get(event_map, auth_id)
+        if auth_event.state_key is not None and not auth_event.rejected:
+            fallback[(auth_event.type, auth_event.state_key)] = auth_event
+    needed = auth_types_for_event(
+        event.type, event.state_key, event.sender, event.content, room_version
+    )
+    auth_state: dict[StateKey, Event] = {}
+    for key in needed:
+        if key in resolved:
+            auth_state[key] = _get(event_map, resolved[key])
+        elif key in fallback:
+            auth_state[key] = fallback[key]
+    create = None
+    if room_version.room_id_is_create_event_hash and event.type != "m.room.create":
+        create = event_map.get("$" + event.room_id[1:])
+    return auth_state, create

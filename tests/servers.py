@@ -1,0 +1,141 @@
+"""Real refserver processes on loopback for black-box tests.
+
+Each :class:`ServerProcess` is ``refserver init`` + ``refserver run`` in a temporary data
+directory on free loopback ports, driven over real HTTP.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+START_TIMEOUT_S = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def set_config_value(text: str, section: str, key: str, literal: str) -> str:
+    """Replace ``key = ...`` inside ``[section]`` of a TOML text written by ``refserver init``."""
+    pattern = re.compile(
+        rf"(^\[{re.escape(section)}\]\n(?:(?!^\[).*\n)*?){re.escape(key)} = .*$", re.M
+    )
+    new, count = pattern.subn(lambda m: f"{m.group(1)}{key} = {literal}", text)
+    assert count == 1, f"{section}.{key} not found in config"
+    return new
+
+
+def refserver_cli(
+    *args: str, check: bool = True, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "refserver.app.cli", *args],
+        capture_output=True,
+        text=True,
+        check=check,
+        input=input,
+        cwd=REPO,
+        timeout=120,
+    )
+
+
+@dataclass
+class ServerProcess:
+    data_dir: Path
+    settings: dict[tuple[str, str], str] = field(default_factory=dict)
+    client_port: int = field(default_factory=free_port)
+    federation_port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def server_name(self) -> str:
+        return f"localhost:{self.client_port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.client_port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "server.log"
+
+    def init(self) -> None:
+        refserver_cli(
+            "init",
+            "--data-dir",
+            str(self.data_dir),
+            "--server-name",
+            self.server_name,
+            "--client-port",
+            str(self.client_port),
+            "--federation-port",
+            str(self.federation_port),
+        )
+        config = self.data_dir / "refserver.toml"
+        text = config.read_text()
+        for (section, key), literal in self.settings.items():
+            text = set_config_value(text, section, key, literal)
+        config.write_text(text)
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "refserver.app.cli", "run", "--data-dir", str(self.data_dir)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"refserver exited early:\n{self.log_path.read_text()}")
+            try:
+                httpx.get(f"{self.base_url}/_matrix/client/versions", timeout=1.0)
+                return
+            except httpx.TransportError:
+                time.sleep(0.05)
+        raise RuntimeError(f"refserver did not start:\n{self.log_path.read_text()}")
+
+    def stop(self) -> int:
+        """SIGTERM and wait; returns the exit code (0 = clean shutdown)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self.proc = None
+        return code
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    # -- small client helpers (raw HTTP) --------------------------------------------------
+
+    def url(self, path: str) -> str:
+        return f"{self.base_url}/_matrix/client{path}"
+
+    def register(self, username: str, password: str = "correct horse") -> tuple[str, str]:
+        r = httpx.post(
+            self.url("/v3/register"),
+            json={"username": username, "password": password, "auth": {"type": "m.login.dummy"}},
+        )
+        assert r.status_code == 200, r.text
+        body = r.json()
+        return body["user_id"], body["access_token"]
