@@ -8,9 +8,11 @@ NaN/Infinity and integers outside ±(2^53−1) are refused here, once, for every
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 from urllib.parse import unquote_to_bytes
 
-from quart import Request
+from quart import Blueprint, Request
 
 from refserver.errors import M_NOT_JSON, MatrixError, bad_json
 from refserver.types import JsonDict, JsonValue
@@ -73,3 +75,19 @@ def raw_path_segments(request: Request) -> list[str]:
     """
     raw: bytes = request.scope.get("raw_path") or request.path.encode()
     return [unquote_to_bytes(seg).decode("utf-8", "replace") for seg in raw.split(b"/")]
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def route(
+    bp: Blueprint, prefixes: Sequence[str], rule: str, methods: list[str]
+) -> Callable[[F], F]:
+    """Register a view under every prefix (``/_matrix/client/v3``, ``/r0``, …)."""
+
+    def deco(fn: F) -> F:
+        for n, prefix in enumerate(prefixes):
+            bp.add_url_rule(f"{prefix}{rule}", f"{fn.__name__}_{n}", fn, methods=methods)
+        return fn
+
+    return deco

@@ -6,6 +6,7 @@ from __future__ import annotations
 from quart import Blueprint, request
 
 from refserver.client.auth import R0, V3, Authenticator
+from refserver.events.room_versions import DEFAULT_ROOM_VERSION, KNOWN_ROOM_VERSIONS
 from refserver.profiles.fields import AVATAR_URL, DISPLAYNAME, FieldPolicy
 from refserver.types import JsonDict
 
@@ -52,6 +53,10 @@ def discovery_routes(
                 # POST /account/password is not implemented, so say so.
                 "m.change_password": {"enabled": False},
                 "m.3pid_changes": {"enabled": False},
+                "m.room_versions": {
+                    "default": DEFAULT_ROOM_VERSION.identifier,
+                    "available": {v: "stable" for v in KNOWN_ROOM_VERSIONS},
+                },
             }
         }
 

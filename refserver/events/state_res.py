@@ -12,14 +12,19 @@ Design. Everything is synchronous and in memory: the caller passes ``event_map``
 every event of the state sets and of their full auth chains (rejected ones flagged), and this
 module walks the auth DAG itself. A missing event raises :class:`StateResolutionError`.
 
-Choices where the spec leaves room, each matching Synapse (``synapse/state/v2.py``):
+Choices, and where this deliberately differs from Synapse:
 
 * In v12 the create event is never listed in ``auth_events``; it is implied by the room ID
-  (MSC4291), so it is treated as an auth event of every other event when walking the DAG.
-* The reverse topological power ordering uses the direct ``auth_events`` edges between the
-  events being sorted.
+  (MSC4291), so it counts as an auth event of every other event when walking the DAG (as
+  Synapse does).
+* Spec over Synapse, in edge cases only: an *auth chain* excludes the event itself (spec
+  §"Auth chain"; Synapse's auth difference also counts the state events themselves), and
+  step 1 adds *every* event of a power event's auth chain that is in the full conflicted
+  set, ordered by auth-chain reachability (Synapse and Ruma only follow ``auth_events``
+  links that stay inside the full conflicted set). Both agree whenever the events between
+  two conflicted events are themselves in the full conflicted set.
 * Events flagged ``rejected`` that appear in the state sets are replayed "as usual" (spec
-  §"Rejected events"); only fallback auth events must not be rejected.
+  §"Rejected events"; Synapse skips them); only fallback auth events must not be rejected.
 """
 
 from __future__ import annotations
@@ -84,7 +89,7 @@ def resolve_state(
     x = set(power_ids)
     for event_id in power_ids:
         x |= graph.auth_chain(event_id) & full_conflicted
-    sorted_power = reverse_topological_power_sort(x, event_map)
+    sorted_power = _power_sort(x, graph)
     # 2. Apply the iterative auth checks algorithm, starting from the unconflicted state map
     #    (v2) or from an *empty* state map (v2.1), to get a partially resolved state.
     base: StateMap = {} if v2_1 else unconflicted
@@ -151,11 +156,11 @@ class _AuthGraph:
     """The auth DAG over ``event_map``, with memoised auth chains (spec §"Auth chain")."""
 
     def __init__(self, event_map: Mapping[str, Event]) -> None:
-        self._event_map = event_map
+        self.event_map = event_map
         self._chains: dict[str, frozenset[str]] = {}
 
     def event(self, event_id: str) -> Event:
-        return _get(self._event_map, event_id)
+        return _get(self.event_map, event_id)
 
     def auth_chain(self, event_id: str) -> frozenset[str]:
         """Every event reachable through ``auth_events`` links (excluding the event itself)."""
@@ -175,9 +180,7 @@ class _AuthGraph:
                 break
             else:
                 direct = _auth_ids(self.event(current))
-                self._chains[current] = frozenset(direct).union(
-                    *(self._chains[p] for p in direct)
-                )
+                self._chains[current] = frozenset(direct).union(*(self._chains[p] for p in direct))
                 stack.pop()
                 path.discard(current)
         return self._chains[event_id]
@@ -217,12 +220,18 @@ def reverse_topological_power_sort(
 ) -> list[str]:
     """Spec §"Reverse topological power ordering", earliest event first.
 
-    Kahn's algorithm over the ``auth_events`` edges among ``event_ids``, taking at each step
-    the smallest ready event: greater sender power level first, then smaller
-    ``origin_server_ts``, then smaller ``event_id``.
+    Kahn's algorithm over the auth DAG restricted to ``event_ids`` (an event waits for every
+    event of ``event_ids`` in its auth chain), taking at each step the smallest ready event:
+    greater sender power level first, then smaller ``origin_server_ts``, then smaller
+    ``event_id``.
     """
+    return _power_sort(event_ids, _AuthGraph(event_map))
+
+
+def _power_sort(event_ids: Collection[str], graph: _AuthGraph) -> list[str]:
+    event_map = graph.event_map
     ids = set(event_ids)
-    waiting_on = {e: {a for a in _auth_ids(_get(event_map, e)) if a in ids} for e in ids}
+    waiting_on = {e: set(graph.auth_chain(e) & ids) for e in ids}
     unblocks: dict[str, list[str]] = {e: [] for e in ids}
     for event_id, auth_ids in waiting_on.items():
         for auth_id in auth_ids:

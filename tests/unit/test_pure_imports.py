@@ -24,6 +24,9 @@ PURE_MODULES = sorted(
         "refserver.crypto.canonical_json",
         "refserver.crypto.signing",
         "refserver.events",
+        "refserver.sync.filter",
+        "refserver.sync.event_fields",
+        "refserver.client.pushrules_default",
         *(
             f"refserver.events.{info.name}"
             for info in pkgutil.iter_modules(refserver.events.__path__)

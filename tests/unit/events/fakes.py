@@ -91,7 +91,9 @@ def make_create(
     return make_event(name, room_version, type=CREATE, sender=sender, state_key="", content=content)
 
 
-def pl_content(room_version: RoomVersion, users: Mapping[str, int], **levels: Any) -> dict[str, Any]:
+def pl_content(
+    room_version: RoomVersion, users: Mapping[str, int], **levels: Any
+) -> dict[str, Any]:
     """power_levels content; in v12 the creator (ALICE) is dropped from ``users`` (rule 10.4)."""
     if room_version.privileged_creators:
         users = {u: level for u, level in users.items() if u != ALICE}

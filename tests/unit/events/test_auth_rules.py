@@ -38,7 +38,9 @@ from tests.unit.events.fakes import (
     pl_content,
 )
 
-ALL = pytest.mark.parametrize("rv", [ROOM_V10, ROOM_V11, ROOM_V12], ids=lambda v: f"v{v.identifier}")
+ALL = pytest.mark.parametrize(
+    "rv", [ROOM_V10, ROOM_V11, ROOM_V12], ids=lambda v: f"v{v.identifier}"
+)
 LEGACY = pytest.mark.parametrize("rv", [ROOM_V10, ROOM_V11], ids=lambda v: f"v{v.identifier}")
 
 
@@ -170,7 +172,11 @@ def test_v12_event_in_a_room_whose_create_event_was_rejected_is_rejected() -> No
     bad_create = make_create(ROOM_V12)
     state = {k: v for k, v in room.state.items() if k != (CREATE, "")}
     with pytest.raises(AuthError) as excinfo:
-        check_auth(event, state, create_event=Event(bad_create.event_id, ROOM_V12, bad_create.pdu, rejected=True))
+        check_auth(
+            event,
+            state,
+            create_event=Event(bad_create.event_id, ROOM_V12, bad_create.pdu, rejected=True),
+        )
     assert excinfo.value.rule == "2"
     with pytest.raises(AuthError) as excinfo:
         check_auth(event, state)  # no create event at all
@@ -254,7 +260,10 @@ def test_v12_create_event_in_auth_events_is_rejected() -> None:
 def test_rejected_auth_events_are_rejected(rv: RoomVersion) -> None:
     room = standard_room(rv)
     event = room.build(MESSAGE, ALICE)
-    auth_events = [Event(e.event_id, rv, e.pdu, rejected=e.type == POWER_LEVELS) for e in auth_events_of(room, event)]
+    auth_events = [
+        Event(e.event_id, rv, e.pdu, rejected=e.type == POWER_LEVELS)
+        for e in auth_events_of(room, event)
+    ]
     assert_selection_rejected(event, auth_events, "3.3")
 
 
@@ -270,7 +279,10 @@ def test_auth_events_without_the_create_event_are_rejected(rv: RoomVersion) -> N
 def test_auth_events_from_another_room_are_rejected(rv: RoomVersion) -> None:
     room = standard_room(rv)
     event = room.build(MESSAGE, ALICE)
-    foreign = [Event(e.event_id, rv, {**e.pdu, "room_id": "!other:example.com"}) if e.type == MEMBER else e for e in auth_events_of(room, event)]
+    foreign = [
+        Event(e.event_id, rv, {**e.pdu, "room_id": "!other:example.com"}) if e.type == MEMBER else e
+        for e in auth_events_of(room, event)
+    ]
     assert_selection_rejected(event, foreign, "3.5")
 
 
@@ -423,7 +435,9 @@ def test_other_join_rules_admit_nobody(rv: RoomVersion, join_rule: str) -> None:
 def test_third_party_invites_are_refused(rv: RoomVersion) -> None:
     room = standard_room(rv)
     tpi = {"signed": {"mxid": DAVE, "token": "tok", "signatures": {}}, "display_name": "d"}
-    error = assert_rejected(room, member(room, ALICE, DAVE, "invite", third_party_invite=tpi), "5.4.1")
+    error = assert_rejected(
+        room, member(room, ALICE, DAVE, "invite", third_party_invite=tpi), "5.4.1"
+    )
     assert "third-party invites are not supported" in str(error)
 
 
@@ -600,7 +614,9 @@ def pl_change(room: Room, sender: str, **content: Any) -> Event:
 
 
 @ALL
-@pytest.mark.parametrize("field", ["users_default", "events_default", "state_default", "ban", "redact", "kick", "invite"])
+@pytest.mark.parametrize(
+    "field", ["users_default", "events_default", "state_default", "ban", "redact", "kick", "invite"]
+)
 @pytest.mark.parametrize("value", ["50", 50.5, True, None])
 def test_power_levels_must_be_integers(rv: RoomVersion, field: str, value: Any) -> None:
     room = standard_room(rv)
@@ -668,12 +684,15 @@ def test_changing_a_level_above_the_senders_is_rejected(rv: RoomVersion) -> None
 @ALL
 @pytest.mark.parametrize("field", ["events", "notifications"])
 def test_changing_event_levels_above_the_senders_is_rejected(rv: RoomVersion, field: str) -> None:
-    room = standard_room(rv, **{field: {"a": 75, "b": 10}})
+    levels: dict[str, Any] = {field: {"a": 75, "b": 10}}
+    room = standard_room(rv, **levels)
     base = pl_content(rv, {ALICE: 100, BOB: 50})
     assert_rejected(room, pl_change(room, BOB, **base, **{field: {"a": 50, "b": 10}}), "10.7")
     assert_rejected(room, pl_change(room, BOB, **base, **{field: {"b": 10}}), "10.7")  # removal
     assert_rejected(room, pl_change(room, BOB, **base, **{field: {"a": 75, "b": 60}}), "10.8")
-    assert_rejected(room, pl_change(room, BOB, **base, **{field: {"a": 75, "b": 10, "c": 51}}), "10.8")
+    assert_rejected(
+        room, pl_change(room, BOB, **base, **{field: {"a": 75, "b": 10, "c": 51}}), "10.8"
+    )
     room.apply(pl_change(room, BOB, **base, **{field: {"a": 75, "b": 50, "c": 50}}))
 
 
@@ -681,9 +700,15 @@ def test_changing_event_levels_above_the_senders_is_rejected(rv: RoomVersion, fi
 def test_changing_users_at_or_above_the_senders_level_is_rejected(rv: RoomVersion) -> None:
     room = standard_room(rv)
     room.send(POWER_LEVELS, ALICE, "", pl_content(rv, {ALICE: 100, BOB: 50, DAVE: 50}))
-    assert_rejected(room, pl_change(room, BOB, **pl_content(rv, {ALICE: 100, BOB: 50, DAVE: 0})), "10.9")
+    assert_rejected(
+        room, pl_change(room, BOB, **pl_content(rv, {ALICE: 100, BOB: 50, DAVE: 0})), "10.9"
+    )
     assert_rejected(room, pl_change(room, BOB, **pl_content(rv, {ALICE: 100, BOB: 50})), "10.9")
-    assert_rejected(room, pl_change(room, BOB, **pl_content(rv, {ALICE: 100, BOB: 50, DAVE: 50, CHARLIE: 51})), "10.10")
+    assert_rejected(
+        room,
+        pl_change(room, BOB, **pl_content(rv, {ALICE: 100, BOB: 50, DAVE: 50, CHARLIE: 51})),
+        "10.10",
+    )
     # Bob may promote Charlie up to his own level and demote himself.
     room.apply(pl_change(room, BOB, **pl_content(rv, {ALICE: 100, BOB: 50, DAVE: 50, CHARLIE: 50})))
     room.apply(pl_change(room, BOB, **pl_content(rv, {ALICE: 100, BOB: 10, DAVE: 50, CHARLIE: 50})))
@@ -730,4 +755,6 @@ def test_v12_creators_have_infinite_power() -> None:
 
 def test_room_creators_by_version() -> None:
     assert get_room_creators(make_create(ROOM_V10, extra_content={"creator": BOB})) == {BOB}
-    assert get_room_creators(make_create(ROOM_V11, extra_content={"additional_creators": [BOB]})) == {ALICE}
+    assert get_room_creators(
+        make_create(ROOM_V11, extra_content={"additional_creators": [BOB]})
+    ) == {ALICE}

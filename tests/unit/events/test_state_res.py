@@ -83,7 +83,9 @@ def _content(rv: RoomVersion, fake: Fake) -> dict[str, Any]:
     if fake.type == CREATE:
         return dict(make_create(rv, sender=fake.sender).content)
     if fake.type == POWER_LEVELS:
-        return pl_content(rv, fake.content["users"], **{k: v for k, v in fake.content.items() if k != "users"})
+        return pl_content(
+            rv, fake.content["users"], **{k: v for k, v in fake.content.items() if k != "users"}
+        )
     return dict(fake.content)
 
 
@@ -250,13 +252,6 @@ def test_mainline_sort(rv: RoomVersion) -> None:
     do_check(rv, events, edges, ["T3", "PA2"])
 
 
-@BOTH
-def test_resolving_forks_with_no_conflict_keeps_both_joins(rv: RoomVersion) -> None:
-    """Synapse SimpleParamStateTestCase: Bob and Charlie join at the same time."""
-    events = [Fake("MD", ZARA, TOPIC, "")]
-    do_check(rv, events, [["END", "IMZ"]], [])
-
-
 # --- Sort orders ---
 
 
@@ -266,7 +261,15 @@ def _ev(name: str, rv: RoomVersion = ROOM_V11, **kw: Any) -> Event:
 
 def test_reverse_topological_power_sort_breaks_ties_by_power_then_ts_then_event_id() -> None:
     create = make_create(ROOM_V11)
-    power = _ev("PL", type=POWER_LEVELS, sender=ALICE, state_key="", content=pl({ALICE: 100, BOB: 50}), auth_events=["$CREATE"], ts=1)
+    power = _ev(
+        "PL",
+        type=POWER_LEVELS,
+        sender=ALICE,
+        state_key="",
+        content=pl({ALICE: 100, BOB: 50}),
+        auth_events=["$CREATE"],
+        ts=1,
+    )
     cite = ["$CREATE", "$PL"]
 
     def jr(name: str, sender: str, ts: int) -> Event:
@@ -282,12 +285,19 @@ def test_reverse_topological_power_sort_breaks_ties_by_power_then_ts_then_event_
 
 def test_reverse_topological_power_sort_puts_v12_creators_first() -> None:
     create = make_create(ROOM_V12)
-    power = _ev("PL", ROOM_V12, type=POWER_LEVELS, sender=ALICE, state_key="", content=pl({BOB: 100}), ts=1)
+    power = _ev(
+        "PL", ROOM_V12, type=POWER_LEVELS, sender=ALICE, state_key="", content=pl({BOB: 100}), ts=1
+    )
     a = _ev("A", ROOM_V12, type=JOIN_RULES, sender=BOB, state_key="", auth_events=["$PL"], ts=2)
     b = _ev("B", ROOM_V12, type=JOIN_RULES, sender=ALICE, state_key="", auth_events=["$PL"], ts=3)
     event_map = {e.event_id: e for e in (create, power, a, b)}
     # The create event is implied by the room ID, so it sorts first although nobody cites it.
-    assert reverse_topological_power_sort(list(event_map), event_map) == ["$CREATE", "$PL", "$B", "$A"]
+    assert reverse_topological_power_sort(list(event_map), event_map) == [
+        "$CREATE",
+        "$PL",
+        "$B",
+        "$A",
+    ]
 
 
 def test_reverse_topological_order_follows_the_auth_dag_before_power() -> None:
@@ -295,7 +305,14 @@ def test_reverse_topological_order_follows_the_auth_dag_before_power() -> None:
     create = make_create(ROOM_V11)
     graph = {"l": ["o"], "m": ["n", "o"], "n": ["o"], "o": [], "p": ["o"]}
     events = [create] + [
-        _ev(n, type=JOIN_RULES, sender=ALICE, state_key="", auth_events=["$CREATE"] + ["$" + a for a in auths], ts=0)
+        _ev(
+            n,
+            type=JOIN_RULES,
+            sender=ALICE,
+            state_key="",
+            auth_events=["$CREATE"] + ["$" + a for a in auths],
+            ts=0,
+        )
         for n, auths in graph.items()
     ]
     event_map = {e.event_id: e for e in events}
@@ -303,11 +320,48 @@ def test_reverse_topological_order_follows_the_auth_dag_before_power() -> None:
     assert order == ["$o", "$l", "$n", "$m", "$p"]
 
 
+def test_reverse_topological_order_respects_auth_chains_through_unsorted_events() -> None:
+    """P reaches B only through A, which is not being sorted: B must still come first."""
+    create = make_create(ROOM_V11)
+    b = _ev(
+        "B", type=MEMBER, sender=BOB, state_key=BOB, content=JOIN, auth_events=["$CREATE"], ts=9
+    )
+    a = _ev("A", type=TOPIC, sender=BOB, state_key="", auth_events=["$CREATE", "$B"], ts=9)
+    p = _ev("P", type=JOIN_RULES, sender=ALICE, state_key="", auth_events=["$CREATE", "$A"], ts=1)
+    event_map = {e.event_id: e for e in (create, a, b, p)}
+    # Alice (creator, 100) outranks Bob (0), but P depends on B.
+    assert reverse_topological_power_sort(["$P", "$B"], event_map) == ["$B", "$P"]
+
+
 def test_mainline_sort_orders_by_position_then_ts_then_event_id() -> None:
     create = make_create(ROOM_V11)
-    p1 = _ev("P1", type=POWER_LEVELS, sender=ALICE, state_key="", content=pl({ALICE: 100}), auth_events=["$CREATE"], ts=1)
-    p2 = _ev("P2", type=POWER_LEVELS, sender=ALICE, state_key="", content=pl({ALICE: 100}), auth_events=["$CREATE", "$P1"], ts=2)
-    side = _ev("SIDE", type=POWER_LEVELS, sender=ALICE, state_key="", content=pl({ALICE: 100}), auth_events=["$CREATE", "$P1"], ts=3)
+    p1 = _ev(
+        "P1",
+        type=POWER_LEVELS,
+        sender=ALICE,
+        state_key="",
+        content=pl({ALICE: 100}),
+        auth_events=["$CREATE"],
+        ts=1,
+    )
+    p2 = _ev(
+        "P2",
+        type=POWER_LEVELS,
+        sender=ALICE,
+        state_key="",
+        content=pl({ALICE: 100}),
+        auth_events=["$CREATE", "$P1"],
+        ts=2,
+    )
+    side = _ev(
+        "SIDE",
+        type=POWER_LEVELS,
+        sender=ALICE,
+        state_key="",
+        content=pl({ALICE: 100}),
+        auth_events=["$CREATE", "$P1"],
+        ts=3,
+    )
 
     def topic(name: str, pl_id: str | None, ts: int) -> Event:
         auth = ["$CREATE"] + ([pl_id] if pl_id else [])
@@ -325,7 +379,11 @@ def test_mainline_sort_orders_by_position_then_ts_then_event_id() -> None:
     order = mainline_sort([t.event_id for t in topics], "$P2", event_map)
     assert order == ["$T_NONE", "$T_SIDE", "$T_EARLY", "$T_OLD_A", "$T_OLD_B", "$T_NEW"]
     # Without a resolved power levels event every position is ∞: only ts and ID count.
-    assert mainline_sort(["$T_OLD_B", "$T_OLD_A", "$T_NEW"], None, event_map) == ["$T_NEW", "$T_OLD_A", "$T_OLD_B"]
+    assert mainline_sort(["$T_OLD_B", "$T_OLD_A", "$T_NEW"], None, event_map) == [
+        "$T_NEW",
+        "$T_OLD_A",
+        "$T_OLD_B",
+    ]
 
 
 # --- v2 versus v2.1 (Synapse tests/state/test_v21.py) ---
@@ -344,19 +402,32 @@ class Chain:
         self.events[event.event_id] = event
         return event.event_id
 
-    def new(self, name: str, type: str, state_key: str, sender: str, content: Mapping[str, Any], auth: Sequence[str]) -> str:
+    def new(
+        self,
+        name: str,
+        type: str,
+        state_key: str,
+        sender: str,
+        content: Mapping[str, Any],
+        auth: Sequence[str],
+    ) -> str:
         auth_events = list(auth) if self.rv.room_id_is_create_event_hash else ["$CREATE", *auth]
         if type == POWER_LEVELS:
             content = pl_content(self.rv, content["users"])
-        return self.add(make_event(name, self.rv, type=type, sender=sender, state_key=state_key,
-                                   content=content, auth_events=auth_events, ts=next(self.ts)))  # fmt: skip
+        event = make_event(
+            name, self.rv, type=type, sender=sender, state_key=state_key, content=content,
+            auth_events=auth_events, ts=next(self.ts),
+        )  # fmt: skip
+        return self.add(event)
 
     def state(self, *ids: str) -> dict[StateKey, str]:
         return {self.events[i].state_tuple(): i for i in ("$CREATE", *ids)}
 
 
 @BOTH
-def test_v2_1_starts_from_an_empty_state_so_stale_leaves_cannot_reset_join_rules(rv: RoomVersion) -> None:
+def test_v2_1_starts_from_an_empty_state_so_stale_leaves_cannot_reset_join_rules(
+    rv: RoomVersion,
+) -> None:
     """Alice sets the join rules to invite, then leaves; another server's fork cites the old
     public join rules. v2 replays both join rules against Alice's (unconflicted) leave, so
     both fail and the join rules vanish; v2.1 checks them against their auth events."""
@@ -380,17 +451,25 @@ def test_v2_1_starts_from_an_empty_state_so_stale_leaves_cannot_reset_join_rules
 
 @BOTH
 def test_v2_1_replays_the_conflicted_subgraph(rv: RoomVersion) -> None:
-    """Eve's rename cites old power levels; the fork after Zara's join has the new ones.
-    v2.1 replays the events between the conflicted ones, so Eve keeps her first join, in
-    the newest power levels epoch, and the power levels are not reset."""
+    """Eve's rename ME2 cites old power levels (POWER1) but, through ME1, the new ones.
+
+    v2 replays only the conflicted events and the auth difference: POWER2 is in both auth
+    chains, so POWER3 (Bob, promoted by POWER2) is checked against POWER1, fails, and the
+    power levels reset to POWER1. v2.1 also replays the conflicted state subgraph, the path
+    ME2 → ME1 → POWER3 → POWER2 → POWER1, so POWER3 survives and ME1 is in its epoch.
+    """
     c = Chain(rv)
     ma = c.new("MA", MEMBER, ALICE, ALICE, JOIN, [])
     power1 = c.new("POWER1", POWER_LEVELS, "", ALICE, {"users": {ALICE: 100}}, [ma])
     jr = c.new("JR", JOIN_RULES, "", ALICE, {"join_rule": "public"}, [ma, power1])
     mb = c.new("MB", MEMBER, BOB, BOB, JOIN, [power1, jr])
     mc = c.new("MC", MEMBER, CHARLIE, CHARLIE, JOIN, [power1, jr])
-    power2 = c.new("POWER2", POWER_LEVELS, "", ALICE, {"users": {ALICE: 100, BOB: 50}}, [ma, power1])
-    power3 = c.new("POWER3", POWER_LEVELS, "", BOB, {"users": {ALICE: 100, BOB: 50, CHARLIE: 50}}, [mb, power2])
+    power2 = c.new(
+        "POWER2", POWER_LEVELS, "", ALICE, {"users": {ALICE: 100, BOB: 50}}, [ma, power1]
+    )
+    power3 = c.new(
+        "POWER3", POWER_LEVELS, "", BOB, {"users": {ALICE: 100, BOB: 50, CHARLIE: 50}}, [mb, power2]
+    )
     me1 = c.new("ME1", MEMBER, EVELYN, EVELYN, JOIN, [power3, jr])
     me2 = c.new("ME2", MEMBER, EVELYN, EVELYN, JOIN, [power1, jr, me1])
     mz = c.new("MZ", MEMBER, ZARA, ZARA, JOIN, [power3, jr])
@@ -399,16 +478,25 @@ def test_v2_1_replays_the_conflicted_subgraph(rv: RoomVersion) -> None:
     sensible = c.state(ma, mb, mc, mz, power3, jr)
     resolved = resolve_state(rv, [dodgy, sensible], c.events)
 
-    expected = c.state(ma, mb, mc, me1, mz, power3, jr)
     if rv is ROOM_V12:
-        assert resolved == expected
+        assert resolved == c.state(ma, mb, mc, me1, mz, power3, jr)
     else:
-        # v2 only replays the conflicted events and the auth difference; ME1 is in neither
-        # state's... it is in both auth chains, so ME2 stays.
-        assert resolved == c.state(ma, mb, mc, me2, mz, power3, jr)
+        assert resolved == c.state(ma, mb, mc, me2, mz, power1, jr)
 
 
 # --- Building blocks ---
+
+
+@BOTH
+def test_concurrent_joins_are_both_kept(rv: RoomVersion) -> None:
+    """Synapse SimpleParamStateTestCase: Bob and Charlie join at the same time."""
+    c = Chain(rv)
+    ma = c.new("IMA", MEMBER, ALICE, ALICE, JOIN, [])
+    jr = c.new("IJR", JOIN_RULES, "", ALICE, {"join_rule": "public"}, [ma])
+    mb = c.new("IMB", MEMBER, BOB, BOB, JOIN, [jr])
+    mc = c.new("IMC", MEMBER, CHARLIE, CHARLIE, JOIN, [jr])
+    at_bob, at_charlie = c.state(ma, jr, mb), c.state(ma, jr, mc)
+    assert resolve_state(rv, [at_bob, at_charlie], c.events) == c.state(ma, jr, mb, mc)
 
 
 def test_unconflicted_states_resolve_to_themselves() -> None:
@@ -430,7 +518,9 @@ def test_missing_events_raise_state_resolution_error() -> None:
 
 def test_power_events_are_power_levels_join_rules_kicks_and_bans() -> None:
     def member(sender: str, target: str, membership: str) -> Event:
-        return _ev("M", type=MEMBER, sender=sender, state_key=target, content={"membership": membership})
+        return _ev(
+            "M", type=MEMBER, sender=sender, state_key=target, content={"membership": membership}
+        )
 
     assert is_power_event(_ev("P", type=POWER_LEVELS, sender=ALICE, state_key=""))
     assert is_power_event(_ev("J", type=JOIN_RULES, sender=ALICE, state_key=""))

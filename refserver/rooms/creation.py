@@ -1,0 +1,255 @@
+"""POST /_matrix/client/v3/createRoom (CS API "Creation").
+
+Events in the spec's order: create (creation_content merged), the creator's join, power
+levels (power_level_content_override applied), canonical alias, preset events, initial_state,
+name, topic, invites. The whole room is built and auth-checked in memory first; only a room
+that passes is stored, in one transaction.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from refserver.accounts.service import Requester
+from refserver.errors import (
+    M_BAD_JSON,
+    M_INVALID_PARAM,
+    M_INVALID_ROOM_STATE,
+    M_ROOM_IN_USE,
+    M_UNSUPPORTED_ROOM_VERSION,
+    MatrixError,
+)
+from refserver.events.auth_state import AuthError
+from refserver.events.format import InvalidPdu, check_client_event_content
+from refserver.events.room_versions import (
+    DEFAULT_ROOM_VERSION,
+    RoomVersion,
+    UnsupportedRoomVersion,
+    get_room_version,
+)
+from refserver.ids import InvalidId, UserId, is_valid_localpart
+from refserver.rooms import store
+from refserver.rooms.builder import EventBuilder, RoomView, member_content
+from refserver.rooms.service import RoomService, now_ms, random_room_id
+from refserver.storage import rooms as room_store
+from refserver.types import JsonDict, JsonValue
+
+PRESETS: dict[str, dict[str, str]] = {
+    "private_chat": {
+        "join_rule": "invite",
+        "history_visibility": "shared",
+        "guest_access": "can_join",
+    },
+    "trusted_private_chat": {
+        "join_rule": "invite",
+        "history_visibility": "shared",
+        "guest_access": "can_join",
+    },
+    "public_chat": {
+        "join_rule": "public",
+        "history_visibility": "shared",
+        "guest_access": "forbidden",
+    },
+}
+
+
+def _bad(message: str, errcode: str = M_BAD_JSON) -> MatrixError:
+    return MatrixError(400, errcode, message)
+
+
+def _opt_str(body: JsonDict, key: str) -> str | None:
+    value = body.get(key)
+    if value is not None and not isinstance(value, str):
+        raise _bad(f"{key} must be a string")
+    return value
+
+
+def _opt_obj(body: JsonDict, key: str) -> JsonDict:
+    value = body.get(key, {})
+    if not isinstance(value, dict):
+        raise _bad(f"{key} must be an object")
+    return value
+
+
+def default_power_levels(rv: RoomVersion, creator: str, trusted: list[str]) -> JsonDict:
+    """Power levels for a new room (Synapse's defaults, which clients expect).
+
+    rooms/v12: creators are not listed in ``users`` (they have infinite power) and
+    ``m.room.tombstone`` must need more than ``state_default`` (MSC4289).
+    """
+    users: JsonDict = {} if rv.privileged_creators else {creator: 100, **{u: 100 for u in trusted}}
+    return {
+        "users": users,
+        "users_default": 0,
+        "events": {
+            "m.room.name": 50,
+            "m.room.power_levels": 100,
+            "m.room.history_visibility": 100,
+            "m.room.canonical_alias": 50,
+            "m.room.avatar": 50,
+            "m.room.tombstone": 150 if rv.privileged_creators else 100,
+            "m.room.server_acl": 100,
+            "m.room.encryption": 100,
+        },
+        "events_default": 0,
+        "state_default": 50,
+        "ban": 50,
+        "kick": 50,
+        "redact": 50,
+        "invite": 0,
+        "historical": 100,
+    }
+
+
+class RoomCreator:
+    def __init__(self, rooms: RoomService, builder: EventBuilder) -> None:
+        self._rooms = rooms
+        self._builder = builder
+
+    async def create_room(self, requester: Requester, body: JsonDict) -> str:
+        creator = requester.user_id
+        rv = self._room_version(body.get("room_version"))
+        visibility = body.get("visibility", "private")
+        if visibility not in ("public", "private"):
+            raise _bad("visibility must be 'public' or 'private'")
+        preset = body.get("preset", "public_chat" if visibility == "public" else "private_chat")
+        if preset not in PRESETS:
+            raise _bad(f"unknown preset {preset!r}")
+        invites = self._invites(body)
+        if body.get("invite_3pid"):
+            raise _bad("third-party invites (invite_3pid) are not supported", M_INVALID_PARAM)
+        is_direct = body.get("is_direct", False)
+        if not isinstance(is_direct, bool):
+            raise _bad("is_direct must be a boolean")
+        name, topic = _opt_str(body, "name"), _opt_str(body, "topic")
+        alias_name = _opt_str(body, "room_alias_name")
+        alias = None
+        if alias_name is not None:
+            if not alias_name or not is_valid_localpart(alias_name):
+                raise _bad("room_alias_name may only contain a-z, 0-9 and ._=-/+", M_INVALID_PARAM)
+            alias = f"#{alias_name}:{self._rooms.server_name}"
+        creation_content = _opt_obj(body, "creation_content")
+        pl_override = _opt_obj(body, "power_level_content_override")
+        initial_state = self._initial_state(body)
+
+        trusted = invites if preset == "trusted_private_chat" else []
+        create_content: JsonDict = {**creation_content, "room_version": rv.identifier}
+        if rv.implicit_room_creator:
+            create_content.pop("creator", None)
+        else:
+            create_content["creator"] = creator
+        if rv.privileged_creators and trusted:
+            create_content["additional_creators"] = trusted
+
+        view = RoomView(
+            room_version=rv,
+            room_id=None
+            if rv.room_id_is_create_event_hash
+            else random_room_id(self._rooms.server_name),
+            state={},
+            events={},
+            prev_events=[],
+            prev_depth=0,
+        )
+        profile = await self._rooms._profile_for_member_event(creator)
+        now = now_ms()
+
+        def add(event_type: str, content: JsonDict, state_key: str | None = "") -> None:
+            self._builder.build(
+                view,
+                sender=creator,
+                event_type=event_type,
+                content=content,
+                state_key=state_key,
+                now_ms=now,
+            )
+
+        try:
+            add("m.room.create", create_content)
+            add("m.room.member", member_content("join", profile), creator)
+            add(
+                "m.room.power_levels", {**default_power_levels(rv, creator, trusted), **pl_override}
+            )
+            if alias is not None:
+                add("m.room.canonical_alias", {"alias": alias})
+            settings = PRESETS[preset]
+            add("m.room.join_rules", {"join_rule": settings["join_rule"]})
+            add("m.room.history_visibility", {"history_visibility": settings["history_visibility"]})
+            add("m.room.guest_access", {"guest_access": settings["guest_access"]})
+            for event_type, state_key, content in initial_state:
+                add(event_type, content, state_key)
+            if name is not None:
+                add("m.room.name", {"name": name})
+            if topic is not None:
+                add("m.room.topic", {"topic": topic})
+            for invitee in invites:
+                invitee_profile = await self._rooms._profile_for_member_event(invitee)
+                extra = {"is_direct": True} if is_direct else {}
+                add("m.room.member", member_content("invite", invitee_profile, **extra), invitee)
+        except AuthError as exc:
+            raise MatrixError(
+                400, M_INVALID_ROOM_STATE, f"the requested room state is not allowed: {exc}"
+            ) from None
+        except InvalidPdu as exc:
+            raise MatrixError(400, exc.errcode, str(exc)) from None
+
+        room_id = view.room_id
+        assert room_id is not None
+
+        def txn(conn: sqlite3.Connection) -> None:
+            if alias is not None and not room_store.set_alias(conn, alias, room_id, creator):
+                raise MatrixError(400, M_ROOM_IN_USE, f"room alias {alias} is already in use")
+            store.persist_built(conn, view, state_before_first={}, new_room=True, now_ms=now)
+            if visibility == "public":
+                conn.execute("UPDATE rooms SET is_public = 1 WHERE room_id = ?", (room_id,))
+
+        await self._rooms._db.run(txn)
+        self._rooms._notifier.notify()
+        return room_id
+
+    @staticmethod
+    def _room_version(value: JsonValue) -> RoomVersion:
+        if value is None:
+            return DEFAULT_ROOM_VERSION
+        if not isinstance(value, str):
+            raise _bad("room_version must be a string")
+        try:
+            return get_room_version(value)
+        except UnsupportedRoomVersion:
+            raise MatrixError(
+                400, M_UNSUPPORTED_ROOM_VERSION, f"room version {value!r} is not supported"
+            ) from None
+
+    @staticmethod
+    def _invites(body: JsonDict) -> list[str]:
+        invites = body.get("invite", [])
+        if not isinstance(invites, list):
+            raise _bad("invite must be a list of user IDs")
+        for user_id in invites:
+            try:
+                UserId.parse(user_id)
+            except InvalidId:
+                raise _bad(f"invalid user ID in invite: {user_id!r}", M_INVALID_PARAM) from None
+        return list(dict.fromkeys(invites))
+
+    @staticmethod
+    def _initial_state(body: JsonDict) -> list[tuple[str, str, JsonDict]]:
+        items = body.get("initial_state", [])
+        if not isinstance(items, list):
+            raise _bad("initial_state must be a list")
+        out = []
+        for item in items:
+            if not isinstance(item, dict) or not isinstance(item.get("type"), str):
+                raise _bad("each initial_state entry needs a string type")
+            state_key = item.get("state_key", "")
+            content = item.get("content")
+            if not isinstance(state_key, str) or not isinstance(content, dict):
+                raise _bad("initial_state entries need a string state_key and an object content")
+            if item["type"] in ("m.room.create", "m.room.member"):
+                raise _bad(f"initial_state may not contain {item['type']}", M_INVALID_ROOM_STATE)
+            try:
+                check_client_event_content(item["type"], state_key, content)
+            except InvalidPdu as exc:
+                raise MatrixError(400, exc.errcode, str(exc)) from None
+            out.append((item["type"], state_key, content))
+        return out

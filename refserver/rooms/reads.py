@@ -1,0 +1,273 @@
+"""Reading rooms for clients: state, members, messages, single events (CS API "Rooms").
+
+Everything a client reads passes history visibility (CS API "History visibility") and is
+formatted as a ClientEvent with ``unsigned`` filled in: ``prev_content`` on state events
+(mautrix classifies profile changes by it), ``transaction_id`` on the sender's own echo.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from refserver.accounts.service import Requester
+from refserver.errors import M_NOT_FOUND, MatrixError, forbidden
+from refserver.events.client_format import client_event
+from refserver.events.model import Event
+from refserver.events.redaction import redact
+from refserver.events.visibility import history_visibility_of, is_visible
+from refserver.rooms.service import now_ms
+from refserver.storage import events as event_store
+from refserver.storage import rooms as room_store
+from refserver.storage.database import Database
+from refserver.storage.events import StateMap, StoredEvent
+from refserver.streams import StreamToken
+from refserver.types import JsonDict
+
+MEMBER = "m.room.member"
+
+
+@dataclass(frozen=True)
+class Page:
+    chunk: list[JsonDict]
+    start: str
+    end: str | None
+    state: list[JsonDict]
+
+
+def format_events(
+    conn: sqlite3.Connection,
+    stored: Sequence[StoredEvent],
+    requester: Requester | None,
+    *,
+    include_room_id: bool = True,
+) -> list[JsonDict]:
+    """ClientEvents with ``unsigned`` (prev_content, transaction_id, redacted_because)."""
+    txns = room_store.get_txn_ids(conn, [s.event.event_id for s in stored])
+    state_before_cache: dict[str, StateMap | None] = {}
+    out = []
+    now = now_ms()
+    for s in stored:
+        event = s.event
+        unsigned: JsonDict = {}
+        txn = txns.get(event.event_id)
+        if (
+            requester is not None
+            and txn is not None
+            and txn[:2] == (requester.user_id, requester.device_id)
+        ):
+            txn_id = txn[2]
+            if not txn_id.startswith("redact/"):
+                unsigned["transaction_id"] = txn_id
+            else:
+                unsigned["transaction_id"] = txn_id.removeprefix("redact/")
+        if event.is_state:
+            before = state_before_cache.setdefault(
+                event.event_id, event_store.get_state_before(conn, event.event_id)
+            )
+            prev_id = (before or {}).get(event.state_tuple())
+            if prev_id is not None and prev_id != event.event_id:
+                prev = event_store.get_events(conn, [prev_id]).get(prev_id)
+                if prev is not None:
+                    unsigned.update(
+                        prev_content=prev.content, prev_sender=prev.sender, replaces_state=prev_id
+                    )
+        if s.redacted_by is not None:
+            event = Event(event.event_id, event.room_version, redact(event.pdu, event.room_version))
+            unsigned["redacted_because"] = {"event_id": s.redacted_by, "type": "m.room.redaction"}
+        out.append(
+            client_event(event, include_room_id=include_room_id, unsigned=unsigned, now_ms=now)
+        )
+    return out
+
+
+def visible_to(
+    conn: sqlite3.Connection, user_id: str, stored: Sequence[StoredEvent]
+) -> list[StoredEvent]:
+    """Filter by history visibility, using each event's state before it."""
+    out = []
+    joined_now: dict[str, bool] = {}
+    for s in stored:
+        event = s.event
+        room_id = event.room_id
+        if room_id not in joined_now:
+            m = room_store.get_membership(conn, room_id, user_id)
+            joined_now[room_id] = m is not None and m.membership == "join"
+        before = event_store.get_state_before(conn, event.event_id) or {}
+        member_id = before.get((MEMBER, user_id))
+        member = event_store.get_events(conn, [member_id]).get(member_id) if member_id else None
+        hv_id = before.get(("m.room.history_visibility", ""))
+        hv_event = event_store.get_events(conn, [hv_id]).get(hv_id) if hv_id else None
+        if is_visible(
+            event,
+            user_id,
+            history_visibility_before=history_visibility_of(hv_event.content if hv_event else None),
+            membership_before=member.membership if member else None,
+            currently_joined=joined_now[room_id],
+        ):
+            out.append(s)
+    return out
+
+
+class RoomReader:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def _membership_or_403(self, room_id: str, user_id: str) -> room_store.Membership:
+        m = await self._db.run(room_store.get_membership, room_id, user_id)
+        if m is None or m.membership not in ("join", "leave", "ban"):
+            raise forbidden("you are not in this room")
+        return m
+
+    async def _state_for(self, requester: Requester, room_id: str) -> StateMap:
+        """Current state if joined; the state when the user left otherwise."""
+        m = await self._membership_or_403(room_id, requester.user_id)
+        if m.membership == "join":
+            return await self._db.run(room_store.get_current_state, room_id)
+        state = await self._db.run(event_store.get_state_after, m.event_id)
+        if state is None:
+            raise forbidden("you are not in this room")
+        return state
+
+    async def get_state(self, requester: Requester, room_id: str) -> list[JsonDict]:
+        """GET /rooms/{roomId}/state"""
+        state = await self._state_for(requester, room_id)
+
+        def txn(conn: sqlite3.Connection) -> list[JsonDict]:
+            stored = event_store.get_stored_events(conn, state.values())
+            return format_events(
+                conn, [stored[e] for e in state.values() if e in stored], requester
+            )
+
+        return await self._db.run(txn)
+
+    async def get_state_event(
+        self, requester: Requester, room_id: str, event_type: str, state_key: str
+    ) -> JsonDict:
+        """GET /rooms/{roomId}/state/{eventType}/{stateKey} → the content."""
+        state = await self._state_for(requester, room_id)
+        event_id = state.get((event_type, state_key))
+        if event_id is None:
+            raise MatrixError(404, M_NOT_FOUND, f"no {event_type} state with key {state_key!r}")
+        events = await self._db.run(event_store.get_events, [event_id])
+        return dict(events[event_id].content)
+
+    async def get_members(
+        self,
+        requester: Requester,
+        room_id: str,
+        *,
+        membership: str | None,
+        not_membership: str | None,
+    ) -> list[JsonDict]:
+        """GET /rooms/{roomId}/members (?membership=, ?not_membership=)."""
+        state = await self._state_for(requester, room_id)
+        member_ids = [eid for (t, _), eid in state.items() if t == MEMBER]
+
+        def txn(conn: sqlite3.Connection) -> list[JsonDict]:
+            stored = event_store.get_stored_events(conn, member_ids)
+            chosen = [
+                s
+                for s in stored.values()
+                if (membership is None or s.event.membership == membership)
+                and (not_membership is None or s.event.membership != not_membership)
+            ]
+            return format_events(conn, sorted(chosen, key=lambda s: s.stream_ordering), requester)
+
+        return await self._db.run(txn)
+
+    async def get_joined_members(self, requester: Requester, room_id: str) -> JsonDict:
+        """GET /rooms/{roomId}/joined_members: note ``display_name`` with an underscore."""
+        m = await self._db.run(room_store.get_membership, room_id, requester.user_id)
+        if m is None or m.membership != "join":
+            raise forbidden("you are not joined to this room")
+
+        def txn(conn: sqlite3.Connection) -> JsonDict:
+            members = room_store.get_members(conn, room_id, "join")
+            events = event_store.get_events(conn, [mb.event_id for mb in members])
+            joined: JsonDict = {}
+            for mb in members:
+                content = events[mb.event_id].content
+                joined[mb.user_id] = {
+                    "display_name": content.get("displayname"),
+                    "avatar_url": content.get("avatar_url"),
+                }
+            return {"joined": joined}
+
+        return await self._db.run(txn)
+
+    async def get_joined_rooms(self, requester: Requester) -> list[str]:
+        rooms = await self._db.run(room_store.get_rooms_for_user, requester.user_id, ("join",))
+        return sorted(m.room_id for m in rooms)
+
+    async def get_event(self, requester: Requester, room_id: str, event_id: str) -> JsonDict:
+        """GET /rooms/{roomId}/event/{eventId}"""
+        await self._membership_or_403(room_id, requester.user_id)
+
+        def txn(conn: sqlite3.Connection) -> list[JsonDict]:
+            stored = event_store.get_stored_events(conn, [event_id]).get(event_id)
+            if (
+                stored is None
+                or stored.event.room_id != room_id
+                or stored.event.rejected
+                or stored.outlier
+            ):
+                return []
+            return format_events(conn, visible_to(conn, requester.user_id, [stored]), requester)
+
+        found = await self._db.run(txn)
+        if not found:
+            raise MatrixError(404, M_NOT_FOUND, "event not found")
+        return found[0]
+
+    async def get_messages(
+        self,
+        requester: Requester,
+        room_id: str,
+        *,
+        from_token: str | None,
+        to_token: str | None,
+        direction: str,
+        limit: int,
+    ) -> Page:
+        """GET /rooms/{roomId}/messages. Tokens are stream positions (see ``streams``):
+        backwards from ``from`` returns events at or before it, newest first."""
+        m = await self._membership_or_403(room_id, requester.user_id)
+
+        def txn(conn: sqlite3.Connection) -> Page:
+            head = event_store.max_stream_ordering(conn)
+            # A user who left sees nothing after their leave.
+            ceiling = head if m.membership == "join" else m.stream_ordering
+            start = (
+                StreamToken.parse(from_token).events
+                if from_token
+                else (ceiling if direction == "b" else 0)
+            )
+            start = min(start, ceiling)
+            stop = StreamToken.parse(to_token).events if to_token else None
+            if direction == "b":
+                rows = event_store.get_room_events(
+                    conn, room_id, after=stop or 0, upto=start, limit=limit, newest_first=True
+                )
+                end = StreamToken(rows[-1].stream_ordering - 1) if len(rows) == limit else None
+            else:
+                rows = event_store.get_room_events(
+                    conn,
+                    room_id,
+                    after=start,
+                    upto=min(stop or ceiling, ceiling),
+                    limit=limit,
+                    newest_first=False,
+                )
+                end = StreamToken(rows[-1].stream_ordering) if rows else None
+            rows = [r for r in rows if not r.soft_failed]
+            chunk = format_events(conn, visible_to(conn, requester.user_id, rows), requester)
+            return Page(
+                chunk=chunk,
+                start=str(StreamToken(start)),
+                end=None if end is None else str(end),
+                state=[],
+            )
+
+        return await self._db.run(txn)

@@ -1,0 +1,75 @@
+"""Database transactions of the room service: load a room view, persist built events.
+
+Plain sync functions over one connection (run through ``Database.run``), so a whole batch
+— createRoom's events, or one event and its state — commits or fails together.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from refserver.events.model import Event
+from refserver.events.room_versions import get_room_version
+from refserver.rooms.builder import RoomView, StateMap
+from refserver.storage import events as event_store
+from refserver.storage import rooms as room_store
+
+
+def load_view(conn: sqlite3.Connection, room_id: str) -> RoomView | None:
+    rv_id = room_store.get_room_version_id(conn, room_id)
+    if rv_id is None:
+        return None
+    state = room_store.get_current_state(conn, room_id)
+    prev_events = event_store.get_forward_extremities(conn, room_id)
+    events = event_store.get_events(conn, [*state.values(), *prev_events])
+    return RoomView(
+        room_version=get_room_version(rv_id),
+        room_id=room_id,
+        state=state,
+        events=events,
+        prev_events=sorted(prev_events),
+        prev_depth=max((events[e].depth for e in prev_events if e in events), default=0),
+    )
+
+
+def persist_built(
+    conn: sqlite3.Connection,
+    view: RoomView,
+    *,
+    state_before_first: StateMap,
+    txn: tuple[str, str, str] | None = None,
+    new_room: bool = False,
+    now_ms: int = 0,
+) -> list[int]:
+    """Store ``view.built`` in order, each with the state before it; update current state.
+
+    Returns the stream orderings. ``txn`` = (user_id, device_id, txn_id) of the last event.
+    """
+    assert view.room_id is not None
+    if new_room:
+        room_store.insert_room(conn, view.room_id, view.room_version.identifier, now_ms)
+    state = dict(state_before_first)
+    orderings: list[int] = []
+    member_orderings: dict[str, tuple[str, int]] = {}
+    for event in view.built:
+        ordering = event_store.insert_event(conn, event, state_before=state)
+        event_store.update_forward_extremities(conn, event)
+        orderings.append(ordering)
+        if event.is_state:
+            state[event.state_tuple()] = event.event_id
+            if event.type == "m.room.member" and event.membership:
+                member_orderings[event.event_id] = (event.membership, ordering)
+        _apply_redaction(conn, event)
+    room_store.set_current_state(conn, view.room_id, state, member_orderings)
+    if txn is not None and view.built:
+        room_store.record_txn_id(conn, *txn, view.built[-1].event_id)
+    return orderings
+
+
+def _apply_redaction(conn: sqlite3.Connection, event: Event) -> None:
+    """rooms/fragments/v3-handling-redactions: a local redaction passed the auth rules and
+    the redact-level check in the service, so the target is redacted when we hold it."""
+    if event.type == "m.room.redaction" and event.redacts:
+        target = event_store.get_events(conn, [event.redacts]).get(event.redacts)
+        if target is not None and target.room_id == event.room_id:
+            event_store.mark_redacted(conn, event.redacts, event.event_id)

@@ -1,0 +1,218 @@
+"""Rooms, current state, current membership, aliases, client transaction IDs."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+
+from refserver.ids import server_name_of
+from refserver.storage.events import StateMap
+
+
+@dataclass(frozen=True)
+class Membership:
+    room_id: str
+    user_id: str
+    membership: str
+    event_id: str
+    stream_ordering: int
+
+
+def insert_room(
+    conn: sqlite3.Connection,
+    room_id: str,
+    room_version: str,
+    now_ms: int,
+    *,
+    is_public: bool = False,
+) -> None:
+    conn.execute(
+        "INSERT OR IGNORE INTO rooms (room_id, room_version, created_ts, is_public)"
+        " VALUES (?,?,?,?)",
+        (room_id, room_version, now_ms, int(is_public)),
+    )
+
+
+def get_room_version_id(conn: sqlite3.Connection, room_id: str) -> str | None:
+    row = conn.execute("SELECT room_version FROM rooms WHERE room_id = ?", (room_id,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def get_current_state(conn: sqlite3.Connection, room_id: str) -> StateMap:
+    rows = conn.execute(
+        "SELECT type, state_key, event_id FROM current_state WHERE room_id = ?", (room_id,)
+    )
+    return {(row[0], row[1]): row[2] for row in rows}
+
+
+def set_current_state(
+    conn: sqlite3.Connection,
+    room_id: str,
+    new_state: StateMap,
+    member_orderings: dict[str, tuple[str, int]],
+) -> None:
+    """Replace the room's current state and keep ``room_memberships`` in step.
+
+    ``member_orderings`` maps each member event ID in ``new_state`` that changed to
+    ``(membership, stream_ordering)``.
+    """
+    old = get_current_state(conn, room_id)
+    for key in old.keys() - new_state.keys():
+        conn.execute(
+            "DELETE FROM current_state WHERE room_id = ? AND type = ? AND state_key = ?",
+            (room_id, *key),
+        )
+    for (etype, state_key), event_id in new_state.items():
+        if old.get((etype, state_key)) == event_id:
+            continue
+        conn.execute(
+            "INSERT INTO current_state (room_id, type, state_key, event_id) VALUES (?,?,?,?)"
+            " ON CONFLICT (room_id, type, state_key) DO UPDATE SET event_id = excluded.event_id",
+            (room_id, etype, state_key, event_id),
+        )
+        if etype == "m.room.member" and event_id in member_orderings:
+            membership, ordering = member_orderings[event_id]
+            conn.execute(
+                "INSERT INTO room_memberships (room_id, user_id, server_name, membership, event_id,"
+                " stream_ordering, forgotten) VALUES (?,?,?,?,?,?,0)"
+                " ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership,"
+                " event_id = excluded.event_id, stream_ordering = excluded.stream_ordering,"
+                " forgotten = 0",
+                (room_id, state_key, server_name_of(state_key), membership, event_id, ordering),
+            )
+
+
+def get_membership(conn: sqlite3.Connection, room_id: str, user_id: str) -> Membership | None:
+    row = conn.execute(
+        "SELECT room_id, user_id, membership, event_id, stream_ordering FROM room_memberships"
+        " WHERE room_id = ? AND user_id = ?",
+        (room_id, user_id),
+    ).fetchone()
+    return None if row is None else Membership(*row)
+
+
+def get_rooms_for_user(
+    conn: sqlite3.Connection,
+    user_id: str,
+    memberships: tuple[str, ...],
+    *,
+    include_forgotten: bool = False,
+) -> list[Membership]:
+    marks = ",".join("?" * len(memberships))
+    forgotten = "" if include_forgotten else " AND forgotten = 0"
+    rows = conn.execute(
+        "SELECT room_id, user_id, membership, event_id, stream_ordering FROM room_memberships"
+        f" WHERE user_id = ? AND membership IN ({marks}){forgotten}",
+        (user_id, *memberships),
+    )
+    return [Membership(*row) for row in rows]
+
+
+def get_members(
+    conn: sqlite3.Connection, room_id: str, membership: str | None = None
+) -> list[Membership]:
+    sql = (
+        "SELECT room_id, user_id, membership, event_id, stream_ordering FROM room_memberships"
+        " WHERE room_id = ?"
+    )
+    args: tuple[str, ...] = (room_id,)
+    if membership is not None:
+        sql += " AND membership = ?"
+        args = (room_id, membership)
+    return [Membership(*row) for row in conn.execute(sql, args)]
+
+
+def get_joined_servers(conn: sqlite3.Connection, room_id: str) -> set[str]:
+    """Servers with at least one joined user: who receives the room's events."""
+    rows = conn.execute(
+        "SELECT DISTINCT server_name FROM room_memberships"
+        " WHERE room_id = ? AND membership = 'join'",
+        (room_id,),
+    )
+    return {row[0] for row in rows}
+
+
+def get_servers_sharing_rooms_with(conn: sqlite3.Connection, user_id: str) -> set[str]:
+    """Every server with a user joined to a room ``user_id`` is joined to (MSC4259)."""
+    rows = conn.execute(
+        "SELECT DISTINCT other.server_name FROM room_memberships mine"
+        " JOIN room_memberships other ON other.room_id = mine.room_id AND other.membership = 'join'"
+        " WHERE mine.user_id = ? AND mine.membership = 'join'",
+        (user_id,),
+    )
+    return {row[0] for row in rows}
+
+
+def users_sharing_rooms_with(conn: sqlite3.Connection, user_id: str) -> set[str]:
+    rows = conn.execute(
+        "SELECT DISTINCT other.user_id FROM room_memberships mine"
+        " JOIN room_memberships other ON other.room_id = mine.room_id AND other.membership = 'join'"
+        " WHERE mine.user_id = ? AND mine.membership = 'join'",
+        (user_id,),
+    )
+    return {row[0] for row in rows}
+
+
+def forget_room(conn: sqlite3.Connection, room_id: str, user_id: str) -> None:
+    conn.execute(
+        "UPDATE room_memberships SET forgotten = 1 WHERE room_id = ? AND user_id = ?",
+        (room_id, user_id),
+    )
+
+
+def record_txn_id(
+    conn: sqlite3.Connection, user_id: str, device_id: str, txn_id: str, event_id: str
+) -> None:
+    conn.execute(
+        "INSERT INTO event_txn_ids (user_id, device_id, txn_id, event_id) VALUES (?,?,?,?)",
+        (user_id, device_id, txn_id, event_id),
+    )
+
+
+def get_event_for_txn(
+    conn: sqlite3.Connection, user_id: str, device_id: str, txn_id: str
+) -> str | None:
+    row = conn.execute(
+        "SELECT event_id FROM event_txn_ids WHERE user_id = ? AND device_id = ? AND txn_id = ?",
+        (user_id, device_id, txn_id),
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def get_txn_ids(conn: sqlite3.Connection, event_ids: list[str]) -> dict[str, tuple[str, str, str]]:
+    """event_id → (user_id, device_id, txn_id) for ``unsigned.transaction_id`` echoes."""
+    if not event_ids:
+        return {}
+    marks = ",".join("?" * len(event_ids))
+    rows = conn.execute(
+        "SELECT event_id, user_id, device_id, txn_id FROM event_txn_ids"
+        f" WHERE event_id IN ({marks})",
+        event_ids,
+    )
+    return {row[0]: (row[1], row[2], row[3]) for row in rows}
+
+
+def set_alias(conn: sqlite3.Connection, room_alias: str, room_id: str, creator: str) -> bool:
+    try:
+        conn.execute(
+            "INSERT INTO room_aliases (room_alias, room_id, creator) VALUES (?,?,?)",
+            (room_alias, room_id, creator),
+        )
+    except sqlite3.IntegrityError:
+        return False
+    return True
+
+
+def get_alias(conn: sqlite3.Connection, room_alias: str) -> str | None:
+    row = conn.execute(
+        "SELECT room_id FROM room_aliases WHERE room_alias = ?", (room_alias,)
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def delete_alias(conn: sqlite3.Connection, room_alias: str) -> None:
+    conn.execute("DELETE FROM room_aliases WHERE room_alias = ?", (room_alias,))
+
+
+def room_exists(conn: sqlite3.Connection, room_id: str) -> bool:
+    return conn.execute("SELECT 1 FROM rooms WHERE room_id = ?", (room_id,)).fetchone() is not None
