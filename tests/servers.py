@@ -58,11 +58,16 @@ class ServerProcess:
     settings: dict[tuple[str, str], str] = field(default_factory=dict)
     client_port: int = field(default_factory=free_port)
     federation_port: int = field(default_factory=free_port)
+    ca_dir: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
 
     @property
     def server_name(self) -> str:
-        return f"localhost:{self.client_port}"
+        return f"localhost:{self.federation_port}"
+
+    @property
+    def federation_url(self) -> str:
+        return f"https://localhost:{self.federation_port}"
 
     @property
     def base_url(self) -> str:
@@ -83,6 +88,7 @@ class ServerProcess:
             str(self.client_port),
             "--federation-port",
             str(self.federation_port),
+            *(["--ca-dir", str(self.ca_dir)] if self.ca_dir else []),
         )
         config = self.data_dir / "refserver.toml"
         text = config.read_text()

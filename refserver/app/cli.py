@@ -16,6 +16,7 @@ from refserver.accounts.service import AccountService
 from refserver.app.config import Config, ConfigError, load_config, parse_config, render_config
 from refserver.crypto.keys import KeyFileError, generate_key_file, key_id
 from refserver.errors import MatrixError
+from refserver.federation.tls import CA_CERT, issue_certificate, load_or_create_ca
 from refserver.storage.database import open_database
 
 CONFIG_FILE = "refserver.toml"
@@ -45,12 +46,16 @@ def cmd_init(args: argparse.Namespace) -> int:
         if existing.exists():
             print(f"error: {existing} already exists; refusing to overwrite it", file=sys.stderr)
             return 1
-    server_name = args.server_name or f"localhost:{args.client_port}"
+    # An explicit port in the server name means peers connect straight to it (no
+    # .well-known or SRV lookup): the natural choice for instances on one machine.
+    server_name = args.server_name or f"localhost:{args.federation_port}"
+    ca_dir = Path(args.ca_dir) if args.ca_dir else data_dir / "ca"
     text = render_config(
         server_name=server_name,
         bind=args.bind,
         client_port=args.client_port,
         federation_port=args.federation_port,
+        trusted_ca_files=(str((ca_dir / CA_CERT).resolve()),),
     )
     try:
         parse_config(text, base_dir=data_dir)
@@ -58,9 +63,15 @@ def cmd_init(args: argparse.Namespace) -> int:
     except (ConfigError, KeyFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    ca = load_or_create_ca(ca_dir)
+    hostname = server_name.rsplit(":", 1)[0] if not server_name.endswith("]") else server_name
+    issue_certificate(
+        ca, data_dir / "tls.crt", data_dir / "tls.key", hostnames=[hostname.strip("[]")]
+    )
     config_path.write_text(text)
     print(f"wrote {config_path} (server_name {server_name})")
     print(f"wrote {key_path} ({key_id(key)})")
+    print(f"wrote {data_dir / 'tls.crt'} (issued by the development CA in {ca_dir})")
     return 0
 
 
@@ -118,12 +129,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("init", help="create an instance directory: config file and signing key")
     p.add_argument("--data-dir", required=True, help="instance directory to create")
-    p.add_argument("--server-name", help="server name (default localhost:<client-port>)")
+    p.add_argument("--server-name", help="server name (default localhost:<federation-port>)")
     p.add_argument("--client-port", type=int, default=8008, help="client API port (default 8008)")
     p.add_argument(
         "--federation-port", type=int, default=8448, help="federation port (default 8448)"
     )
     p.add_argument("--bind", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    p.add_argument(
+        "--ca-dir",
+        help="development CA directory, created if missing and shared by instances"
+        " (default DIR/ca)",
+    )
     p.add_argument(
         "--keep-existing",
         action="store_true",

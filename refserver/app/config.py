@@ -8,6 +8,7 @@ typo never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,26 @@ class ClientListener:
 class FederationListener:
     bind: str = "127.0.0.1"
     port: int = 8448
+    #: TLS certificate chain and key the federation listener presents (PEM).
+    tls_certificate_path: str = "tls.crt"
+    tls_private_key_path: str = "tls.key"
+    #: Extra CA / certificate PEMs to trust for outbound federation (e.g. the dev CA).
+    trusted_ca_files: tuple[str, ...] = ()
+    #: false: do not verify peers' certificates. A development switch, loudly logged.
+    verify_tls: bool = True
+    #: Old signing keys ("ed25519 <version> <expired_ts> <verify key>"), served as
+    #: old_verify_keys. Written by `refserver rotate-key`.
+    old_signing_keys_path: str = "old_signing.keys"
+    #: Outbound request timeout (seconds): a slow peer never delays any other.
+    request_timeout_s: float = 20.0
+    #: Retry back-off per destination: first delay, multiplier, cap (seconds).
+    retry_initial_s: float = 2.0
+    retry_multiplier: float = 2.0
+    retry_max_s: float = 600.0
+    #: Destination queues woken per second when one event fans out to many servers.
+    wakeups_per_second: float = 100.0
+    #: A destination queue with nothing to send ends after this many seconds.
+    idle_timeout_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -182,9 +203,12 @@ def render_config(
     bind: str = "127.0.0.1",
     client_port: int = 8008,
     federation_port: int = 8448,
+    trusted_ca_files: tuple[str, ...] = (),
 ) -> str:
     """The commented config file ``refserver init`` writes: every setting with its default."""
     d = RateLimitSection()
+    f = FederationListener()
+    trusted_ca_files_toml = json.dumps(list(trusted_ca_files))
     return f'''\
 # refserver configuration. Every setting is listed with its default; see docs/configuration.md.
 # Relative paths are resolved against the directory holding this file.
@@ -209,9 +233,30 @@ port = {client_port}
 max_request_body_bytes = {ClientListener.max_request_body_bytes}
 
 [federation]
-# Server-server API listener (TLS).
+# Server-server API listener (TLS). With a server name that carries an explicit port
+# ("localhost:{federation_port}"), peers connect straight to that host and port.
 bind = "{bind}"
 port = {federation_port}
+# Certificate and key the listener presents (PEM), issued by `refserver init`.
+tls_certificate_path = "tls.crt"
+tls_private_key_path = "tls.key"
+# Extra CA / certificate PEMs trusted for outbound requests (the shared dev CA, a Synapse's
+# self-signed certificate, ...), in addition to the system store.
+trusted_ca_files = {trusted_ca_files_toml}
+# false disables certificate verification for outbound federation. Development only.
+verify_tls = true
+# Previous signing keys, served as old_verify_keys (written by `refserver rotate-key`).
+old_signing_keys_path = "old_signing.keys"
+# Outbound request timeout, seconds. A slow or dead peer never delays any other.
+request_timeout_s = {f.request_timeout_s}
+# Per-destination retry back-off: first delay, multiplier, cap (seconds, jittered x0.8-1.4).
+retry_initial_s = {f.retry_initial_s}
+retry_multiplier = {f.retry_multiplier}
+retry_max_s = {f.retry_max_s}
+# Destination queues woken per second when one event fans out to many servers.
+wakeups_per_second = {f.wakeups_per_second}
+# An idle destination queue task ends after this many seconds.
+idle_timeout_s = {f.idle_timeout_s}
 
 [registration]
 # Open registration via POST /_matrix/client/v3/register (m.login.dummy).

@@ -16,7 +16,12 @@ from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve as hypercorn_serve
 
 from refserver.app.config import Config
-from refserver.app.wiring import build_client_app, build_services
+from refserver.app.wiring import (
+    build_client_app,
+    build_federation_app,
+    build_services,
+    make_http_client,
+)
 from refserver.crypto.keys import key_id, read_key_file
 from refserver.storage.database import open_database
 
@@ -33,10 +38,14 @@ def configure_logging(level: str) -> None:
     )
 
 
-def _hypercorn_config(bind: str, port: int) -> HyperConfig:
+def _hypercorn_config(
+    bind: str, port: int, *, certfile: str | None = None, keyfile: str | None = None
+) -> HyperConfig:
     hc = HyperConfig()
     host = f"[{bind}]" if ":" in bind else bind
     hc.bind = [f"{host}:{port}"]
+    hc.certfile = certfile
+    hc.keyfile = keyfile
     hc.graceful_timeout = GRACEFUL_TIMEOUT_S
     hc.accesslog = None
     # Route hypercorn through our logging config instead of its own stderr handler.
@@ -69,33 +78,57 @@ async def _serve_http(
 async def serve(config: Config, *, stop: trio.Event | None = None) -> None:
     """Run the homeserver until ``stop`` is set (or SIGINT/SIGTERM when ``stop`` is None)."""
     keys = read_key_file(config.resolve(config.server.signing_key_path))
-    async with open_database(config.resolve(config.server.database_path)) as db:
-        services = build_services(config, db, keys[0])
+    fed = config.federation
+    async with (
+        open_database(config.resolve(config.server.database_path)) as db,
+        make_http_client(config) as http,
+    ):
+        services = build_services(config, db, keys[0], http)
         client_app = build_client_app(services)
+        federation_app = build_federation_app(services)
         async with trio.open_nursery() as root:
             if stop is None:
                 stop = trio.Event()
                 root.start_soon(_wait_for_signal, stop)
-            client_done = trio.Event()
+            await root.start(services.sender.run)
+            done = [trio.Event(), trio.Event()]
             await root.start(
                 partial(
                     _serve_http,
                     client_app,
                     _hypercorn_config(config.client.bind, config.client.port),
                     stop=stop,
-                    done=client_done,
+                    done=done[0],
+                )
+            )
+            await root.start(
+                partial(
+                    _serve_http,
+                    federation_app,
+                    _hypercorn_config(
+                        fed.bind,
+                        fed.port,
+                        certfile=str(config.resolve(fed.tls_certificate_path)),
+                        keyfile=str(config.resolve(fed.tls_private_key_path)),
+                    ),
+                    stop=stop,
+                    done=done[1],
                 )
             )
             log.info(
-                "refserver ready: server_name=%s client_url=%s signing_key=%s",
+                "refserver ready: server_name=%s client_url=%s federation_url=https://%s:%d"
+                " signing_key=%s",
                 config.server.server_name,
                 config.client_base_url,
+                fed.bind,
+                fed.port,
                 key_id(keys[0]),
             )
             await stop.wait()
             # Hypercorn gives in-flight requests their grace period; then every remaining
-            # background task is cancelled.
+            # background task (destination queues included) is cancelled.
             with trio.move_on_after(GRACEFUL_TIMEOUT_S + 1):
-                await client_done.wait()
+                for event in done:
+                    await event.wait()
             root.cancel_scope.cancel()
     log.info("refserver stopped")

@@ -1,13 +1,18 @@
 """Build every service once, in dependency order, and hand each exactly what it uses.
 
 No container and no accessors: :class:`Services` is a plain record of what was built, read
-only by :func:`build_app` (routes) and ``main`` (background tasks).
+only by the app builders (routes) and ``main`` (background tasks). The order below is the
+dependency rule: I/O adapters, then services, then routes.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from pathlib import Path
 
+import httpx
+import signedjson.key
 from quart_trio import QuartTrio
 
 from refserver.accounts.service import AccountService
@@ -21,8 +26,23 @@ from refserver.client.rooms import room_routes
 from refserver.client.sync import sync_routes
 from refserver.client.versions import discovery_routes
 from refserver.crypto.keys import SigningKey
+from refserver.federation.auth import FederationAuthenticator
+from refserver.federation.client import FederationClient
+from refserver.federation.handler import FederationEventHandler
+from refserver.federation.inbound import TransactionHandler
+from refserver.federation.keyring import Keyring
+from refserver.federation.membership import FederationMembership
+from refserver.federation.reads import FederationReads
+from refserver.federation.resolver import default_resolver
+from refserver.federation.routes.events import event_routes
+from refserver.federation.routes.keys import key_routes
+from refserver.federation.routes.membership import membership_routes
+from refserver.federation.routes.send import send_routes
+from refserver.federation.sender import FederationSender, SenderConfig
+from refserver.federation.tls import client_ssl_context
 from refserver.notifier import Notifier
 from refserver.profiles.fields import FieldPolicy
+from refserver.profiles.remote import RemoteProfiles
 from refserver.profiles.service import ProfileService
 from refserver.ratelimit import RateLimiter
 from refserver.rooms.builder import EventBuilder
@@ -32,12 +52,17 @@ from refserver.rooms.service import RoomService
 from refserver.storage.database import Database
 from refserver.sync.filter_store import FilterService
 from refserver.sync.service import SyncService
+from refserver.types import JsonValue
+
+log = logging.getLogger(__name__)
+
+#: Concurrent connections per destination host; keep-alive reuses them.
+MAX_CONNECTIONS_PER_HOST = 4
 
 
 @dataclass(frozen=True)
 class Services:
     config: Config
-    signing_key: SigningKey
     accounts: AccountService
     auth: Authenticator
     profiles: ProfileService
@@ -49,14 +74,57 @@ class Services:
     filters: FilterService
     login_limiter: RateLimiter
     register_limiter: RateLimiter
+    keyring: Keyring
+    sender: FederationSender
+    federation_auth: FederationAuthenticator
+    transactions: TransactionHandler
+    federation_membership: FederationMembership
+    federation_reads: FederationReads
 
 
 def _limiter(limit: RateLimit) -> RateLimiter:
     return RateLimiter(per_second=limit.per_second, burst=limit.burst)
 
 
-def build_services(config: Config, db: Database, signing_key: SigningKey) -> Services:
+def read_old_keys(path: Path) -> list[JsonValue]:
+    if not path.exists():
+        return []
+    with path.open() as f:
+        return list(signedjson.key.read_old_signing_keys(f))
+
+
+def make_http_client(config: Config) -> httpx.AsyncClient:
+    """The one outbound HTTP client: pooled keep-alive connections, trusted dev CAs."""
+    fed = config.federation
+    if not fed.verify_tls:
+        log.warning("federation.verify_tls = false: peers' TLS certificates are NOT verified")
+    context = client_ssl_context(
+        [config.resolve(p) for p in fed.trusted_ca_files], verify=fed.verify_tls
+    )
+    return httpx.AsyncClient(
+        verify=context,
+        timeout=httpx.Timeout(fed.request_timeout_s),
+        limits=httpx.Limits(max_keepalive_connections=100, max_connections=1000),
+        follow_redirects=False,
+        trust_env=False,
+    )
+
+
+def build_services(
+    config: Config, db: Database, signing_key: SigningKey, http: httpx.AsyncClient
+) -> Services:
     server_name = config.server.server_name
+    fed = config.federation
+    # I/O adapters
+    client = FederationClient(
+        http,
+        origin=server_name,
+        signing_key=signing_key,
+        resolver=default_resolver(http),
+        timeout_s=fed.request_timeout_s,
+    )
+    # Services
+    notifier = Notifier()
     accounts = AccountService(
         db, server_name=server_name, registration_enabled=config.registration.enabled
     )
@@ -70,16 +138,52 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
         server_name=server_name,
         policy=policy,
         write_limiter=_limiter(config.rate_limits.profile_write),
+        remote=RemoteProfiles(client),
     )
-    notifier = Notifier()
+    keyring = Keyring(
+        db,
+        client,
+        server_name=server_name,
+        signing_key=signing_key,
+        old_keys=read_old_keys(config.resolve(fed.old_signing_keys_path)),
+    )
+    sender = FederationSender(
+        db,
+        client,
+        origin=server_name,
+        config=SenderConfig(
+            request_timeout_s=fed.request_timeout_s,
+            retry_initial_s=fed.retry_initial_s,
+            retry_multiplier=fed.retry_multiplier,
+            retry_max_s=fed.retry_max_s,
+            wakeups_per_second=fed.wakeups_per_second,
+            idle_timeout_s=fed.idle_timeout_s,
+        ),
+    )
+    handler = FederationEventHandler(db, keyring, client, notifier=notifier)
+    membership = FederationMembership(
+        db,
+        client,
+        keyring,
+        handler,
+        sender,
+        notifier,
+        server_name=server_name,
+        signing_key=signing_key,
+    )
     builder = EventBuilder(server_name=server_name, signing_key=signing_key)
     rooms = RoomService(
-        db, server_name=server_name, builder=builder, profiles=profiles, notifier=notifier
+        db,
+        server_name=server_name,
+        builder=builder,
+        profiles=profiles,
+        notifier=notifier,
+        federation=membership,
     )
     profiles.add_listener(rooms.on_profile_change)
+    rooms.add_listener(sender.send_room_event)
     return Services(
         config=config,
-        signing_key=signing_key,
         accounts=accounts,
         auth=Authenticator(accounts),
         profiles=profiles,
@@ -91,6 +195,12 @@ def build_services(config: Config, db: Database, signing_key: SigningKey) -> Ser
         filters=FilterService(db),
         login_limiter=_limiter(config.rate_limits.login),
         register_limiter=_limiter(config.rate_limits.register),
+        keyring=keyring,
+        sender=sender,
+        federation_auth=FederationAuthenticator(keyring, on_authenticated=sender.peer_up),
+        transactions=TransactionHandler(db, handler),
+        federation_membership=membership,
+        federation_reads=FederationReads(db, server_name=server_name),
     )
 
 
@@ -108,3 +218,15 @@ def build_client_app(s: Services) -> QuartTrio:
         filter_routes(s.filters, s.auth),
     ]
     return create_app(blueprints, max_body_bytes=s.config.client.max_request_body_bytes)
+
+
+def build_federation_app(s: Services) -> QuartTrio:
+    blueprints = [
+        key_routes(s.keyring),
+        send_routes(s.federation_auth, s.transactions),
+        membership_routes(s.federation_auth, s.federation_membership),
+        event_routes(s.federation_auth, s.federation_reads, s.profiles),
+    ]
+    # Federation bodies can be large (send_join responses are answers, not requests; a
+    # transaction holds ≤ 50 PDUs of ≤ 64 KiB each).
+    return create_app(blueprints, max_body_bytes=8 * 1024 * 1024, name="refserver-federation")

@@ -75,7 +75,10 @@ def room_routes(
         """POST /_matrix/client/v3/join/{roomIdOrAlias}"""
         requester = await auth.require_user(request)
         await read_json_object(request)
-        return {"room_id": await rooms.join(requester, await _resolve(room_id_or_alias))}
+        # `via` since v1.12; `server_name` is its older name (removed in v1.14).
+        via = request.args.getlist("via") or request.args.getlist("server_name")
+        room_id = await _resolve(room_id_or_alias)
+        return {"room_id": await rooms.join(requester, room_id, via)}
 
     @route("/rooms/<room_id>/join", ["POST"])
     async def join_room_by_id(room_id: str) -> JsonDict:

@@ -22,6 +22,7 @@ from refserver.profiles.fields import (
     check_key_name,
     check_profile_size,
 )
+from refserver.profiles.remote import RemoteProfiles
 from refserver.ratelimit import RateLimiter
 from refserver.storage import accounts as account_store
 from refserver.storage import profiles as store
@@ -49,9 +50,16 @@ def field_error(exc: ProfileFieldError) -> MatrixError:
 
 class ProfileService:
     def __init__(
-        self, db: Database, *, server_name: str, policy: FieldPolicy, write_limiter: RateLimiter
+        self,
+        db: Database,
+        *,
+        server_name: str,
+        policy: FieldPolicy,
+        write_limiter: RateLimiter,
+        remote: RemoteProfiles | None = None,
     ) -> None:
         self._db = db
+        self._remote = remote
         self._server_name = server_name
         self.policy = policy
         self._write_limiter = write_limiter
@@ -78,7 +86,9 @@ class ProfileService:
         """GET /profile/{userId}: every set field; unset fields are omitted, never null."""
         user = self._parse_user(user_id)
         if user.server_name != self._server_name:
-            raise not_found("remote profiles are not available: this server does not federate yet")
+            if self._remote is None:
+                raise not_found("remote profiles are not available without federation")
+            return await self._remote.query(user_id)
 
         def txn(conn: sqlite3.Connection) -> JsonDict | None:
             if not account_store.user_exists(conn, str(user)):
@@ -96,6 +106,12 @@ class ProfileService:
             check_key_name(key_name)
         except ProfileFieldError as exc:
             raise field_error(exc) from None
+        if not self.is_mine(user_id) and self._remote is not None:
+            self._parse_user(user_id)
+            remote = await self._remote.query(user_id, key_name)
+            if key_name not in remote:
+                raise not_found(f"profile field {key_name!r} is not set")
+            return {key_name: remote[key_name]}
         profile = await self.get_profile(user_id)
         if key_name not in profile:
             raise not_found(f"profile field {key_name!r} is not set")

@@ -8,14 +8,11 @@ that passes is stored, in one transaction.
 
 from __future__ import annotations
 
-import sqlite3
-
 from refserver.accounts.service import Requester
 from refserver.errors import (
     M_BAD_JSON,
     M_INVALID_PARAM,
     M_INVALID_ROOM_STATE,
-    M_ROOM_IN_USE,
     M_UNSUPPORTED_ROOM_VERSION,
     MatrixError,
 )
@@ -28,10 +25,8 @@ from refserver.events.room_versions import (
     get_room_version,
 )
 from refserver.ids import InvalidId, UserId, is_valid_localpart
-from refserver.rooms import store
 from refserver.rooms.builder import EventBuilder, RoomView, member_content
 from refserver.rooms.service import RoomService, now_ms, random_room_id
-from refserver.storage import rooms as room_store
 from refserver.types import JsonDict, JsonValue
 
 PRESETS: dict[str, dict[str, str]] = {
@@ -151,7 +146,7 @@ class RoomCreator:
             prev_events=[],
             prev_depth=0,
         )
-        profile = await self._rooms._profile_for_member_event(creator)
+        profile = await self._rooms.profile_for_member_event(creator)
         now = now_ms()
 
         def add(event_type: str, content: JsonDict, state_key: str | None = "") -> None:
@@ -182,8 +177,8 @@ class RoomCreator:
                 add("m.room.name", {"name": name})
             if topic is not None:
                 add("m.room.topic", {"topic": topic})
-            for invitee in invites:
-                invitee_profile = await self._rooms._profile_for_member_event(invitee)
+            for invitee in [u for u in invites if self._rooms.is_mine(u)]:
+                invitee_profile = await self._rooms.profile_for_member_event(invitee)
                 extra = {"is_direct": True} if is_direct else {}
                 add("m.room.member", member_content("invite", invitee_profile, **extra), invitee)
         except AuthError as exc:
@@ -195,16 +190,12 @@ class RoomCreator:
 
         room_id = view.room_id
         assert room_id is not None
-
-        def txn(conn: sqlite3.Connection) -> None:
-            if alias is not None and not room_store.set_alias(conn, alias, room_id, creator):
-                raise MatrixError(400, M_ROOM_IN_USE, f"room alias {alias} is already in use")
-            store.persist_built(conn, view, state_before_first={}, new_room=True, now_ms=now)
-            if visibility == "public":
-                conn.execute("UPDATE rooms SET is_public = 1 WHERE room_id = ?", (room_id,))
-
-        await self._rooms._db.run(txn)
-        self._rooms._notifier.notify()
+        await self._rooms.persist_new_room(
+            view, alias=alias, creator=creator, public=visibility == "public"
+        )
+        # Remote invitees' servers must co-sign their invites, one request each.
+        for invitee in [u for u in invites if not self._rooms.is_mine(u)]:
+            await self._rooms.invite(requester, room_id, invitee, None)
         return room_id
 
     @staticmethod

@@ -8,9 +8,10 @@ Profile changes flow in through :meth:`RoomService.on_profile_change`.
 from __future__ import annotations
 
 import secrets
+import sqlite3
 import string
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import trio
@@ -25,18 +26,24 @@ from refserver.errors import (
     forbidden,
 )
 from refserver.events.auth_state import AuthError
+from refserver.events.client_format import STRIPPED_STATE_TYPES
 from refserver.events.format import InvalidPdu
 from refserver.events.model import Event
-from refserver.ids import InvalidId, UserId
+from refserver.federation.membership import FederationMembership
+from refserver.ids import InvalidId, UserId, server_name_of
 from refserver.notifier import Notifier
 from refserver.profiles.service import ProfileChange, ProfileService
 from refserver.rooms import store
 from refserver.rooms.builder import EventBuilder, RoomView, member_content
+from refserver.storage import events as event_store
 from refserver.storage import rooms as room_store
 from refserver.storage.database import Database
 from refserver.types import JsonDict
 
 MEMBER = "m.room.member"
+
+#: Told about every event stored here, with its stream ordering.
+EventPersisted = Callable[[Event, int], Awaitable[None]]
 
 
 def now_ms() -> int:
@@ -66,13 +73,26 @@ class RoomService:
         builder: EventBuilder,
         profiles: ProfileService,
         notifier: Notifier,
+        federation: FederationMembership | None = None,
     ) -> None:
         self._db = db
         self.server_name = server_name
         self._builder = builder
         self._profiles = profiles
         self._notifier = notifier
+        self._federation = federation
         self._locks: dict[str, trio.Lock] = {}
+        self._listeners: list[EventPersisted] = []
+
+    def add_listener(self, listener: EventPersisted) -> None:
+        """Called with every local event once stored (the federation sender listens)."""
+        self._listeners.append(listener)
+
+    async def _notify_persisted(self, events: list[Event], orderings: list[int]) -> None:
+        self._notifier.notify()
+        for event, ordering in zip(events, orderings, strict=True):
+            for listener in self._listeners:
+                await listener(event, ordering)
 
     def _lock(self, room_id: str) -> trio.Lock:
         return self._locks.setdefault(room_id, trio.Lock())
@@ -102,8 +122,13 @@ class RoomService:
         state_key: str | None = None,
         redacts: str | None = None,
         txn: tuple[str, str, str] | None = None,
+        before_persist: Callable[[Event], Awaitable[Event]] | None = None,
     ) -> Event:
-        """Build, authorise and persist one event in an existing room."""
+        """Build, authorise and persist one event in an existing room.
+
+        ``before_persist`` may replace the built event by an equivalent one (same event ID)
+        before it is stored — a remote invitee's server co-signs invites this way.
+        """
         async with self._lock(room_id):
             view = await self._view(room_id)
             state_before = dict(view.state)
@@ -121,13 +146,36 @@ class RoomService:
                 raise auth_error(exc) from None
             except InvalidPdu as exc:
                 raise pdu_error(exc) from None
-            await self._db.run(
+            if before_persist is not None:
+                event = await before_persist(event)
+                view.built[-1] = event
+            orderings = await self._db.run(
                 lambda conn: store.persist_built(
                     conn, view, state_before_first=state_before, txn=txn
                 )
             )
-        self._notifier.notify()
+        await self._notify_persisted([event], orderings)
         return event
+
+    async def persist_new_room(
+        self, view: RoomView, *, alias: str | None, creator: str, public: bool
+    ) -> None:
+        """Store a room built in memory by createRoom, all events in one transaction."""
+        assert view.room_id is not None
+        room_id = view.room_id
+
+        def txn(conn: sqlite3.Connection) -> list[int]:
+            if alias is not None and not room_store.set_alias(conn, alias, room_id, creator):
+                raise MatrixError(400, "M_ROOM_IN_USE", f"room alias {alias} is already in use")
+            orderings = store.persist_built(
+                conn, view, state_before_first={}, new_room=True, now_ms=now_ms()
+            )
+            if public:
+                room_store.set_room_public(conn, room_id)
+            return orderings
+
+        orderings = await self._db.run(txn)
+        await self._notify_persisted(view.built, orderings)
 
     async def send_message_event(
         self, requester: Requester, room_id: str, event_type: str, content: JsonDict, txn_id: str
@@ -190,7 +238,7 @@ class RoomService:
 
     # -- membership ----------------------------------------------------------------------
 
-    async def _profile_for_member_event(self, user_id: str) -> JsonDict:
+    async def profile_for_member_event(self, user_id: str) -> JsonDict:
         if not self.is_mine(user_id):
             return {}
         try:
@@ -216,34 +264,90 @@ class RoomService:
         ):
             return None
         profile = (
-            await self._profile_for_member_event(target) if membership in ("join", "invite") else {}
+            await self.profile_for_member_event(target) if membership in ("join", "invite") else {}
         )
         content = member_content(membership, profile, reason=reason)
         return await self.send(
             room_id, sender=sender, event_type=MEMBER, content=content, state_key=target
         )
 
-    async def join(self, requester: Requester, room_id: str) -> str:
-        """POST /join/{roomIdOrAlias} and /rooms/{roomId}/join for rooms on this server."""
-        if not await self._db.run(room_store.room_exists, room_id):
+    async def join(self, requester: Requester, room_id: str, via: Sequence[str] = ()) -> str:
+        """POST /join/{roomIdOrAlias} and /rooms/{roomId}/join.
+
+        In a room this server is in, the join is a local event. Otherwise it goes over
+        federation (make_join/send_join) via the ``via`` servers, the server that invited
+        the user, and the room ID's server name (room versions before 12).
+        """
+        joined_servers = await self._db.run(room_store.get_joined_servers, room_id)
+        if self.server_name in joined_servers:
+            await self.set_membership(
+                room_id, sender=requester.user_id, target=requester.user_id, membership="join"
+            )
+            return room_id
+        if self._federation is None:
             raise MatrixError(404, M_NOT_FOUND, "no known room with that ID on this server")
-        await self.set_membership(
-            room_id, sender=requester.user_id, target=requester.user_id, membership="join"
-        )
+        candidates = list(via)
+        invite = await self._db.run(room_store.get_membership, room_id, requester.user_id)
+        if invite is not None and invite.membership == "invite":
+            events = await self._db.run(event_store.get_events, [invite.event_id])
+            if invite.event_id in events:
+                candidates.append(server_name_of(events[invite.event_id].sender))
+        if ":" in room_id:
+            candidates.append(server_name_of(room_id))
+        candidates.extend(sorted(joined_servers))
+        if not candidates:
+            raise MatrixError(404, M_NOT_FOUND, "unknown room; give a server to join via (via=)")
+        profile = await self.profile_for_member_event(requester.user_id)
+        await self._federation.join_remote(requester.user_id, room_id, candidates, profile)
+        self._notifier.notify()
         return room_id
 
     async def invite(
         self, requester: Requester, room_id: str, user_id: str, reason: str | None
     ) -> None:
+        """POST /rooms/{roomId}/invite. A remote invitee's server must co-sign the invite
+        (``PUT /v2/invite``) before it is stored and sent to the room."""
         _check_user_id(user_id)
-        await self.set_membership(
-            room_id, sender=requester.user_id, target=user_id, membership="invite", reason=reason
+        if self.is_mine(user_id) or self._federation is None:
+            await self.set_membership(
+                room_id,
+                sender=requester.user_id,
+                target=user_id,
+                membership="invite",
+                reason=reason,
+            )
+            return
+        current = await self._db.run(room_store.get_membership, room_id, user_id)
+        if current is not None and current.membership == "join":
+            raise forbidden(f"{user_id} is already in the room")
+        if current is not None and current.membership == "invite":
+            return
+        federation = self._federation
+        invite_state = await self._db.run(_invite_room_state, room_id)
+
+        async def cosign(event: Event) -> Event:
+            return await federation.invite_remote(event, invite_state)
+
+        await self.send(
+            room_id,
+            sender=requester.user_id,
+            event_type=MEMBER,
+            content=member_content("invite", reason=reason),
+            state_key=user_id,
+            before_persist=cosign,
         )
 
     async def leave(self, requester: Requester, room_id: str, reason: str | None) -> None:
         current = await self._db.run(room_store.get_membership, room_id, requester.user_id)
         if current is None or current.membership in ("leave", "ban"):
             raise forbidden("you are not in this room")
+        joined_servers = await self._db.run(room_store.get_joined_servers, room_id)
+        if self.server_name not in joined_servers and self._federation is not None:
+            # An invite to a room we are not in: reject it through the inviting server.
+            await self._federation.reject_remote_invite(
+                requester.user_id, room_id, current.event_id
+            )
+            return
         await self.set_membership(
             room_id,
             sender=requester.user_id,
@@ -338,6 +442,16 @@ class RoomService:
                 # The user may lack permission in some room (e.g. after a power change);
                 # the profile itself was stored and other rooms still get the update.
                 continue
+
+
+def _invite_room_state(conn: sqlite3.Connection, room_id: str) -> list[JsonDict]:
+    """``invite_room_state`` for /v2/invite: the stripped-state events, as full PDUs (v1.16:
+    MUST include the create event, formatted according to the room version)."""
+    state = room_store.get_current_state(conn, room_id)
+    wanted = [
+        eid for (etype, key), eid in state.items() if etype in STRIPPED_STATE_TYPES and key == ""
+    ]
+    return [e.pdu for e in event_store.get_events(conn, wanted).values()]
 
 
 def _check_user_id(user_id: object) -> None:

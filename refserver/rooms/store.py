@@ -7,9 +7,11 @@ Plain sync functions over one connection (run through ``Database.run``), so a wh
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable
 
 from refserver.events.model import Event
-from refserver.events.room_versions import get_room_version
+from refserver.events.room_versions import RoomVersion, get_room_version
+from refserver.events.state_res import resolve_state
 from refserver.rooms.builder import RoomView, StateMap
 from refserver.storage import events as event_store
 from refserver.storage import rooms as room_store
@@ -50,17 +52,14 @@ def persist_built(
         room_store.insert_room(conn, view.room_id, view.room_version.identifier, now_ms)
     state = dict(state_before_first)
     orderings: list[int] = []
-    member_orderings: dict[str, tuple[str, int]] = {}
     for event in view.built:
         ordering = event_store.insert_event(conn, event, state_before=state)
         event_store.update_forward_extremities(conn, event)
         orderings.append(ordering)
         if event.is_state:
             state[event.state_tuple()] = event.event_id
-            if event.type == "m.room.member" and event.membership:
-                member_orderings[event.event_id] = (event.membership, ordering)
         _apply_redaction(conn, event)
-    room_store.set_current_state(conn, view.room_id, state, member_orderings)
+    room_store.set_current_state(conn, view.room_id, state)
     if txn is not None and view.built:
         room_store.record_txn_id(conn, *txn, view.built[-1].event_id)
     return orderings
@@ -73,3 +72,51 @@ def _apply_redaction(conn: sqlite3.Connection, event: Event) -> None:
         target = event_store.get_events(conn, [event.redacts]).get(event.redacts)
         if target is not None and target.room_id == event.room_id:
             event_store.mark_redacted(conn, event.redacts, event.event_id)
+
+
+def load_auth_closure(conn: sqlite3.Connection, event_ids: Iterable[str]) -> dict[str, Event]:
+    """``event_ids`` and their full auth chains, as far as we hold them."""
+    found: dict[str, Event] = {}
+    todo = list(event_ids)
+    while todo:
+        batch = [e for e in dict.fromkeys(todo) if e not in found]
+        todo = []
+        for event_id, event in event_store.get_events(conn, batch).items():
+            found[event_id] = event
+            todo.extend(a for a in event.auth_event_ids if a not in found)
+    return found
+
+
+def resolve_states(
+    conn: sqlite3.Connection, room_version: RoomVersion, state_sets: list[StateMap]
+) -> StateMap:
+    """State resolution over stored events (one set needs no resolving)."""
+    unique = [dict(s) for s in {tuple(sorted(s.items())): s for s in state_sets}.values()]
+    if len(unique) <= 1:
+        return dict(unique[0]) if unique else {}
+    ids = {e for s in unique for e in s.values()}
+    return resolve_state(room_version, unique, load_auth_closure(conn, ids))
+
+
+def state_after_events(
+    conn: sqlite3.Connection, room_version: RoomVersion, event_ids: Iterable[str]
+) -> StateMap | None:
+    """The resolved state after ``event_ids`` (a new event's state before it), or None if
+    the state after any of them is unknown."""
+    sets = []
+    for event_id in event_ids:
+        state = event_store.get_state_after(conn, event_id)
+        if state is None:
+            return None
+        sets.append(state)
+    return resolve_states(conn, room_version, sets)
+
+
+def recompute_current_state(
+    conn: sqlite3.Connection, room_id: str, room_version: RoomVersion
+) -> None:
+    """Current state = the resolution of the states after every forward extremity."""
+    extremities = event_store.get_forward_extremities(conn, room_id)
+    state = state_after_events(conn, room_version, extremities)
+    if state is not None:
+        room_store.set_current_state(conn, room_id, state)

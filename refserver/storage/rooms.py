@@ -45,17 +45,8 @@ def get_current_state(conn: sqlite3.Connection, room_id: str) -> StateMap:
     return {(row[0], row[1]): row[2] for row in rows}
 
 
-def set_current_state(
-    conn: sqlite3.Connection,
-    room_id: str,
-    new_state: StateMap,
-    member_orderings: dict[str, tuple[str, int]],
-) -> None:
-    """Replace the room's current state and keep ``room_memberships`` in step.
-
-    ``member_orderings`` maps each member event ID in ``new_state`` that changed to
-    ``(membership, stream_ordering)``.
-    """
+def set_current_state(conn: sqlite3.Connection, room_id: str, new_state: StateMap) -> None:
+    """Replace the room's current state and keep ``room_memberships`` in step."""
     old = get_current_state(conn, room_id)
     for key in old.keys() - new_state.keys():
         conn.execute(
@@ -70,16 +61,33 @@ def set_current_state(
             " ON CONFLICT (room_id, type, state_key) DO UPDATE SET event_id = excluded.event_id",
             (room_id, etype, state_key, event_id),
         )
-        if etype == "m.room.member" and event_id in member_orderings:
-            membership, ordering = member_orderings[event_id]
-            conn.execute(
-                "INSERT INTO room_memberships (room_id, user_id, server_name, membership, event_id,"
-                " stream_ordering, forgotten) VALUES (?,?,?,?,?,?,0)"
-                " ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership,"
-                " event_id = excluded.event_id, stream_ordering = excluded.stream_ordering,"
-                " forgotten = 0",
-                (room_id, state_key, server_name_of(state_key), membership, event_id, ordering),
-            )
+        if etype == "m.room.member":
+            _set_membership(conn, room_id, state_key, event_id)
+
+
+def _set_membership(conn: sqlite3.Connection, room_id: str, user_id: str, event_id: str) -> None:
+    row = conn.execute(
+        "SELECT stream_ordering, json_extract(pdu_json, '$.content.membership') FROM events"
+        " WHERE event_id = ?",
+        (event_id,),
+    ).fetchone()
+    if row is None or not isinstance(row[1], str):
+        return
+    conn.execute(
+        "INSERT INTO room_memberships (room_id, user_id, server_name, membership, event_id,"
+        " stream_ordering, forgotten) VALUES (?,?,?,?,?,?,0)"
+        " ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership,"
+        " event_id = excluded.event_id, stream_ordering = excluded.stream_ordering,"
+        " forgotten = 0",
+        (room_id, user_id, server_name_of(user_id), row[1], event_id, row[0]),
+    )
+
+
+def set_membership_outside_state(
+    conn: sqlite3.Connection, room_id: str, user_id: str, event_id: str
+) -> None:
+    """Membership of a local user in a room we are not in (remote invites, their rejection)."""
+    _set_membership(conn, room_id, user_id, event_id)
 
 
 def get_membership(conn: sqlite3.Connection, room_id: str, user_id: str) -> Membership | None:
@@ -216,3 +224,7 @@ def delete_alias(conn: sqlite3.Connection, room_alias: str) -> None:
 
 def room_exists(conn: sqlite3.Connection, room_id: str) -> bool:
     return conn.execute("SELECT 1 FROM rooms WHERE room_id = ?", (room_id,)).fetchone() is not None
+
+
+def set_room_public(conn: sqlite3.Connection, room_id: str) -> None:
+    conn.execute("UPDATE rooms SET is_public = 1 WHERE room_id = ?", (room_id,))

@@ -19,6 +19,7 @@ from refserver.events.client_format import STRIPPED_STATE_TYPES, stripped_state_
 from refserver.notifier import Notifier
 from refserver.rooms.reads import format_events, visible_to
 from refserver.storage import events as event_store
+from refserver.storage import federation as fed_store
 from refserver.storage import profiles as profile_store
 from refserver.storage import rooms as room_store
 from refserver.storage.database import Database
@@ -182,6 +183,11 @@ class SyncService:
     def _invite_state(conn: sqlite3.Connection, m: room_store.Membership) -> list[JsonDict]:
         """Stripped state for an invite (CS API "Stripped state"); v1.16: MUST include the
         m.room.create event. The invite itself comes last."""
+        remote = fed_store.get_remote_invite_state(conn, m.room_id, m.user_id)
+        if remote is not None:
+            # An invite to a room we are not in: the stripped state the inviter sent.
+            invite = event_store.get_events(conn, [m.event_id]).get(m.event_id)
+            return [*remote, *([stripped_state_event(invite)] if invite else [])]
         state = event_store.get_state_before(conn, m.event_id) or {}
         wanted = [
             eid

@@ -27,6 +27,9 @@ PURE_MODULES = sorted(
         "refserver.sync.filter",
         "refserver.sync.event_fields",
         "refserver.client.pushrules_default",
+        "refserver.federation.xmatrix",
+        "refserver.federation.backoff",
+        "refserver.federation.transaction",
         *(
             f"refserver.events.{info.name}"
             for info in pkgutil.iter_modules(refserver.events.__path__)

@@ -1,0 +1,134 @@
+"""Outbound federation requests: resolve, sign with X-Matrix, send over pooled TLS.
+
+Server-server API §"Request Authentication": every request is signed over
+``{method, uri, origin, destination, content}`` where ``uri`` is the exact request target
+sent on the wire (percent-encoding untouched), so this module builds the target string once
+and uses it both for signing and for the request line.
+
+Every call runs under its own timeout (``fail_after``) so a slow or dead destination never
+holds up anything else; connections are pooled per host by one shared ``httpx.AsyncClient``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from urllib.parse import quote, urlencode
+
+import httpx
+import trio
+
+from refserver.crypto.keys import SigningKey
+from refserver.federation.resolver import Resolver
+from refserver.federation.xmatrix import build_authorization_header
+from refserver.types import JsonDict, JsonValue
+
+log = logging.getLogger(__name__)
+
+
+class FederationError(Exception):
+    """The remote server answered, but not with 200. ``errcode`` is theirs, if any."""
+
+    def __init__(self, destination: str, status: int, body: JsonValue) -> None:
+        self.destination = destination
+        self.status = status
+        self.body = body
+        errcode = body.get("errcode") if isinstance(body, dict) else None
+        self.errcode = errcode if isinstance(errcode, str) else None
+        error = body.get("error") if isinstance(body, dict) else None
+        self.error = error if isinstance(error, str) else ""
+        super().__init__(
+            f"{destination} answered {status} {self.errcode or ''} {self.error}".strip()
+        )
+
+
+class FederationUnreachable(Exception):
+    """No answer: DNS, connection, TLS or timeout failure."""
+
+    def __init__(self, destination: str, reason: str) -> None:
+        super().__init__(f"{destination} unreachable: {reason}")
+        self.destination = destination
+        self.reason = reason
+
+
+def path_param(value: str) -> str:
+    """Percent-encode one path segment (``@``, ``:``, ``!``, ``$``, ``/``, … all escaped)."""
+    return quote(value, safe="")
+
+
+class FederationClient:
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        origin: str,
+        signing_key: SigningKey,
+        resolver: Resolver,
+        timeout_s: float,
+    ) -> None:
+        self._http = http
+        self.origin = origin
+        self._signing_key = signing_key
+        self._resolver = resolver
+        self._timeout_s = timeout_s
+
+    async def request(
+        self,
+        method: str,
+        destination: str,
+        path: str,
+        *,
+        query: Sequence[tuple[str, str]] = (),
+        body: JsonDict | None = None,
+        signed: bool = True,
+        timeout_s: float | None = None,
+    ) -> JsonValue:
+        """Send one request and return the decoded JSON body of a 200 answer.
+
+        ``path`` must already be percent-encoded (use :func:`path_param` for IDs).
+        Raises :class:`FederationError` or :class:`FederationUnreachable`.
+        """
+        uri = path + (("?" + urlencode(list(query), quote_via=quote)) if query else "")
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        if signed:
+            headers["Authorization"] = build_authorization_header(
+                method=method,
+                uri=uri,
+                origin=self.origin,
+                destination=destination,
+                content=body,
+                signing_key=self._signing_key,
+            )
+        try:
+            with trio.fail_after(timeout_s or self._timeout_s):
+                resolved = await self._resolver.resolve(destination)
+                url = f"https://{_host_for_url(resolved.host_for_connect)}:{resolved.port}{uri}"
+                headers["Host"] = resolved.host_header
+                extensions = {}
+                if (
+                    resolved.tls_server_name
+                    and resolved.tls_server_name != resolved.host_for_connect
+                ):
+                    extensions["sni_hostname"] = resolved.tls_server_name
+                content = None if body is None else json.dumps(body).encode()
+                request = self._http.build_request(
+                    method, url, headers=headers, content=content, extensions=extensions
+                )
+                response = await self._http.send(request)
+                data = await response.aread()
+        except trio.TooSlowError:
+            raise FederationUnreachable(destination, "timed out") from None
+        except (httpx.HTTPError, OSError) as exc:
+            raise FederationUnreachable(destination, f"{type(exc).__name__}: {exc}") from None
+        try:
+            decoded: JsonValue = json.loads(data) if data else {}
+        except ValueError:
+            decoded = {"error": data[:200].decode("utf-8", "replace")}
+        if response.status_code != 200:
+            raise FederationError(destination, response.status_code, decoded)
+        return decoded
+
+
+def _host_for_url(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host

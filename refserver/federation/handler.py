@@ -1,0 +1,343 @@
+"""Receiving PDUs from other servers and storing them in the room DAG.
+
+Server-server API §"Checks performed on receipt of a PDU" (steps 1–6, see ``event_auth``),
+§"Soft failure", §"Rejection", and §"Retrieving events" for filling gaps: missing
+``prev_events`` are fetched with ``get_missing_events``; if a gap remains, the state before
+the event comes from ``/state_ids``. Missing ``auth_events`` come from ``/event_auth``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+from refserver.events.auth_rules import check_auth, check_auth_events_selection
+from refserver.events.auth_state import AuthError
+from refserver.events.hashing import compute_event_id
+from refserver.events.model import Event
+from refserver.events.power_levels import get_named_level, get_user_power_level
+from refserver.events.room_versions import RoomVersion, get_room_version
+from refserver.federation.client import (
+    FederationClient,
+    FederationError,
+    FederationUnreachable,
+    path_param,
+)
+from refserver.federation.event_auth import DroppedPdu, check_pdu
+from refserver.federation.keyring import Keyring
+from refserver.ids import server_name_of
+from refserver.notifier import Notifier
+from refserver.rooms import store as room_tx
+from refserver.storage import events as event_store
+from refserver.storage import rooms as room_store
+from refserver.storage.database import Database
+from refserver.storage.events import StateMap
+from refserver.types import JsonDict, JsonValue
+
+log = logging.getLogger(__name__)
+
+#: How many missing prev_events we try to fetch before falling back to /state_ids.
+MISSING_EVENTS_LIMIT = 20
+
+EventPersisted = Callable[[Event, int], Awaitable[None]]
+
+
+class PduRejected(Exception):
+    """The PDU was stored as rejected (or dropped); the message goes into the txn result."""
+
+    def __init__(self, message: str, event_id: str | None = None) -> None:
+        super().__init__(message)
+        self.event_id = event_id
+
+
+@dataclass(frozen=True)
+class StoredResult:
+    stream_ordering: int
+    rejected: str | None
+    soft_failed: bool
+
+
+def _event_id_or_none(pdu: JsonDict, rv: RoomVersion) -> str | None:
+    try:
+        return compute_event_id(pdu, rv)
+    except Exception:  # the PDU may be too malformed to hash
+        return None
+
+
+def _state_events(conn: sqlite3.Connection, state: StateMap) -> dict[tuple[str, str], Event]:
+    events = event_store.get_events(conn, state.values())
+    return {key: events[eid] for key, eid in state.items() if eid in events}
+
+
+def auth_and_persist(
+    conn: sqlite3.Connection, event: Event, state_before: StateMap | None
+) -> StoredResult:
+    """Steps 4–6 and storage, in one transaction."""
+    rv = event.room_version
+    if state_before is None:
+        state_before = room_tx.state_after_events(conn, rv, event.prev_event_ids)
+    rejected: str | None = None
+    soft_failed = False
+    auth_events = event_store.get_events(conn, event.auth_event_ids)
+    create_id = (state_before or {}).get(("m.room.create", ""))
+    create = event_store.get_events(conn, [create_id]).get(create_id) if create_id else None
+    try:
+        # 4. Against its auth_events.
+        listed = [auth_events[a] for a in event.auth_event_ids if a in auth_events]
+        if len(listed) != len(event.auth_event_ids):
+            raise AuthError("3", "some auth_events are unknown")
+        check_auth_events_selection(event, listed)
+        check_auth(event, {e.state_tuple(): e for e in listed}, create_event=create)
+        # 5. Against the state before the event.
+        if state_before is not None:
+            check_auth(event, _state_events(conn, state_before), create_event=create)
+    except AuthError as exc:
+        rejected = exc.message
+    if rejected is None:
+        # 6. Against the current state: failing here only soft-fails the event.
+        current = room_store.get_current_state(conn, event.room_id)
+        try:
+            check_auth(event, _state_events(conn, current), create_event=create)
+        except AuthError as exc:
+            soft_failed = True
+            log.info("soft-failing %s: %s", event.event_id, exc.message)
+    stored_event = Event(event.event_id, rv, event.pdu, rejected=rejected is not None)
+    ordering = event_store.insert_event(
+        conn, stored_event, state_before=state_before, soft_failed=soft_failed
+    )
+    if rejected is None and not soft_failed:
+        event_store.update_forward_extremities(conn, event)
+        room_tx.recompute_current_state(conn, event.room_id, rv)
+        _maybe_apply_redaction(conn, event, state_before or {})
+    return StoredResult(ordering, rejected, soft_failed)
+
+
+def _maybe_apply_redaction(conn: sqlite3.Connection, event: Event, state: StateMap) -> None:
+    """rooms/fragments/v3-handling-redactions: apply when the redaction's sender has the
+    redact level, or is on the same server as the redacted event's sender."""
+    if event.type != "m.room.redaction" or not event.redacts:
+        return
+    target = event_store.get_events(conn, [event.redacts]).get(event.redacts)
+    if target is None or target.room_id != event.room_id:
+        return
+    state_events = _state_events(conn, state)
+    allowed = server_name_of(target.sender) == server_name_of(event.sender) or (
+        get_user_power_level(event.sender, state_events, event.room_version)
+        >= get_named_level(state_events, "redact")
+    )
+    if allowed:
+        event_store.mark_redacted(conn, event.redacts, event.event_id)
+
+
+class FederationEventHandler:
+    def __init__(
+        self,
+        db: Database,
+        keyring: Keyring,
+        client: FederationClient,
+        *,
+        notifier: Notifier,
+    ) -> None:
+        self._db = db
+        self._keyring = keyring
+        self._client = client
+        self._notifier = notifier
+        self._listeners: list[EventPersisted] = []
+
+    def add_listener(self, listener: EventPersisted) -> None:
+        self._listeners.append(listener)
+
+    async def room_version_of(self, room_id: JsonValue) -> RoomVersion | None:
+        if not isinstance(room_id, str):
+            return None
+        rv_id = await self._db.run(room_store.get_room_version_id, room_id)
+        return None if rv_id is None else get_room_version(rv_id)
+
+    async def receive_pdu(self, origin: str, pdu: JsonDict, *, depth: int = 0) -> str:
+        """Check and store one PDU from ``origin``; return its event ID.
+
+        Raises :class:`PduRejected` with the reason when it is dropped or rejected.
+        """
+        rv = await self.room_version_of(pdu.get("room_id"))
+        if rv is None:
+            raise PduRejected("unknown room: this server is not in it")
+        try:
+            checked = await check_pdu(self._keyring, pdu, rv)
+        except DroppedPdu as exc:
+            raise PduRejected(str(exc), _event_id_or_none(pdu, rv)) from None
+        event = checked.event
+        if await self._db.run(event_store.have_events, [event.event_id]):
+            return event.event_id
+        await self._fetch_missing_auth(origin, event)
+        state_before = await self._fill_prev_gap(origin, event, depth)
+        result = await self._db.run(auth_and_persist, event, state_before)
+        if result.rejected is not None:
+            log.info("rejected %s from %s: %s", event.event_id, origin, result.rejected)
+            raise PduRejected(result.rejected, event.event_id)
+        if not result.soft_failed:
+            self._notifier.notify()
+            for listener in self._listeners:
+                await listener(event, result.stream_ordering)
+        return event.event_id
+
+    async def _fill_prev_gap(self, origin: str, event: Event, depth: int) -> StateMap | None:
+        """None when every prev_event has known state; else the state before ``event``."""
+        missing = await self._missing_state(event.prev_event_ids)
+        if not missing:
+            return None
+        if depth == 0:
+            await self._get_missing_events(origin, event)
+            missing = await self._missing_state(event.prev_event_ids)
+            if not missing:
+                return None
+        return await self._state_from_remote(origin, event)
+
+    async def _missing_state(self, event_ids: list[str]) -> list[str]:
+        def txn(conn: sqlite3.Connection) -> list[str]:
+            return [e for e in event_ids if event_store.get_state_after(conn, e) is None]
+
+        return await self._db.run(txn)
+
+    async def _get_missing_events(self, origin: str, event: Event) -> None:
+        """POST /_matrix/federation/v1/get_missing_events/{roomId}, oldest first."""
+        extremities = await self._db.run(event_store.get_forward_extremities, event.room_id)
+        try:
+            response = await self._client.request(
+                "POST",
+                origin,
+                f"/_matrix/federation/v1/get_missing_events/{path_param(event.room_id)}",
+                body={
+                    "earliest_events": extremities,
+                    "latest_events": [event.event_id],
+                    "limit": MISSING_EVENTS_LIMIT,
+                    "min_depth": 0,
+                },
+            )
+        except (FederationError, FederationUnreachable) as exc:
+            log.info("get_missing_events from %s failed: %s", origin, exc)
+            return
+        events = response.get("events", []) if isinstance(response, dict) else []
+        for pdu in sorted(
+            (e for e in events if isinstance(e, dict)), key=lambda e: e.get("depth", 0)
+        ):
+            try:
+                await self.receive_pdu(origin, pdu, depth=1)
+            except PduRejected as exc:
+                log.info("missing event from %s not accepted: %s", origin, exc)
+
+    async def _state_from_remote(self, origin: str, event: Event) -> StateMap | None:
+        """The state before ``event`` from /state_ids, fetching unknown events as outliers."""
+        try:
+            response = await self._client.request(
+                "GET",
+                origin,
+                f"/_matrix/federation/v1/state_ids/{path_param(event.room_id)}",
+                query=[("event_id", event.event_id)],
+            )
+        except (FederationError, FederationUnreachable) as exc:
+            log.info("state_ids from %s failed: %s", origin, exc)
+            return None
+        if not isinstance(response, dict):
+            return None
+        pdu_ids = [e for e in response.get("pdu_ids", []) if isinstance(e, str)]
+        auth_ids = [e for e in response.get("auth_chain_ids", []) if isinstance(e, str)]
+        await self.fetch_outliers(origin, event.room_id, [*auth_ids, *pdu_ids])
+        events = await self._db.run(event_store.get_events, pdu_ids)
+        return {e.state_tuple(): e.event_id for e in events.values() if e.is_state}
+
+    async def _fetch_missing_auth(self, origin: str, event: Event) -> None:
+        have = await self._db.run(event_store.have_events, event.auth_event_ids)
+        if set(event.auth_event_ids) <= have:
+            return
+        try:
+            response = await self._client.request(
+                "GET",
+                origin,
+                f"/_matrix/federation/v1/event_auth/{path_param(event.room_id)}/{path_param(event.event_id)}",
+            )
+        except (FederationError, FederationUnreachable) as exc:
+            log.info("event_auth from %s failed: %s", origin, exc)
+            return
+        chain = response.get("auth_chain", []) if isinstance(response, dict) else []
+        await self.store_outliers(
+            origin, [p for p in chain if isinstance(p, dict)], event.room_version
+        )
+
+    async def fetch_outliers(self, origin: str, room_id: str, event_ids: list[str]) -> None:
+        have = await self._db.run(event_store.have_events, event_ids)
+        pdus: list[JsonDict] = []
+        for event_id in [e for e in dict.fromkeys(event_ids) if e not in have]:
+            try:
+                response = await self._client.request(
+                    "GET", origin, f"/_matrix/federation/v1/event/{path_param(event_id)}"
+                )
+            except (FederationError, FederationUnreachable) as exc:
+                log.info("event %s from %s failed: %s", event_id, origin, exc)
+                continue
+            got = response.get("pdus", []) if isinstance(response, dict) else []
+            pdus.extend(p for p in got if isinstance(p, dict))
+        rv = await self.room_version_of(room_id)
+        if rv is not None:
+            await self.store_outliers(origin, pdus, rv)
+
+    async def store_outliers(
+        self, origin: str, pdus: list[JsonDict], rv: RoomVersion
+    ) -> dict[str, Event]:
+        """Check (steps 1–4) and store events known without their place in the DAG,
+        oldest first, so each one's auth events are checked before it."""
+        checked: dict[str, Event] = {}
+        for pdu in pdus:
+            try:
+                c = await check_pdu(self._keyring, pdu, rv)
+            except DroppedPdu as exc:
+                log.info("dropping outlier from %s: %s", origin, exc)
+                continue
+            checked[c.event.event_id] = c.event
+        await self._db.run(_store_outliers_txn, checked)
+        return checked
+
+
+def _store_outliers_txn(conn: sqlite3.Connection, events: Mapping[str, Event]) -> None:
+    have = event_store.have_events(conn, events)
+    known = event_store.get_events(conn, [a for e in events.values() for a in e.auth_event_ids])
+    pending = {eid: e for eid, e in events.items() if eid not in have}
+    # Topological order over auth edges: an event is stored once all its auth events are.
+    while pending:
+        progressed = False
+        for eid, event in sorted(pending.items(), key=lambda kv: kv[1].depth):
+            if all(a in known or (a in events and a not in pending) for a in event.auth_event_ids):
+                auth = [known[a] if a in known else events[a] for a in event.auth_event_ids]
+                rejected = False
+                try:
+                    if event.type != "m.room.create":
+                        create = next((a for a in auth if a.type == "m.room.create"), None)
+                        if create is None:
+                            create = next(
+                                (e for e in known.values() if e.type == "m.room.create"), None
+                            ) or next(
+                                (e for e in events.values() if e.type == "m.room.create"), None
+                            )
+                        check_auth(event, {a.state_tuple(): a for a in auth}, create_event=create)
+                    else:
+                        check_auth(event, {})
+                except AuthError as exc:
+                    log.info("outlier %s fails auth: %s", eid, exc.message)
+                    rejected = True
+                stored = Event(eid, event.room_version, event.pdu, rejected=rejected)
+                event_store.insert_event(conn, stored, state_before=None, outlier=True)
+                known[eid] = stored
+                del pending[eid]
+                progressed = True
+                break
+        if not progressed:
+            # Auth events we could not get: store the rest unverified against them, rejected.
+            for eid, event in pending.items():
+                event_store.insert_event(
+                    conn,
+                    Event(eid, event.room_version, event.pdu, rejected=True),
+                    state_before=None,
+                    outlier=True,
+                )
+            break

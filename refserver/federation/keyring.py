@@ -1,0 +1,238 @@
+"""Server signing keys: publishing ours, fetching and caching theirs, notary answers.
+
+Server-server API §"Retrieving server keys". Rules applied here:
+
+- A fetched ``/_matrix/key/v2/server`` response must name the server we asked and carry a
+  valid self-signature by every key in ``verify_keys``.
+- ``valid_until_ts`` is honoured but capped at fetch time + 7 days ("servers MUST use the
+  lesser of valid_until_ts and 7 days into the future", rooms v5+).
+- Request signatures only accept ``verify_keys``; event signatures also accept
+  ``old_verify_keys`` that expired after the event's ``origin_server_ts``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+
+import signedjson.key
+import trio
+from signedjson.types import VerifyKey
+
+from refserver.crypto.keys import SigningKey, key_id, verify_key_base64
+from refserver.crypto.signing import SignatureError, sign_json, verify_signed_json
+from refserver.events.signing import required_signing_servers
+from refserver.federation.client import FederationClient, FederationError, FederationUnreachable
+from refserver.storage import federation as fed_store
+from refserver.storage.database import Database
+from refserver.types import JsonDict, JsonValue
+
+log = logging.getLogger(__name__)
+
+#: How long our published keys are valid ("should not return responses that expire in
+#: under an hour"); peers re-fetch after this.
+OWN_KEY_LIFETIME_MS = 24 * 3600 * 1000
+#: Cap on trusting a fetched key response (rooms v5+ signing requirements).
+MAX_KEY_VALIDITY_MS = 7 * 24 * 3600 * 1000
+
+
+class KeyNotFound(Exception):
+    """No usable verify key; errcode hint M_UNAUTHORIZED for requests."""
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Keyring:
+    def __init__(
+        self,
+        db: Database,
+        client: FederationClient,
+        *,
+        server_name: str,
+        signing_key: SigningKey,
+        old_keys: list[JsonValue],
+    ) -> None:
+        self._db = db
+        self._client = client
+        self.server_name = server_name
+        self._signing_key = signing_key
+        self._old_keys = old_keys  # signedjson VerifyKeyWithExpiry (.expired)
+        self._fetch_locks: dict[str, trio.Lock] = {}
+
+    # -- ours -------------------------------------------------------------------------------
+
+    def own_keys_response(self) -> JsonDict:
+        """GET /_matrix/key/v2/server: self-signed ``verify_keys`` and ``old_verify_keys``."""
+        body: JsonDict = {
+            "server_name": self.server_name,
+            "valid_until_ts": now_ms() + OWN_KEY_LIFETIME_MS,
+            "verify_keys": {
+                key_id(self._signing_key): {"key": verify_key_base64(self._signing_key)}
+            },
+            "old_verify_keys": {
+                f"{k.alg}:{k.version}": {
+                    "key": signedjson.key.encode_verify_key_base64(k),
+                    "expired_ts": k.expired,
+                }
+                for k in self._old_keys
+            },
+        }
+        return sign_json(body, self.server_name, self._signing_key)
+
+    def _own_key(self, key_id_: str, at_ts: int | None) -> VerifyKey | None:
+        if key_id_ == key_id(self._signing_key):
+            own: VerifyKey = signedjson.key.get_verify_key(self._signing_key)
+            return own
+        for k in self._old_keys:
+            if f"{k.alg}:{k.version}" == key_id_ and at_ts is not None and at_ts <= k.expired:
+                old: VerifyKey = k
+                return old
+        return None
+
+    # -- theirs -----------------------------------------------------------------------------
+
+    async def get_verify_key(
+        self, server_name: str, key_id_: str, *, event_ts: int | None = None
+    ) -> VerifyKey:
+        """A key valid now (requests, ``event_ts`` None) or at ``event_ts`` (events)."""
+        if server_name == self.server_name:
+            key = self._own_key(key_id_, event_ts if event_ts is not None else now_ms())
+            if key is None:
+                raise KeyNotFound(f"no key {key_id_} of our own")
+            return key
+        needed_until = event_ts if event_ts is not None else now_ms()
+        stored = await self._db.run(fed_store.get_server_key, server_name, key_id_)
+        if stored is None or not self._usable(stored, needed_until, for_event=event_ts is not None):
+            async with self._fetch_locks.setdefault(server_name, trio.Lock()):
+                stored = await self._db.run(fed_store.get_server_key, server_name, key_id_)
+                if stored is None or not self._usable(
+                    stored, needed_until, for_event=event_ts is not None
+                ):
+                    await self.fetch_server_keys(server_name)
+                    stored = await self._db.run(fed_store.get_server_key, server_name, key_id_)
+        if stored is None or not self._usable(stored, needed_until, for_event=event_ts is not None):
+            raise KeyNotFound(f"no valid key {key_id_} for {server_name}")
+        return signedjson.key.decode_verify_key_base64(
+            "ed25519", key_id_.split(":", 1)[1], stored.verify_key
+        )
+
+    @staticmethod
+    def _usable(stored: fed_store.StoredKey, at_ms: int, *, for_event: bool) -> bool:
+        if stored.expired_ts is not None:
+            return for_event and at_ms <= stored.expired_ts
+        return stored.valid_until_ts >= at_ms
+
+    async def fetch_server_keys(self, server_name: str) -> JsonDict:
+        """GET https://<server>/_matrix/key/v2/server, checked and cached."""
+        try:
+            response = await self._client.request(
+                "GET", server_name, "/_matrix/key/v2/server", signed=False
+            )
+        except (FederationError, FederationUnreachable) as exc:
+            log.info("key fetch from %s failed: %s", server_name, exc)
+            raise KeyNotFound(f"could not fetch keys of {server_name}: {exc}") from None
+        keys = self._check_key_response(server_name, response)
+        fetched = now_ms()
+        valid_until = min(int(response["valid_until_ts"]), fetched + MAX_KEY_VALIDITY_MS)
+        stored = [
+            fed_store.StoredKey(server_name, kid, b64, valid_until, None)
+            for kid, b64 in keys["verify_keys"].items()
+        ] + [
+            fed_store.StoredKey(server_name, kid, b64, 0, expired)
+            for kid, (b64, expired) in keys["old_verify_keys"].items()
+        ]
+        await self._db.run(
+            fed_store.store_server_keys,
+            server_name,
+            stored,
+            json.dumps(response),
+            valid_until,
+            fetched,
+        )
+        log.info("fetched keys of %s: %s", server_name, ", ".join(keys["verify_keys"]))
+        assert isinstance(response, dict)
+        return response
+
+    @staticmethod
+    def _check_key_response(
+        server_name: str, response: JsonValue
+    ) -> dict[str, dict[str, JsonValue]]:
+        if not isinstance(response, dict) or response.get("server_name") != server_name:
+            raise KeyNotFound(f"key response does not name {server_name}")
+        if not isinstance(response.get("valid_until_ts"), int):
+            raise KeyNotFound("key response has no valid_until_ts")
+        verify_keys = response.get("verify_keys")
+        if not isinstance(verify_keys, dict) or not verify_keys:
+            raise KeyNotFound("key response has no verify_keys")
+        out: dict[str, dict[str, JsonValue]] = {"verify_keys": {}, "old_verify_keys": {}}
+        for kid, entry in verify_keys.items():
+            if not (
+                isinstance(entry, dict)
+                and isinstance(entry.get("key"), str)
+                and kid.startswith("ed25519:")
+            ):
+                continue
+            try:
+                vk = signedjson.key.decode_verify_key_base64(
+                    "ed25519", kid.split(":", 1)[1], entry["key"]
+                )
+                verify_signed_json(response, server_name, vk)
+            except (SignatureError, ValueError) as exc:
+                raise KeyNotFound(f"bad self-signature by {kid}: {exc}") from None
+            out["verify_keys"][kid] = entry["key"]
+        for kid, entry in (response.get("old_verify_keys") or {}).items():
+            if (
+                isinstance(entry, dict)
+                and isinstance(entry.get("key"), str)
+                and isinstance(entry.get("expired_ts"), int)
+            ):
+                out["old_verify_keys"][kid] = (entry["key"], entry["expired_ts"])
+        if not out["verify_keys"]:
+            raise KeyNotFound("no ed25519 verify keys in response")
+        return out
+
+    async def keys_for_event(self, pdu: Mapping[str, JsonValue]) -> dict[str, dict[str, VerifyKey]]:
+        """Verify keys of every server that must have signed ``pdu``, valid at its time."""
+        event_ts = pdu.get("origin_server_ts")
+        ts = event_ts if isinstance(event_ts, int) else now_ms()
+        out: dict[str, dict[str, VerifyKey]] = {}
+        signatures = pdu.get("signatures")
+        for server in required_signing_servers(pdu):
+            key_ids = list(
+                (signatures or {}).get(server, {}) if isinstance(signatures, dict) else []
+            )
+            for kid in key_ids:
+                try:
+                    out.setdefault(server, {})[kid] = await self.get_verify_key(
+                        server, kid, event_ts=ts
+                    )
+                except KeyNotFound:
+                    continue
+        return out
+
+    # -- notary ----------------------------------------------------------------------------
+
+    async def notary_query(self, server_keys: Mapping[str, JsonValue]) -> list[JsonDict]:
+        """POST /_matrix/key/v2/query: cached (or freshly fetched) responses, co-signed by us."""
+        results: list[JsonDict] = []
+        for server_name in server_keys:
+            if server_name == self.server_name:
+                results.append(self.own_keys_response())
+                continue
+            cached = await self._db.run(fed_store.get_key_response, server_name)
+            response: JsonDict | None = (
+                json.loads(cached[0]) if cached and cached[1] > now_ms() else None
+            )
+            if response is None:
+                try:
+                    response = await self.fetch_server_keys(server_name)
+                except KeyNotFound:
+                    # "Unreachable servers with no cache are omitted."
+                    response = json.loads(cached[0]) if cached else None
+            if response is not None:
+                results.append(sign_json(response, self.server_name, self._signing_key))
+        return results

@@ -1,0 +1,542 @@
+"""Joining, inviting and leaving across servers (server-server API §"Joining Rooms",
+§"Inviting to a room", §"Leaving Rooms (Rejecting Invites)").
+
+Both sides live here: the *resident* side answers ``make_join``/``send_join``,
+``make_leave``/``send_leave`` and ``invite``; the *joining* side drives them for local users.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Sequence
+
+from refserver.crypto.keys import SigningKey
+from refserver.errors import (
+    M_FORBIDDEN,
+    M_INCOMPATIBLE_ROOM_VERSION,
+    M_INVALID_PARAM,
+    M_NOT_FOUND,
+    M_UNABLE_TO_AUTHORISE_JOIN,
+    MatrixError,
+)
+from refserver.events.auth_rules import check_auth
+from refserver.events.auth_state import AuthError
+from refserver.events.builder import build_pdu, finalise_pdu, next_depth, select_auth_events
+from refserver.events.hashing import compute_event_id, compute_room_id_v12
+from refserver.events.model import Event
+from refserver.events.power_levels import get_named_level, get_user_power_level
+from refserver.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion, get_room_version
+from refserver.events.signing import sign_event
+from refserver.federation.client import (
+    FederationClient,
+    FederationError,
+    FederationUnreachable,
+    path_param,
+)
+from refserver.federation.event_auth import DroppedPdu, check_pdu
+from refserver.federation.handler import (
+    FederationEventHandler,
+    PduRejected,
+    StoredResult,
+    auth_and_persist,
+)
+from refserver.federation.keyring import Keyring
+from refserver.federation.sender import FederationSender
+from refserver.ids import InvalidId, UserId, server_name_of
+from refserver.notifier import Notifier
+from refserver.rooms import store as room_tx
+from refserver.rooms.builder import RoomView
+from refserver.storage import events as event_store
+from refserver.storage import federation as fed_store
+from refserver.storage import rooms as room_store
+from refserver.storage.database import Database
+from refserver.types import JsonDict, JsonValue
+
+log = logging.getLogger(__name__)
+MEMBER = "m.room.member"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def bad_param(message: str) -> MatrixError:
+    return MatrixError(400, M_INVALID_PARAM, message)
+
+
+class FederationMembership:
+    def __init__(
+        self,
+        db: Database,
+        client: FederationClient,
+        keyring: Keyring,
+        handler: FederationEventHandler,
+        sender: FederationSender,
+        notifier: Notifier,
+        *,
+        server_name: str,
+        signing_key: SigningKey,
+    ) -> None:
+        self._db = db
+        self._client = client
+        self._keyring = keyring
+        self._handler = handler
+        self._sender = sender
+        self._notifier = notifier
+        self.server_name = server_name
+        self._signing_key = signing_key
+
+    # ===================================================================== resident side
+
+    async def _resident_view(self, room_id: str) -> RoomView:
+        view = await self._db.run(room_tx.load_view, room_id)
+        if view is None or view.create_event is None:
+            raise MatrixError(404, M_NOT_FOUND, "unknown room")
+        joined = await self._db.run(room_store.get_joined_servers, room_id)
+        if self.server_name not in joined:
+            raise MatrixError(404, M_NOT_FOUND, "this server is not in that room")
+        return view
+
+    async def make_membership(
+        self,
+        origin: str,
+        room_id: str,
+        user_id: str,
+        membership: str,
+        versions: Sequence[str] | None,
+    ) -> JsonDict:
+        """GET /make_join and /make_leave: a template the joining server signs."""
+        try:
+            user_server = UserId.parse(user_id).server_name
+        except InvalidId:
+            raise bad_param("invalid user ID") from None
+        if user_server != origin:
+            raise MatrixError(403, M_FORBIDDEN, "the user is not on the requesting server")
+        view = await self._resident_view(room_id)
+        rv = view.room_version
+        if versions is not None and rv.identifier not in versions:
+            raise MatrixError(
+                400,
+                M_INCOMPATIBLE_ROOM_VERSION,
+                f"room version {rv.identifier} not supported by you",
+                extra={"room_version": rv.identifier},
+            )
+        content: JsonDict = {"membership": membership}
+        state_events = view.state_events()
+        if membership == "join":
+            authoriser = await self._restricted_join_authoriser(view, user_id)
+            if authoriser is not None:
+                content["join_authorised_via_users_server"] = authoriser
+        auth_ids = select_auth_events(MEMBER, user_id, user_id, content, view.state, rv)
+        template = build_pdu(
+            room_version=rv,
+            room_id=room_id,
+            sender=user_id,
+            event_type=MEMBER,
+            content=content,
+            state_key=user_id,
+            prev_events=view.prev_events,
+            auth_events=auth_ids,
+            depth=next_depth([view.prev_depth]),
+            origin_server_ts=now_ms(),
+        )
+        probe = Event("$probe", rv, template)
+        try:
+            check_auth(probe, state_events, create_event=view.create_event)
+        except AuthError as exc:
+            raise MatrixError(
+                403, M_FORBIDDEN, f"you may not {membership}: {exc.message}"
+            ) from None
+        template["origin"] = self.server_name
+        return {"room_version": rv.identifier, "event": template}
+
+    async def _restricted_join_authoriser(self, view: RoomView, user_id: str) -> str | None:
+        """rooms/v8+ restricted joins: a local joined user who may invite, if the joiner is in
+        one of the ``allow`` rooms. None when the room is not restricted or they are already in."""
+        rules = view.state_events().get(("m.room.join_rules", ""))
+        join_rule = rules.content.get("join_rule") if rules else None
+        if join_rule not in ("restricted", "knock_restricted"):
+            return None
+        current = view.state_events().get((MEMBER, user_id))
+        if current is not None and current.membership in ("join", "invite"):
+            return None
+        allow = rules.content.get("allow") if rules else None
+        allowed_rooms = [
+            a.get("room_id")
+            for a in (allow or [])
+            if isinstance(a, dict) and a.get("type") == "m.room_membership"
+        ]
+        for allowed in allowed_rooms:
+            if not isinstance(allowed, str):
+                continue
+            m = await self._db.run(room_store.get_membership, allowed, user_id)
+            if m is not None and m.membership == "join":
+                break
+        else:
+            raise MatrixError(
+                400, M_UNABLE_TO_AUTHORISE_JOIN, "you are not in any room that grants access"
+            )
+        state_events = view.state_events()
+        invite_level = get_named_level(state_events, "invite")
+        for (etype, key), event in sorted(state_events.items()):
+            if (
+                etype == MEMBER
+                and event.membership == "join"
+                and server_name_of(key) == self.server_name
+                and get_user_power_level(key, state_events, view.room_version) >= invite_level
+            ):
+                return key
+        raise MatrixError(400, M_UNABLE_TO_AUTHORISE_JOIN, "no user here may authorise your join")
+
+    async def send_membership(
+        self, origin: str, room_id: str, event_id: str, pdu: JsonValue, membership: str
+    ) -> JsonDict:
+        """PUT /v2/send_join and /v2/send_leave: check, store, relay."""
+        view = await self._resident_view(room_id)
+        rv = view.room_version
+        if not isinstance(pdu, dict):
+            raise bad_param("body must be the signed membership event")
+        self._check_membership_pdu(
+            pdu, origin=origin, room_id=room_id, event_id=event_id, rv=rv, membership=membership
+        )
+        if membership == "join" and isinstance(
+            pdu.get("content", {}).get("join_authorised_via_users_server"), str
+        ):
+            # Restricted join: the resident co-signs (rooms v8+, rule 5.2).
+            pdu = sign_event(pdu, rv, signing_name=self.server_name, signing_key=self._signing_key)
+        try:
+            await self._handler.receive_pdu(origin, pdu)
+        except PduRejected as exc:
+            raise MatrixError(403, M_FORBIDDEN, f"{membership} not allowed: {exc}") from None
+        stored = await self._db.run(event_store.get_stored_events, [event_id])
+        if event_id in stored and not stored[event_id].soft_failed:
+            servers = await self._db.run(room_store.get_joined_servers, room_id)
+            await self._sender.send_pdu(
+                event_id, stored[event_id].stream_ordering, sorted(servers - {origin})
+            )
+        if membership != "join":
+            return {}
+        return await self._db.run(_send_join_response, event_id, pdu)
+
+    @staticmethod
+    def _check_membership_pdu(
+        pdu: JsonDict, *, origin: str, room_id: str, event_id: str, rv: RoomVersion, membership: str
+    ) -> None:
+        content = pdu.get("content")
+        if (
+            pdu.get("type") != MEMBER
+            or not isinstance(content, dict)
+            or content.get("membership") != membership
+        ):
+            raise bad_param(f"not an m.room.member {membership} event")
+        sender = pdu.get("sender")
+        if not isinstance(sender, str) or pdu.get("state_key") != sender:
+            raise bad_param("state_key must equal sender")
+        try:
+            if UserId.parse(sender).server_name != origin:
+                raise bad_param("the sender is not on the requesting server")
+        except InvalidId:
+            raise bad_param("invalid sender") from None
+        if pdu.get("room_id") != room_id:
+            raise bad_param("room_id does not match the path")
+        try:
+            computed = compute_event_id(pdu, rv)
+        except Exception:
+            raise bad_param("malformed event") from None
+        if computed != event_id:
+            raise bad_param(f"event ID {event_id} does not match the event ({computed})")
+
+    async def on_invite(
+        self, origin: str, room_id: str, event_id: str, body: JsonValue
+    ) -> JsonDict:
+        """PUT /_matrix/federation/v2/invite/{roomId}/{eventId}: co-sign an invite for a
+        local user and remember it with its stripped state."""
+        if not isinstance(body, dict) or not isinstance(body.get("event"), dict):
+            raise bad_param("body must hold room_version and event")
+        rv_id = body.get("room_version")
+        if rv_id not in KNOWN_ROOM_VERSIONS:
+            raise MatrixError(
+                400,
+                M_INCOMPATIBLE_ROOM_VERSION,
+                f"room version {rv_id!r} is not supported",
+                extra={"room_version": rv_id},
+            )
+        rv = get_room_version(str(rv_id))
+        pdu: JsonDict = body["event"]
+        content = pdu.get("content")
+        if (
+            pdu.get("type") != MEMBER
+            or not isinstance(content, dict)
+            or content.get("membership") != "invite"
+        ):
+            raise bad_param("not an invite event")
+        if pdu.get("room_id") != room_id:
+            raise bad_param("room_id does not match the path")
+        target = pdu.get("state_key")
+        sender = pdu.get("sender")
+        if not isinstance(target, str) or server_name_of(target) != self.server_name:
+            raise bad_param("the invitee is not on this server")
+        if not isinstance(sender, str) or server_name_of(sender) != origin:
+            raise bad_param("the inviter is not on the requesting server")
+        if not await self._db.run(_user_exists, target):
+            raise MatrixError(404, M_NOT_FOUND, "no such user")
+        try:
+            checked = await check_pdu(self._keyring, pdu, rv)
+        except DroppedPdu as exc:
+            raise bad_param(str(exc)) from None
+        if checked.event.event_id != event_id:
+            raise bad_param("event ID does not match the event")
+        signed = sign_event(pdu, rv, signing_name=self.server_name, signing_key=self._signing_key)
+        invite_state = [s for s in body.get("invite_room_state", []) if isinstance(s, dict)]
+        stripped = [
+            {k: s[k] for k in ("type", "state_key", "content", "sender") if k in s}
+            for s in invite_state
+        ]
+        if rv.room_id_is_create_event_hash:
+            # v1.16: invite_room_state MUST include the create event; for v12 it proves the room ID.
+            creates = [
+                s for s in invite_state if s.get("type") == "m.room.create" and "signatures" in s
+            ]
+            if creates and compute_room_id_v12(creates[0]) != room_id:
+                raise bad_param("the create event in invite_room_state does not match the room ID")
+        event = Event(event_id, rv, signed)
+        await self._db.run(_store_remote_invite, event, stripped)
+        self._notifier.notify()
+        return {"event": signed}
+
+    # ===================================================================== joining side
+
+    async def join_remote(
+        self, user_id: str, room_id: str, via: Sequence[str], profile: JsonDict
+    ) -> None:
+        """make_join → sign → send_join → check the state and auth chain → store."""
+        errors = []
+        for server in [s for s in dict.fromkeys(via) if s != self.server_name]:
+            try:
+                await self._join_via(server, user_id, room_id, profile)
+                return
+            except (FederationError, FederationUnreachable, MatrixError) as exc:
+                log.info("join of %s via %s failed: %s", room_id, server, exc)
+                errors.append(f"{server}: {exc}")
+        raise MatrixError(
+            404 if not errors else 403,
+            M_FORBIDDEN if errors else M_NOT_FOUND,
+            "could not join via any server" + (": " + "; ".join(errors) if errors else ""),
+        )
+
+    async def _join_via(self, server: str, user_id: str, room_id: str, profile: JsonDict) -> None:
+        response = await self._client.request(
+            "GET",
+            server,
+            f"/_matrix/federation/v1/make_join/{path_param(room_id)}/{path_param(user_id)}",
+            query=[("ver", v) for v in KNOWN_ROOM_VERSIONS],
+        )
+        if (
+            not isinstance(response, dict)
+            or response.get("room_version") not in KNOWN_ROOM_VERSIONS
+        ):
+            raise MatrixError(400, M_INCOMPATIBLE_ROOM_VERSION, "unsupported room version")
+        rv = get_room_version(response["room_version"])
+        template = response.get("event")
+        if not isinstance(template, dict):
+            raise MatrixError(502, M_FORBIDDEN, "make_join returned no event")
+        t_content = template.get("content")
+        if (
+            template.get("room_id") != room_id
+            or template.get("type") != MEMBER
+            or template.get("sender") != user_id
+            or template.get("state_key") != user_id
+            or not isinstance(t_content, dict)
+            or t_content.get("membership") != "join"
+        ):
+            raise MatrixError(502, M_FORBIDDEN, "make_join returned an unexpected template")
+        content: JsonDict = {**t_content}
+        for key in ("displayname", "avatar_url"):
+            if isinstance(profile.get(key), str):
+                content[key] = profile[key]
+        pdu = build_pdu(
+            room_version=rv,
+            room_id=room_id,
+            sender=user_id,
+            event_type=MEMBER,
+            content=content,
+            state_key=user_id,
+            prev_events=template.get("prev_events", []),
+            auth_events=template.get("auth_events", []),
+            depth=int(template.get("depth", 1)),
+            origin_server_ts=now_ms(),
+        )
+        join = finalise_pdu(pdu, rv, signing_name=self.server_name, signing_key=self._signing_key)
+        sent = await self._client.request(
+            "PUT",
+            server,
+            f"/_matrix/federation/v2/send_join/{path_param(room_id)}/{path_param(join.event_id)}",
+            body=join.pdu,
+        )
+        if not isinstance(sent, dict):
+            raise MatrixError(502, M_FORBIDDEN, "send_join returned no object")
+        returned = sent.get("event")
+        join_pdu: JsonDict = returned if isinstance(returned, dict) else join.pdu
+        if compute_event_id(join_pdu, rv) != join.event_id:
+            raise MatrixError(502, M_FORBIDDEN, "send_join returned a different event")
+        state_pdus = [p for p in sent.get("state", []) if isinstance(p, dict)]
+        chain_pdus = [p for p in sent.get("auth_chain", []) if isinstance(p, dict)]
+        await self._db.run(room_store.insert_room, room_id, rv.identifier, now_ms())
+        stored = await self._handler.store_outliers(server, [*chain_pdus, *state_pdus], rv)
+        state_ids = {compute_event_id(p, rv) for p in state_pdus}
+        state = {
+            e.state_tuple(): e.event_id
+            for eid, e in stored.items()
+            if eid in state_ids and e.is_state
+        }
+        create_id = state.get(("m.room.create", ""))
+        if create_id is None:
+            raise MatrixError(502, M_FORBIDDEN, "send_join state has no create event")
+        if rv.room_id_is_create_event_hash and "!" + create_id[1:] != room_id:
+            raise MatrixError(502, M_FORBIDDEN, "the create event does not match the room ID")
+        join_event = Event(join.event_id, rv, join_pdu)
+        result = await self._db.run(_persist_join, join_event, state)
+        if result.rejected is not None:
+            raise MatrixError(403, M_FORBIDDEN, f"our join was not allowed: {result.rejected}")
+        self._notifier.notify()
+        log.info("joined %s via %s (%d state events)", room_id, server, len(state))
+
+    async def invite_remote(self, event: Event, invite_room_state: list[JsonDict]) -> Event:
+        """PUT /v2/invite to the invitee's server; returns the event with their signature."""
+        target = event.state_key or ""
+        destination = server_name_of(target)
+        try:
+            response = await self._client.request(
+                "PUT",
+                destination,
+                f"/_matrix/federation/v2/invite/{path_param(event.room_id)}/{path_param(event.event_id)}",
+                body={
+                    "room_version": event.room_version.identifier,
+                    "event": event.pdu,
+                    "invite_room_state": invite_room_state,
+                },
+            )
+        except FederationError as exc:
+            raise MatrixError(
+                403, M_FORBIDDEN, f"{destination} refused the invite: {exc.error or exc.status}"
+            ) from None
+        except FederationUnreachable as exc:
+            raise MatrixError(
+                502, "M_UNKNOWN", f"could not reach {destination}: {exc.reason}"
+            ) from None
+        signed = response.get("event") if isinstance(response, dict) else None
+        if (
+            not isinstance(signed, dict)
+            or compute_event_id(signed, event.room_version) != event.event_id
+        ):
+            raise MatrixError(502, "M_UNKNOWN", f"{destination} returned a different invite event")
+        return Event(event.event_id, event.room_version, signed)
+
+    async def reject_remote_invite(self, user_id: str, room_id: str, invite_event_id: str) -> None:
+        """make_leave → sign → send_leave via the inviting server; then record the leave."""
+        events = await self._db.run(event_store.get_events, [invite_event_id])
+        invite = events.get(invite_event_id)
+        servers = [server_name_of(invite.sender)] if invite else []
+        for server in servers:
+            try:
+                response = await self._client.request(
+                    "GET",
+                    server,
+                    f"/_matrix/federation/v1/make_leave/{path_param(room_id)}/{path_param(user_id)}",
+                )
+                if (
+                    not isinstance(response, dict)
+                    or response.get("room_version") not in KNOWN_ROOM_VERSIONS
+                ):
+                    continue
+                rv = get_room_version(response["room_version"])
+                template = response.get("event") or {}
+                pdu = build_pdu(
+                    room_version=rv,
+                    room_id=room_id,
+                    sender=user_id,
+                    event_type=MEMBER,
+                    content={"membership": "leave"},
+                    state_key=user_id,
+                    prev_events=template.get("prev_events", []),
+                    auth_events=template.get("auth_events", []),
+                    depth=int(template.get("depth", 1)),
+                    origin_server_ts=now_ms(),
+                )
+                leave = finalise_pdu(
+                    pdu, rv, signing_name=self.server_name, signing_key=self._signing_key
+                )
+                await self._client.request(
+                    "PUT",
+                    server,
+                    f"/_matrix/federation/v2/send_leave/{path_param(room_id)}/{path_param(leave.event_id)}",
+                    body=leave.pdu,
+                )
+                await self._db.run(_store_local_outlier_membership, leave)
+                self._notifier.notify()
+                return
+            except (FederationError, FederationUnreachable) as exc:
+                log.info("rejecting invite to %s via %s failed: %s", room_id, server, exc)
+        # Nobody reachable: forget the invite locally, as Synapse does.
+        raise MatrixError(
+            502, "M_UNKNOWN", "could not reach the inviting server to reject the invite"
+        )
+
+
+def _user_exists(conn: sqlite3.Connection, user_id: str) -> bool:
+    return conn.execute("SELECT 1 FROM users WHERE user_id = ?", (user_id,)).fetchone() is not None
+
+
+def _store_remote_invite(conn: sqlite3.Connection, event: Event, stripped: list[JsonDict]) -> None:
+    room_store.insert_room(conn, event.room_id, event.room_version.identifier, now_ms())
+    in_room = bool(room_store.get_current_state(conn, event.room_id))
+    if not event_store.have_events(conn, [event.event_id]):
+        if in_room:
+            auth_and_persist(conn, event, None)
+        else:
+            event_store.insert_event(conn, event, state_before=None, outlier=True)
+    fed_store.store_remote_invite(
+        conn, event.room_id, event.state_key or "", event.event_id, stripped
+    )
+    if not in_room:
+        room_store.set_membership_outside_state(
+            conn, event.room_id, event.state_key or "", event.event_id
+        )
+
+
+def _store_local_outlier_membership(conn: sqlite3.Connection, event: Event) -> None:
+    if not event_store.have_events(conn, [event.event_id]):
+        event_store.insert_event(conn, event, state_before=None, outlier=True)
+    room_store.set_membership_outside_state(
+        conn, event.room_id, event.state_key or "", event.event_id
+    )
+
+
+def _persist_join(
+    conn: sqlite3.Connection, join: Event, state: dict[tuple[str, str], str]
+) -> StoredResult:
+    """Our join to a room new to us: its state (from send_join) becomes the state before it."""
+    room_store.set_current_state(conn, join.room_id, state)
+    return auth_and_persist(conn, join, state)
+
+
+def _send_join_response(conn: sqlite3.Connection, event_id: str, join_pdu: JsonDict) -> JsonDict:
+    """``state`` before the join, ``auth_chain`` of it all, ``servers_in_room``."""
+    state = event_store.get_state_before(conn, event_id) or {}
+    state_events = event_store.get_events(conn, state.values())
+    join = event_store.get_events(conn, [event_id]).get(event_id)
+    seeds = [*state.values(), *(join.auth_event_ids if join else [])]
+    # Every event the joiner needs to check the state: the auth chains of the state and of
+    # the join (state events may repeat here; receivers de-duplicate).
+    closure = room_tx.load_auth_closure(conn, seeds)
+    auth_chain = [e.pdu for e in closure.values()]
+    room_id = join.room_id if join else ""
+    return {
+        "state": [e.pdu for e in state_events.values()],
+        "auth_chain": auth_chain,
+        "event": join.pdu if join else join_pdu,
+        "members_omitted": False,
+        "servers_in_room": sorted(room_store.get_joined_servers(conn, room_id)),
+    }

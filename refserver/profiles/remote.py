@@ -1,0 +1,38 @@
+"""Profiles of users on other servers, asked over federation (server-server API
+``GET /_matrix/federation/v1/query/profile``). The MSC4259 cache sits in front of this."""
+
+from __future__ import annotations
+
+from refserver.errors import M_NOT_FOUND, M_UNKNOWN, MatrixError
+from refserver.federation.client import FederationClient, FederationError, FederationUnreachable
+from refserver.ids import UserId
+from refserver.types import JsonDict
+
+
+class RemoteProfiles:
+    def __init__(self, client: FederationClient) -> None:
+        self._client = client
+
+    async def query(self, user_id: str, field: str | None = None) -> JsonDict:
+        """The remote profile (or one field). The requester MUST only ask the user's own
+        server. Remote errors are not passed through: 404 stays 404, the rest is 502."""
+        destination = UserId.parse(user_id).server_name
+        query = [("user_id", user_id)] + ([("field", field)] if field is not None else [])
+        try:
+            body = await self._client.request(
+                "GET", destination, "/_matrix/federation/v1/query/profile", query=query
+            )
+        except FederationError as exc:
+            if exc.status == 404:
+                raise MatrixError(404, M_NOT_FOUND, "profile not found") from None
+            raise MatrixError(
+                502, M_UNKNOWN, f"{destination} could not answer the profile query"
+            ) from None
+        except FederationUnreachable as exc:
+            raise MatrixError(
+                502, M_UNKNOWN, f"could not reach {destination}: {exc.reason}"
+            ) from None
+        if not isinstance(body, dict):
+            raise MatrixError(502, M_UNKNOWN, f"{destination} sent a malformed profile")
+        # "An unset field MUST be omitted or null": we never show nulls to clients.
+        return {k: v for k, v in body.items() if v is not None}
