@@ -33,14 +33,14 @@ from typing import Protocol
 
 import trio
 
+from refserver.events.model import Event
 from refserver.federation.backoff import Backoff, BackoffState
 from refserver.federation.client import FederationClient, FederationError, FederationUnreachable
 from refserver.federation.transaction import MAX_EDUS, MAX_PDUS, Transaction
-from refserver.events.model import Event
 from refserver.ids import server_name_of
 from refserver.storage import events as event_store
-from refserver.storage import rooms as room_store
 from refserver.storage import federation as fed_store
+from refserver.storage import rooms as room_store
 from refserver.storage.database import Database
 from refserver.types import JsonDict
 
