@@ -6,8 +6,10 @@ See the README's "Command line" section; ``refserver <command> --help`` lists ev
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import sys
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -120,6 +122,21 @@ def register_user(config: Config, username: str, password: str) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from refserver.app.demo import run_demo
+
+    data_dir = Path(args.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    # Ctrl-C during the scene ends the demo without a traceback.
+    with contextlib.suppress(KeyboardInterrupt):
+        trio.run(
+            partial(
+                run_demo, data_dir, exit_after_setup=args.exit_after_setup, any_ports=args.any_ports
+            )
+        )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="refserver",
@@ -150,6 +167,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the homeserver until SIGINT/SIGTERM")
     _add_config_args(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="run two federating instances (hs1, hs2) and a narrated scene")
+    p.add_argument(
+        "--data-dir", default="demo-data", help="where the instances live (default demo-data)"
+    )
+    p.add_argument("--exit-after-setup", action="store_true", help="stop once the scene has run")
+    p.add_argument(
+        "--any-ports", action="store_true", help="use free ports instead of 8008/8448, 8009/8449"
+    )
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("register-user", help="create a user, even when registration is off")
     _add_config_args(p)

@@ -36,6 +36,8 @@ def configure_logging(level: str) -> None:
         level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # httpx logs every request at INFO; our federation client logs its own, richer line.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def _hypercorn_config(
@@ -75,8 +77,16 @@ async def _serve_http(
         done.set()
 
 
-async def serve(config: Config, *, stop: trio.Event | None = None) -> None:
-    """Run the homeserver until ``stop`` is set (or SIGINT/SIGTERM when ``stop`` is None)."""
+async def serve(
+    config: Config,
+    *,
+    stop: trio.Event | None = None,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the homeserver until ``stop`` is set (or SIGINT/SIGTERM when ``stop`` is None).
+
+    ``task_status.started()`` fires once both listeners accept connections.
+    """
     keys = read_key_file(config.resolve(config.server.signing_key_path))
     fed = config.federation
     async with (
@@ -124,6 +134,7 @@ async def serve(config: Config, *, stop: trio.Event | None = None) -> None:
                 fed.port,
                 key_id(keys[0]),
             )
+            task_status.started()
             await stop.wait()
             # Hypercorn gives in-flight requests their grace period; then every remaining
             # background task (destination queues included) is cancelled.

@@ -125,6 +125,8 @@ class FederationClient:
             decoded: JsonValue = json.loads(data) if data else {}
         except ValueError:
             decoded = {"error": data[:200].decode("utf-8", "replace")}
+        # One line per outbound request: what went where, and the answer.
+        log.info("%s → %s %s %s: %d", self.origin, destination, method, uri, response.status_code)
         if response.status_code != 200:
             raise FederationError(destination, response.status_code, decoded)
         return decoded
