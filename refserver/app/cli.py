@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import getpass
 import sys
+import time
 from functools import partial
 from pathlib import Path
 
@@ -16,7 +17,13 @@ import trio
 
 from refserver.accounts.service import AccountService
 from refserver.app.config import Config, ConfigError, load_config, parse_config, render_config
-from refserver.crypto.keys import KeyFileError, generate_key_file, key_id
+from refserver.crypto.keys import (
+    KeyFileError,
+    generate_key_file,
+    key_id,
+    read_key_file,
+    verify_key_base64,
+)
 from refserver.errors import MatrixError
 from refserver.federation.tls import CA_CERT, issue_certificate, load_or_create_ca
 from refserver.storage.database import open_database
@@ -122,6 +129,33 @@ def register_user(config: Config, username: str, password: str) -> int:
     return 0
 
 
+def cmd_rotate_key(args: argparse.Namespace) -> int:
+    """Move the current key to old_verify_keys (with expired_ts = now) and make a new one.
+
+    Server-server API §"Publishing Keys": old keys stay valid for events signed before
+    ``expired_ts``; requests are signed with the new key ID at once. A new key ID (never a
+    new key under the old ID) keeps peers' caches correct.
+    """
+    config = load_config(_config_path(args))
+    key_path = config.resolve(config.server.signing_key_path)
+    old_path = config.resolve(config.federation.old_signing_keys_path)
+    try:
+        current = read_key_file(key_path)[0]
+    except KeyFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    expired_ts = int(time.time() * 1000)
+    with old_path.open("a") as f:
+        # signedjson's read_old_signing_keys format: "<alg> <version> <expired_ts> <verify key>"
+        f.write(f"{current.alg} {current.version} {expired_ts} {verify_key_base64(current)}\n")
+    # The old private key is no longer needed: only its public half is published.
+    key_path.unlink()
+    new = generate_key_file(key_path)
+    print(f"old key {key_id(current)} moved to {old_path} (expired_ts {expired_ts})")
+    print(f"new signing key {key_id(new)}; restart the server to use it")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from refserver.app.demo import run_demo
 
@@ -167,6 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the homeserver until SIGINT/SIGTERM")
     _add_config_args(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "rotate-key", help="retire the signing key (to old_verify_keys) and make a new one"
+    )
+    _add_config_args(p)
+    p.set_defaults(func=cmd_rotate_key)
 
     p = sub.add_parser("demo", help="run two federating instances (hs1, hs2) and a narrated scene")
     p.add_argument(
