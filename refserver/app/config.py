@@ -97,6 +97,43 @@ class RateLimitSection:
 
 
 @dataclass(frozen=True)
+class FieldPolicyConfig:
+    """Per-field MSC4259 sending policy (see profiles/edus.py FieldPolicy)."""
+
+    debounce_s: float
+    max_delay_s: float
+    min_interval_s: float
+
+
+@dataclass(frozen=True)
+class Msc4259Section:
+    #: Send MSC4259 profile EDUs at all (receiving is always on).
+    enabled: bool = True
+    #: EDU types to send: "uk.tcpip.msc4259.profile" (unstable), "m.profile", or both.
+    edu_types: tuple[str, ...] = ("uk.tcpip.msc4259.profile",)
+    #: Fields never federated as EDUs.
+    local_only_fields: tuple[str, ...] = ()
+    #: Ignore EDUs about users who share no room with any local user.
+    accept_only_shared_users: bool = True
+    #: Policy for displayname, avatar_url and m.tz.
+    debounce_s: float = 0.5
+    max_delay_s: float = 5.0
+    min_interval_s: float = 1.0
+    #: Policy for every other (custom) field.
+    custom_debounce_s: float = 1.0
+    custom_max_delay_s: float = 10.0
+    custom_min_interval_s: float = 5.0
+    #: Remote profile cache freshness: default, and for servers that send us EDUs.
+    remote_cache_ttl_s: float = 86400.0
+    remote_cache_ttl_edu_s: float = 604800.0
+    #: How often the refresher looks for stale cached profiles, and its fetch rate.
+    refresh_interval_s: float = 300.0
+    refresh_per_second: float = 2.0
+    #: Per-field overrides: [msc4259.fields."m.call"] debounce_s = …, max_delay_s = …, …
+    fields: tuple[tuple[str, FieldPolicyConfig], ...] = ()
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerSection
     client: ClientListener = field(default_factory=ClientListener)
@@ -104,6 +141,7 @@ class Config:
     registration: RegistrationSection = field(default_factory=RegistrationSection)
     profile: ProfileSection = field(default_factory=ProfileSection)
     rate_limits: RateLimitSection = field(default_factory=RateLimitSection)
+    msc4259: Msc4259Section = field(default_factory=Msc4259Section)
     #: Directory relative paths are resolved against (the config file's directory).
     base_dir: Path = Path(".")
 
@@ -169,7 +207,23 @@ _SECTION_TYPES: dict[str, type[Any]] = {
     "RegistrationSection": RegistrationSection,
     "ProfileSection": ProfileSection,
     "RateLimitSection": RateLimitSection,
+    "Msc4259Section": Msc4259Section,
+    "FieldPolicyConfig": FieldPolicyConfig,
 }
+
+EDU_TYPE_NAMES = ("uk.tcpip.msc4259.profile", "m.profile")
+
+
+def _field_policies(data: dict[str, Any]) -> tuple[tuple[str, FieldPolicyConfig], ...]:
+    fields = (
+        data.get("msc4259", {}).pop("fields", {}) if isinstance(data.get("msc4259"), dict) else {}
+    )
+    if not isinstance(fields, dict):
+        raise ConfigError("[msc4259.fields] must be a table of per-field tables")
+    return tuple(
+        (name, _build(FieldPolicyConfig, table, f"msc4259.fields.{name}"))
+        for name, table in sorted(fields.items())
+    )
 
 
 def parse_config(text: str, *, base_dir: Path) -> Config:
@@ -179,8 +233,18 @@ def parse_config(text: str, *, base_dir: Path) -> Config:
         raise ConfigError(f"invalid TOML: {exc}") from None
     if "server" not in data or "server_name" not in data.get("server", {}):
         raise ConfigError("[server] server_name is required")
+    field_policies = _field_policies(data)
     config: Config = _build(Config, data, "config")
-    config = dataclasses.replace(config, base_dir=base_dir)
+    config = dataclasses.replace(
+        config,
+        base_dir=base_dir,
+        msc4259=dataclasses.replace(config.msc4259, fields=field_policies),
+    )
+    for edu_type in config.msc4259.edu_types:
+        if edu_type not in EDU_TYPE_NAMES:
+            raise ConfigError(f"msc4259.edu_types: unknown EDU type {edu_type!r}")
+    if not config.msc4259.edu_types:
+        raise ConfigError("msc4259.edu_types must name at least one EDU type")
     if not is_valid_server_name(config.server.server_name):
         raise ConfigError(f"invalid server_name {config.server.server_name!r}")
     for port in (config.client.port, config.federation.port):
@@ -208,6 +272,7 @@ def render_config(
     """The commented config file ``refserver init`` writes: every setting with its default."""
     d = RateLimitSection()
     f = FederationListener()
+    m = Msc4259Section()
     trusted_ca_files_toml = json.dumps(list(trusted_ca_files))
     return f'''\
 # refserver configuration. Every setting is listed with its default; see docs/configuration.md.
@@ -285,4 +350,37 @@ burst = {d.register.burst}
 [rate_limits.profile_write]
 per_second = {d.profile_write.per_second}
 burst = {d.profile_write.burst}
+
+# MSC4259 profile update EDUs (docs/msc4259.md).
+[msc4259]
+# Send profile EDUs to servers sharing a room with the user (receiving is always on).
+enabled = true
+# "uk.tcpip.msc4259.profile" (unstable), "m.profile" (stable name), or both.
+edu_types = ["uk.tcpip.msc4259.profile"]
+# Fields never sent as EDUs, e.g. ["org.example.private"].
+local_only_fields = []
+# Ignore EDUs about users sharing no room with any local user.
+accept_only_shared_users = true
+# displayname, avatar_url, m.tz: wait debounce_s after the latest change for more changes to
+# merge, but never longer than max_delay_s; at most one EDU per user and field per
+# min_interval_s, per destination.
+debounce_s = {m.debounce_s}
+max_delay_s = {m.max_delay_s}
+min_interval_s = {m.min_interval_s}
+# The same for every other (custom) field.
+custom_debounce_s = {m.custom_debounce_s}
+custom_max_delay_s = {m.custom_max_delay_s}
+custom_min_interval_s = {m.custom_min_interval_s}
+# Remote profile cache: fresh for remote_cache_ttl_s (MSC4133's 24 h), or for
+# remote_cache_ttl_edu_s when the user's server sends MSC4259 EDUs.
+remote_cache_ttl_s = {m.remote_cache_ttl_s}
+remote_cache_ttl_edu_s = {m.remote_cache_ttl_edu_s}
+# The refresher re-fetches stale profiles of users sharing rooms with local users.
+refresh_interval_s = {m.refresh_interval_s}
+refresh_per_second = {m.refresh_per_second}
+# Per-field overrides, e.g. a fast-changing field:
+# [msc4259.fields."m.call"]
+# debounce_s = 5.0
+# max_delay_s = 30.0
+# min_interval_s = 60.0
 '''

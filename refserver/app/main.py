@@ -101,6 +101,7 @@ async def serve(
                 stop = trio.Event()
                 root.start_soon(_wait_for_signal, stop)
             await root.start(services.sender.run)
+            await root.start(services.remote_profiles.run)
             done = [trio.Event(), trio.Event()]
             await root.start(
                 partial(

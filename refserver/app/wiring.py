@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -21,6 +22,7 @@ from refserver.app.http import create_app
 from refserver.client.auth import Authenticator
 from refserver.client.filters import filter_routes
 from refserver.client.login import login_routes
+from refserver.client.metrics import metrics_routes
 from refserver.client.profile import profile_routes
 from refserver.client.rooms import room_routes
 from refserver.client.sync import sync_routes
@@ -40,9 +42,14 @@ from refserver.federation.routes.membership import membership_routes
 from refserver.federation.routes.send import send_routes
 from refserver.federation.sender import FederationSender, SenderConfig
 from refserver.federation.tls import client_ssl_context
+from refserver.metrics import Metrics
 from refserver.notifier import Notifier
-from refserver.profiles.fields import FieldPolicy
+from refserver.profiles.edus import EDU_TYPES
+from refserver.profiles.edus import FieldPolicy as EduFieldPolicy
+from refserver.profiles.federation import EduPolicy, ProfileEduReceiver, ProfileEduSender
+from refserver.profiles.fields import AVATAR_URL, DISPLAYNAME, TZ, FieldPolicy
 from refserver.profiles.remote import RemoteProfiles
+from refserver.profiles.remote_cache import RemoteProfileCache
 from refserver.profiles.service import ProfileService
 from refserver.ratelimit import RateLimiter
 from refserver.rooms.builder import EventBuilder
@@ -80,6 +87,31 @@ class Services:
     transactions: TransactionHandler
     federation_membership: FederationMembership
     federation_reads: FederationReads
+    metrics: Metrics
+    remote_profiles: RemoteProfileCache
+    profile_edus: ProfileEduSender
+
+
+def edu_policy(config: Config) -> EduPolicy:
+    """[msc4259] as the sender's and receiver's policy."""
+    m = config.msc4259
+    standard = EduFieldPolicy(m.debounce_s, m.max_delay_s, m.min_interval_s)
+    per_field = {name: standard for name in (DISPLAYNAME, AVATAR_URL, TZ)}
+    per_field.update(
+        {
+            name: EduFieldPolicy(p.debounce_s, p.max_delay_s, p.min_interval_s)
+            for name, p in m.fields
+        }
+    )
+    return EduPolicy(
+        edu_types=m.edu_types,
+        default_policy=EduFieldPolicy(
+            m.custom_debounce_s, m.custom_max_delay_s, m.custom_min_interval_s
+        ),
+        field_policies=per_field,
+        local_only_fields=m.local_only_fields,
+        accept_only_shared_users=m.accept_only_shared_users,
+    )
 
 
 def _limiter(limit: RateLimit) -> RateLimiter:
@@ -123,8 +155,20 @@ def build_services(
         resolver=default_resolver(http),
         timeout_s=fed.request_timeout_s,
     )
+    metrics = Metrics()
     # Services
     notifier = Notifier()
+    remote_profiles = RemoteProfileCache(
+        db,
+        RemoteProfiles(client),
+        server_name=server_name,
+        ttl_s=config.msc4259.remote_cache_ttl_s,
+        ttl_edu_s=config.msc4259.remote_cache_ttl_edu_s,
+        refresh_interval_s=config.msc4259.refresh_interval_s,
+        refresh_per_second=config.msc4259.refresh_per_second,
+        metrics=metrics,
+        notifier=notifier,
+    )
     accounts = AccountService(
         db, server_name=server_name, registration_enabled=config.registration.enabled
     )
@@ -138,7 +182,7 @@ def build_services(
         server_name=server_name,
         policy=policy,
         write_limiter=_limiter(config.rate_limits.profile_write),
-        remote=RemoteProfiles(client),
+        remote=remote_profiles,
     )
     keyring = Keyring(
         db,
@@ -159,6 +203,7 @@ def build_services(
             wakeups_per_second=fed.wakeups_per_second,
             idle_timeout_s=fed.idle_timeout_s,
         ),
+        metrics=metrics,
     )
     handler = FederationEventHandler(db, keyring, client, notifier=notifier)
     membership = FederationMembership(
@@ -182,6 +227,20 @@ def build_services(
     )
     profiles.add_listener(rooms.on_profile_change)
     rooms.add_listener(sender.send_room_event)
+    # MSC4259: local changes become EDUs; received EDUs feed the remote profile cache.
+    msc4259 = edu_policy(config)
+    profile_edus = ProfileEduSender(
+        db, server_name=server_name, policy=msc4259, metrics=metrics, wake=sender.wake_many
+    )
+    if config.msc4259.enabled:
+        sender.add_edu_source(profile_edus)
+        profiles.add_listener(profile_edus.on_profile_change)
+        rooms.add_listener(profile_edus.on_membership)
+        handler.add_listener(profile_edus.on_membership)
+    transactions = TransactionHandler(db, handler)
+    receiver = ProfileEduReceiver(db, policy=msc4259, metrics=metrics, notifier=notifier)
+    for edu_type in EDU_TYPES:
+        transactions.register_edu_handler(edu_type, receiver.on_edu)
     return Services(
         config=config,
         accounts=accounts,
@@ -191,16 +250,19 @@ def build_services(
         rooms=rooms,
         room_creator=RoomCreator(rooms, builder),
         room_reader=RoomReader(db),
-        sync=SyncService(db, notifier),
+        sync=SyncService(db, notifier, server_name=server_name),
         filters=FilterService(db),
         login_limiter=_limiter(config.rate_limits.login),
         register_limiter=_limiter(config.rate_limits.register),
         keyring=keyring,
         sender=sender,
         federation_auth=FederationAuthenticator(keyring, on_authenticated=sender.peer_up),
-        transactions=TransactionHandler(db, handler),
+        transactions=transactions,
         federation_membership=membership,
         federation_reads=FederationReads(db, server_name=server_name),
+        metrics=metrics,
+        remote_profiles=remote_profiles,
+        profile_edus=profile_edus,
     )
 
 
@@ -216,8 +278,15 @@ def build_client_app(s: Services) -> QuartTrio:
         room_routes(s.rooms, s.room_creator, s.room_reader, s.auth),
         sync_routes(s.sync, s.filters.resolve, s.auth),
         filter_routes(s.filters, s.auth),
+        metrics_routes(s.metrics, partial(before_scrape, s)),
     ]
     return create_app(blueprints, max_body_bytes=s.config.client.max_request_body_bytes)
+
+
+async def before_scrape(s: Services) -> None:
+    s.metrics.dirty_pending.set(await s.profile_edus.count_pending())
+    for status in s.sender.statistics():
+        s.metrics.set_destination_state(status.destination, status.failures, status.retry_in_s)
 
 
 def build_federation_app(s: Services) -> QuartTrio:

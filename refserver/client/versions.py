@@ -16,6 +16,7 @@ SPEC_VERSIONS = [f"v1.{n}" for n in range(1, 17)]
 UNSTABLE_FEATURES: JsonDict = {
     "uk.tcpip.msc4133": True,  # unstable extended-profile endpoints work
     "uk.tcpip.msc4133.stable": True,  # and the /v3 ones
+    "org.matrix.msc4429": True,  # profile updates in /sync (users section)
 }
 
 

@@ -177,10 +177,14 @@ class FederationEventHandler:
             log.info("rejected %s from %s: %s", event.event_id, origin, result.rejected)
             raise PduRejected(result.rejected, event.event_id)
         if not result.soft_failed:
-            self._notifier.notify()
-            for listener in self._listeners:
-                await listener(event, result.stream_ordering)
+            await self.notify_persisted(event, result.stream_ordering)
         return event.event_id
+
+    async def notify_persisted(self, event: Event, stream_ordering: int) -> None:
+        """Wake /sync and tell listeners (e.g. the MSC4259 join-time exchange)."""
+        self._notifier.notify()
+        for listener in self._listeners:
+            await listener(event, stream_ordering)
 
     async def _fill_prev_gap(self, origin: str, event: Event, depth: int) -> StateMap | None:
         """None when every prev_event has known state; else the state before ``event``."""

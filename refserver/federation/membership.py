@@ -400,7 +400,7 @@ class FederationMembership:
         result = await self._db.run(_persist_join, join_event, state)
         if result.rejected is not None:
             raise MatrixError(403, M_FORBIDDEN, f"our join was not allowed: {result.rejected}")
-        self._notifier.notify()
+        await self._handler.notify_persisted(join_event, result.stream_ordering)
         log.info("joined %s via %s (%d state events)", room_id, server, len(state))
 
     async def invite_remote(self, event: Event, invite_room_state: list[JsonDict]) -> Event:

@@ -38,6 +38,7 @@ from refserver.federation.backoff import Backoff, BackoffState
 from refserver.federation.client import FederationClient, FederationError, FederationUnreachable
 from refserver.federation.transaction import MAX_EDUS, MAX_PDUS, Transaction
 from refserver.ids import server_name_of
+from refserver.metrics import Metrics
 from refserver.storage import events as event_store
 from refserver.storage import federation as fed_store
 from refserver.storage import rooms as room_store
@@ -134,7 +135,9 @@ class FederationSender:
         origin: str,
         config: SenderConfig,
         edu_sources: Sequence[EduSource] = (),
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._db = db
         self._client = client
         self._origin = origin
@@ -330,9 +333,17 @@ class FederationSender:
                 delay,
             )
             await self._persist_backoff(queue)
+            if self._metrics is not None:
+                self._metrics.set_destination_state(
+                    queue.destination, queue.backoff.failures, delay
+                )
             return False
         self.transactions_sent += 1
         self.last_transaction_latency_s = trio.current_time() - started
+        if self._metrics is not None:
+            self._metrics.transactions_sent.labels(queue.destination).inc()
+            self._metrics.transaction_latency.observe(self.last_transaction_latency_s)
+            self._metrics.set_destination_state(queue.destination, 0, 0.0)
         log.info(
             "txn %s to %s acknowledged: %d PDUs, %d EDUs",
             txn.txn_id,

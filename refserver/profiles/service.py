@@ -22,7 +22,7 @@ from refserver.profiles.fields import (
     check_key_name,
     check_profile_size,
 )
-from refserver.profiles.remote import RemoteProfiles
+from refserver.profiles.remote_cache import RemoteProfileCache
 from refserver.ratelimit import RateLimiter
 from refserver.storage import accounts as account_store
 from refserver.storage import profiles as store
@@ -56,7 +56,7 @@ class ProfileService:
         server_name: str,
         policy: FieldPolicy,
         write_limiter: RateLimiter,
-        remote: RemoteProfiles | None = None,
+        remote: RemoteProfileCache | None = None,
     ) -> None:
         self._db = db
         self._remote = remote
@@ -88,7 +88,7 @@ class ProfileService:
         if user.server_name != self._server_name:
             if self._remote is None:
                 raise not_found("remote profiles are not available without federation")
-            return await self._remote.query(user_id)
+            return await self._remote.get_profile(user_id)
 
         def txn(conn: sqlite3.Connection) -> JsonDict | None:
             if not account_store.user_exists(conn, str(user)):
@@ -108,10 +108,7 @@ class ProfileService:
             raise field_error(exc) from None
         if not self.is_mine(user_id) and self._remote is not None:
             self._parse_user(user_id)
-            remote = await self._remote.query(user_id, key_name)
-            if key_name not in remote:
-                raise not_found(f"profile field {key_name!r} is not set")
-            return {key_name: remote[key_name]}
+            return await self._remote.get_field(user_id, key_name)
         profile = await self.get_profile(user_id)
         if key_name not in profile:
             raise not_found(f"profile field {key_name!r} is not set")

@@ -238,3 +238,20 @@ def get_stream_ordering(conn: sqlite3.Connection, event_id: str) -> int | None:
         "SELECT stream_ordering FROM events WHERE event_id = ?", (event_id,)
     ).fetchone()
     return None if row is None else int(row[0])
+
+
+def member_changes_since(
+    conn: sqlite3.Connection, room_ids: Iterable[str], *, after: int, upto: int
+) -> list[tuple[str, str, str]]:
+    """(room_id, user_id, membership) of member events in ``rooms`` with after < ordering ≤ upto."""
+    rooms = list(room_ids)
+    if not rooms:
+        return []
+    marks = ",".join("?" * len(rooms))
+    rows = conn.execute(
+        "SELECT room_id, state_key, json_extract(pdu_json, '$.content.membership') FROM events"
+        f" WHERE type = 'm.room.member' AND room_id IN ({marks}) AND stream_ordering > ?"
+        " AND stream_ordering <= ? AND rejected = 0 AND outlier = 0 ORDER BY stream_ordering",
+        (*rooms, after, upto),
+    )
+    return [(r[0], r[1], r[2]) for r in rows if isinstance(r[2], str)]

@@ -26,6 +26,7 @@ from refserver.storage.database import Database
 from refserver.storage.events import StoredEvent
 from refserver.streams import StreamToken
 from refserver.sync.filter import Filter
+from refserver.sync.profiles import profile_updates
 from refserver.types import JsonDict
 
 MEMBER = "m.room.member"
@@ -43,9 +44,10 @@ class SyncRequest:
 
 
 class SyncService:
-    def __init__(self, db: Database, notifier: Notifier) -> None:
+    def __init__(self, db: Database, notifier: Notifier, *, server_name: str) -> None:
         self._db = db
         self._notifier = notifier
+        self._server_name = server_name
 
     async def sync(self, req: SyncRequest) -> JsonDict:
         """Answer at once if there is news (or no ``since``); otherwise wait for news."""
@@ -89,13 +91,25 @@ class SyncService:
                 changed_membership if since is not None else req.filter.include_leave
             ):
                 leave[m.room_id] = self._left_room(conn, req, m)
+        users = profile_updates(
+            conn,
+            user_id=user_id,
+            server_name=self._server_name,
+            field_ids=req.filter.profile_field_ids,
+            since=since,
+            head=head,
+        )
         response: JsonDict = {
             "next_batch": str(head),
             "rooms": {"join": join, "invite": invite, "leave": leave},
             "account_data": {"events": []},
             "presence": {"events": []},
         }
-        return response, bool(join or invite or leave)
+        if users:
+            # MSC4429: stable name and the unstable one matrix-js-sdk reads as a fallback.
+            response["users"] = users
+            response["org.matrix.msc4429.users"] = users
+        return response, bool(join or invite or leave or users)
 
     def _timeline(
         self, conn: sqlite3.Connection, req: SyncRequest, room_id: str, *, after: int, upto: int

@@ -1,0 +1,310 @@
+"""MSC4259 end to end: send local profile changes as EDUs, apply received ones.
+
+Sending (:class:`ProfileEduSender`, an ``EduSource`` of the federation sender):
+
+1. a local profile write commits and notifies :meth:`ProfileEduSender.on_profile_change`;
+2. the destinations are the servers with a user joined to a room the user is joined to
+   (from ``room_memberships``, never by scanning events), minus ourselves;
+3. ``(destination, user, field)`` is marked dirty *in the database*; the value is not
+   copied, so only the latest value is ever sent and nothing is lost across restarts;
+4. the destination queues are woken (paced by the sender); when a queue builds a
+   transaction it calls :meth:`take`, which applies each field's debounce / max-delay /
+   min-interval policy (``profiles.edus``) and reads current values from the profile: one
+   EDU per user, removed fields as ``null``;
+5. when the transaction gets 200, :meth:`ack` clears exactly what it carried.
+
+When a server starts sharing a room with a local user (its first user joins, or our user
+joins a room on it), the user's whole profile is marked dirty for it — the join-time
+exchange, so newcomers need not poll.
+
+Receiving (:class:`ProfileEduReceiver`): the handler registered for both EDU types checks
+the EDU (``profiles.edus.parse_incoming_edu``: user on the sending server, valid fields,
+size), optionally ignores users sharing no room with us, and applies it to the remote
+profile cache. EDUs are never forwarded: nothing here enqueues anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from refserver.events.model import Event
+from refserver.ids import server_name_of
+from refserver.metrics import Metrics
+from refserver.notifier import Notifier
+from refserver.profiles.edus import (
+    DroppedEdu,
+    FieldPolicy,
+    build_edu_content,
+    build_edus,
+    parse_incoming_edu,
+    select_ready,
+)
+from refserver.profiles.fields import ProfileFieldError, check_profile_size
+from refserver.profiles.service import ProfileChange
+from refserver.storage import profile_edus as edu_store
+from refserver.storage import profiles as profile_store
+from refserver.storage import remote_profiles as cache_store
+from refserver.storage import rooms as room_store
+from refserver.storage.database import Database
+from refserver.types import JsonDict, JsonValue
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EduPolicy:
+    """The [msc4259] settings the sender and receiver use (see docs/configuration.md)."""
+
+    edu_types: tuple[str, ...]
+    default_policy: FieldPolicy
+    field_policies: Mapping[str, FieldPolicy] = field(default_factory=dict)
+    local_only_fields: tuple[str, ...] = ()
+    accept_only_shared_users: bool = True
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class _Token:
+    """What one transaction carries, to clear on 200."""
+
+    sent: list[tuple[str, str, int]]  # (user_id, field, stream_pos)
+
+
+class ProfileEduSender:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        server_name: str,
+        policy: EduPolicy,
+        metrics: Metrics,
+        wake: Callable[[Sequence[str]], None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._db = db
+        self._server_name = server_name
+        self._policy = policy
+        self._metrics = metrics
+        self._wake = wake
+        self._clock = clock
+        #: destination → when its next debounced field becomes ready (seconds, wall clock).
+        self._next_ready: dict[str, float] = {}
+
+    # -- inputs ---------------------------------------------------------------------------
+
+    async def on_profile_change(self, change: ProfileChange) -> None:
+        """A local write committed: mark it dirty for every server sharing a room."""
+        if change.field in self._policy.local_only_fields:
+            return
+
+        def txn(conn: sqlite3.Connection) -> tuple[list[str], int]:
+            destinations = sorted(
+                room_store.get_servers_sharing_rooms_with(conn, change.user_id)
+                - {self._server_name}
+            )
+            merged = edu_store.mark_dirty(
+                conn, destinations, change.user_id, change.field, change.stream_pos, now_ms()
+            )
+            return destinations, merged
+
+        destinations, merged = await self._db.run(txn)
+        if merged:
+            self._metrics.profile_edus_coalesced.inc(merged)
+        self._schedule(destinations)
+
+    async def on_membership(self, event: Event, _stream_ordering: int = 0) -> None:
+        """Join-time exchange: a join that makes a server share its first room with a local
+        user marks that user's whole profile dirty for that server."""
+        if event.type != "m.room.member" or event.membership != "join" or not event.state_key:
+            return
+        joiner = event.state_key
+        room_id = event.room_id
+
+        def txn(conn: sqlite3.Connection) -> list[str]:
+            pairs: list[tuple[str, str]] = []  # (local user, destination)
+            joined = room_store.get_members(conn, room_id, "join")
+            joiner_server = server_name_of(joiner)
+            if joiner_server != self._server_name:
+                # A remote user joined: every local member may be new to their server.
+                pairs = [
+                    (m.user_id, joiner_server)
+                    for m in joined
+                    if server_name_of(m.user_id) == self._server_name
+                ]
+            else:
+                # A local user joined: every other server in the room may be new to them.
+                servers = {server_name_of(m.user_id) for m in joined} - {self._server_name}
+                pairs = [(joiner, s) for s in servers]
+            woken = []
+            for local_user, destination in pairs:
+                if _shares_other_room(conn, local_user, destination, room_id):
+                    continue
+                pos = profile_store.current_stream_pos(conn)
+                profile = profile_store.get_profile(conn, local_user)
+                for name in profile:
+                    if name not in self._policy.local_only_fields:
+                        edu_store.mark_dirty(conn, [destination], local_user, name, pos, now_ms())
+                if profile:
+                    woken.append(destination)
+            return woken
+
+        destinations = await self._db.run(txn)
+        if destinations:
+            log.info("join-time profile exchange: %s", ", ".join(sorted(destinations)))
+            self._schedule(destinations)
+
+    def _schedule(self, destinations: Sequence[str]) -> None:
+        if not destinations:
+            return
+        soonest = self._clock() + min(
+            [
+                self._policy.default_policy.debounce_s,
+                *(p.debounce_s for p in self._policy.field_policies.values()),
+            ]
+        )
+        for destination in destinations:
+            self._next_ready[destination] = min(self._next_ready.get(destination, soonest), soonest)
+        self._wake(destinations)
+
+    # -- EduSource ------------------------------------------------------------------------
+
+    async def destinations_with_pending(self) -> set[str]:
+        return await self._db.run(edu_store.destinations_with_dirty)
+
+    def next_ready_in(self, destination: str) -> float | None:
+        at = self._next_ready.get(destination)
+        return None if at is None else max(0.0, at - self._clock())
+
+    async def take(self, destination: str, limit: int) -> tuple[list[JsonDict], object]:
+        """The EDUs ready for ``destination`` now (values read at this moment)."""
+        now = self._clock()
+        per_user_types = max(1, len(self._policy.edu_types))
+
+        def txn(
+            conn: sqlite3.Connection,
+        ) -> tuple[list[JsonDict], list[tuple[str, str, int]], float | None]:
+            selection = select_ready(
+                edu_store.dirty_for(conn, destination),
+                now=now,
+                policy_for=self._policy.field_policies,
+                default_policy=self._policy.default_policy,
+                last_sent=edu_store.last_sent_for(conn, destination),
+                limit_users=limit // per_user_types,
+            )
+            contents = []
+            sent: list[tuple[str, str, int]] = []
+            for user_id, fields in sorted(selection.by_user.items()):
+                profile = profile_store.get_profile(conn, user_id)
+                values: dict[str, JsonValue | None] = {
+                    f.field: profile.get(f.field) for f in fields
+                }
+                contents.append(build_edu_content(user_id, values))
+                sent.extend((f.user_id, f.field, f.stream_pos) for f in fields)
+            return build_edus(contents, self._policy.edu_types), sent, selection.next_ready
+
+        edus, sent, next_ready = await self._db.run(txn)
+        if next_ready is None:
+            self._next_ready.pop(destination, None)
+        else:
+            self._next_ready[destination] = next_ready
+        for edu in edus[::per_user_types]:
+            content = edu["content"]
+            log.info(
+                "profile EDU → %s: user=%s fields=%s",
+                destination,
+                content["user_id"],
+                ",".join(content["fields"]),
+            )
+        return edus, _Token(sent)
+
+    async def ack(self, destination: str, token: object) -> None:
+        assert isinstance(token, _Token)
+        await self._db.run(edu_store.ack_sent, destination, token.sent, now_ms())
+        users = {u for u, _, _ in token.sent}
+        self._metrics.profile_edus_sent.labels(destination).inc(len(users))
+
+    async def count_pending(self) -> int:
+        return await self._db.run(edu_store.count_dirty)
+
+
+def _shares_other_room(
+    conn: sqlite3.Connection, user_id: str, server: str, except_room: str
+) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM room_memberships mine JOIN room_memberships other"
+        " ON other.room_id = mine.room_id AND other.membership = 'join' AND other.server_name = ?"
+        " WHERE mine.user_id = ? AND mine.membership = 'join' AND mine.room_id != ? LIMIT 1",
+        (server, user_id, except_room),
+    ).fetchone()
+    return row is not None
+
+
+class ProfileEduReceiver:
+    """The EDU handler for ``uk.tcpip.msc4259.profile`` and ``m.profile``."""
+
+    def __init__(
+        self, db: Database, *, policy: EduPolicy, metrics: Metrics, notifier: Notifier
+    ) -> None:
+        self._db = db
+        self._policy = policy
+        self._metrics = metrics
+        self._notifier = notifier
+
+    async def on_edu(self, origin: str, content: JsonValue) -> None:
+        try:
+            update = parse_incoming_edu(content, origin=origin)
+        except DroppedEdu as exc:
+            self._metrics.profile_edus_dropped.labels(exc.reason).inc()
+            log.info("profile EDU from %s dropped (%s): %s", origin, exc.reason, exc)
+            return
+        accept_unshared = not self._policy.accept_only_shared_users
+
+        def txn(conn: sqlite3.Connection) -> str | None:
+            if not accept_unshared and not _shares_room_with_local_user(conn, update.user_id):
+                return "no_shared_room"
+            cached, _ = cache_store.get_cached(conn, update.user_id)
+            merged = {**cached, **{k: v for k, v in update.fields.items() if v is not None}}
+            for key, value in update.fields.items():
+                if value is None:
+                    merged.pop(key, None)
+            try:
+                check_profile_size(merged)
+            except ProfileFieldError:
+                return "too_large"
+            cache_store.apply_changes(conn, update.user_id, dict(update.fields), now_ms())
+            cache_store.note_edu_server(conn, origin, now_ms())
+            return None
+
+        dropped = await self._db.run(txn)
+        if dropped is not None:
+            self._metrics.profile_edus_dropped.labels(dropped).inc()
+            log.info("profile EDU from %s about %s dropped (%s)", origin, update.user_id, dropped)
+            return
+        self._metrics.profile_edus_received.labels(origin).inc()
+        log.info(
+            "profile EDU ← %s: user=%s fields=%s",
+            origin,
+            update.user_id,
+            ",".join(sorted(update.fields)),
+        )
+        self._notifier.notify()
+
+
+def _shares_room_with_local_user(conn: sqlite3.Connection, user_id: str) -> bool:
+    """Does ``user_id`` share a room with any user of ours? (MSC4259: receivers "COULD
+    ignore the EDU if not interested in that user".)"""
+    row = conn.execute(
+        "SELECT 1 FROM room_memberships theirs JOIN room_memberships ours"
+        " ON ours.room_id = theirs.room_id AND ours.membership = 'join'"
+        " JOIN users u ON u.user_id = ours.user_id"
+        " WHERE theirs.user_id = ? AND theirs.membership = 'join' LIMIT 1",
+        (user_id,),
+    ).fetchone()
+    return row is not None

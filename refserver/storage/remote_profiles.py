@@ -1,0 +1,122 @@
+"""The cache of remote users' profiles (fed by MSC4259 EDUs and by query/profile).
+
+Every change to a cached field is also appended to ``profile_stream``, the same stream local
+writes go to, so /sync (MSC4429) shows local and remote updates the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+
+from refserver.crypto.canonical_json import encode_canonical_json
+from refserver.types import JsonDict, JsonValue
+
+
+@dataclass(frozen=True)
+class CacheMeta:
+    fetched_ms: int
+    updated_ms: int
+    complete: bool
+
+
+def get_cached(conn: sqlite3.Connection, user_id: str) -> tuple[JsonDict, CacheMeta | None]:
+    rows = conn.execute(
+        "SELECT field, value_json FROM remote_profiles WHERE user_id = ?", (user_id,)
+    )
+    profile = {r[0]: json.loads(r[1]) for r in rows}
+    meta = conn.execute(
+        "SELECT fetched_ms, updated_ms, complete FROM remote_profile_meta WHERE user_id = ?",
+        (user_id,),
+    ).fetchone()
+    return profile, (None if meta is None else CacheMeta(meta[0], meta[1], bool(meta[2])))
+
+
+def _stream(
+    conn: sqlite3.Connection, user_id: str, field: str, value_json: str | None, now_ms: int
+) -> None:
+    conn.execute(
+        "INSERT INTO profile_stream (user_id, field, value_json, ts) VALUES (?,?,?,?)",
+        (user_id, field, value_json, now_ms),
+    )
+
+
+def apply_changes(
+    conn: sqlite3.Connection,
+    user_id: str,
+    changes: dict[str, JsonValue | None],
+    now_ms: int,
+    *,
+    replace_all: bool = False,
+) -> int:
+    """Set (value) or remove (None) cached fields; with ``replace_all`` (a full query
+    answer) fields not in ``changes`` are removed too. Returns how many fields changed."""
+    current, meta = get_cached(conn, user_id)
+    target = dict(current)
+    if replace_all:
+        target = {k: v for k, v in changes.items() if v is not None}
+    else:
+        for field, value in changes.items():
+            if value is None:
+                target.pop(field, None)
+            else:
+                target[field] = value
+    changed = 0
+    for field in sorted(current.keys() | target.keys()):
+        if field in target and current.get(field, object()) == target[field] and field in current:
+            continue
+        if field not in target:
+            conn.execute(
+                "DELETE FROM remote_profiles WHERE user_id = ? AND field = ?", (user_id, field)
+            )
+            _stream(conn, user_id, field, None, now_ms)
+        else:
+            value_json = encode_canonical_json(target[field]).decode()
+            conn.execute(
+                "INSERT INTO remote_profiles (user_id, field, value_json) VALUES (?,?,?)"
+                " ON CONFLICT (user_id, field) DO UPDATE SET value_json = excluded.value_json",
+                (user_id, field, value_json),
+            )
+            _stream(conn, user_id, field, value_json, now_ms)
+        changed += 1
+    fetched = now_ms if replace_all else (meta.fetched_ms if meta else 0)
+    complete = replace_all or (meta.complete if meta else False)
+    conn.execute(
+        "INSERT INTO remote_profile_meta (user_id, fetched_ms, updated_ms, complete)"
+        " VALUES (?,?,?,?)"
+        " ON CONFLICT (user_id) DO UPDATE SET fetched_ms = excluded.fetched_ms,"
+        " updated_ms = excluded.updated_ms, complete = excluded.complete",
+        (user_id, fetched, now_ms, int(complete)),
+    )
+    return changed
+
+
+def note_edu_server(conn: sqlite3.Connection, server_name: str, now_ms: int) -> None:
+    conn.execute(
+        "INSERT INTO msc4259_servers (server_name, last_edu_ms) VALUES (?, ?)"
+        " ON CONFLICT (server_name) DO UPDATE SET last_edu_ms = excluded.last_edu_ms",
+        (server_name, now_ms),
+    )
+
+
+def sends_edus(conn: sqlite3.Connection, server_name: str) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM msc4259_servers WHERE server_name = ?", (server_name,)
+    ).fetchone()
+    return row is not None
+
+
+def stale_remote_users(
+    conn: sqlite3.Connection, users: list[str], older_than_ms: dict[str, int]
+) -> list[str]:
+    """Of ``users``, those whose last full fetch is older than their server's bound."""
+    out = []
+    for user_id in users:
+        server = user_id.split(":", 1)[1]
+        meta = conn.execute(
+            "SELECT fetched_ms FROM remote_profile_meta WHERE user_id = ?", (user_id,)
+        ).fetchone()
+        if meta is None or meta[0] < older_than_ms.get(server, older_than_ms.get("*", 0)):
+            out.append(user_id)
+    return out
