@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -128,9 +129,21 @@ class ServerProcess:
         self.proc = None
         return code
 
+    def kill(self) -> None:
+        """SIGKILL: no clean shutdown, as after a crash or power loss. ``start()`` runs it again."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=15)
+        self.proc = None
+
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    @property
+    def ca_pem(self) -> Path:
+        """The development CA that issued this server's TLS certificate."""
+        return (self.ca_dir or self.data_dir / "ca") / "ca.pem"
 
     # -- small client helpers (raw HTTP) --------------------------------------------------
 
@@ -145,3 +158,29 @@ class ServerProcess:
         assert r.status_code == 200, r.text
         body = r.json()
         return body["user_id"], body["access_token"]
+
+
+def start_federation(
+    base_dir: Path, count: int, settings: dict[tuple[str, str], str] | None = None
+) -> list[ServerProcess]:
+    """``count`` servers sharing one development CA (so they trust each other), started at once.
+
+    ``init`` runs one server at a time (the first creates the CA); the processes then start
+    in parallel, which saves a couple of seconds per server.
+    """
+    ca_dir = base_dir / "ca"
+    servers = [
+        ServerProcess(base_dir / f"hs{n + 1}", settings=dict(settings or {}), ca_dir=ca_dir)
+        for n in range(count)
+    ]
+    for srv in servers:
+        srv.init()
+    try:
+        with ThreadPoolExecutor(max_workers=count) as pool:
+            list(pool.map(ServerProcess.start, servers))
+    except BaseException:
+        for srv in servers:
+            if srv.proc is not None:
+                srv.stop()
+        raise
+    return servers

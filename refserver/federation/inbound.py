@@ -25,8 +25,8 @@ from refserver.types import JsonDict, JsonValue
 
 log = logging.getLogger(__name__)
 
-#: ``handler(origin, content)``; ``origin`` is the X-Matrix-authenticated sending server.
-EduHandler = Callable[[str, JsonValue], Awaitable[None]]
+#: ``handler(origin, txn_id, content)``; ``origin`` is the X-Matrix-authenticated sender.
+EduHandler = Callable[[str, str, JsonValue], Awaitable[None]]
 
 
 class TransactionHandler:
@@ -76,6 +76,6 @@ class TransactionHandler:
             log.info("ignoring EDU of unknown type %r from %s (txn %s)", edu_type, origin, txn_id)
             return
         try:
-            await handler(origin, edu.get("content"))
+            await handler(origin, txn_id, edu.get("content"))
         except Exception:
             log.exception("EDU handler for %s failed (origin %s, txn %s)", edu_type, origin, txn_id)

@@ -54,8 +54,11 @@ class EduSource(Protocol):
     async def destinations_with_pending(self) -> set[str]:
         """Destinations with EDUs waiting (used at start-up)."""
 
-    async def take(self, destination: str, limit: int) -> tuple[list[JsonDict], object]:
-        """Up to ``limit`` EDUs for ``destination`` and a token naming what they cover."""
+    async def take(
+        self, destination: str, limit: int, txn_id: str
+    ) -> tuple[list[JsonDict], object]:
+        """Up to ``limit`` EDUs for ``destination`` (to travel in ``txn_id``) and a token
+        naming what they cover."""
 
     async def ack(self, destination: str, token: object) -> None:
         """A transaction carrying the EDUs of ``token`` got 200."""
@@ -283,13 +286,14 @@ class FederationSender:
         pending = await self._db.run(fed_store.pending_pdus, queue.destination, MAX_PDUS)
         events = await self._db.run(event_store.get_events, [e for _, e in pending])
         pdus = [events[e].pdu for _, e in pending if e in events]
+        txn_id = f"{now_ms()}_{secrets.token_hex(4)}"
         edus: list[JsonDict] = []
         acks: list[tuple[EduSource, object]] = []
         for source in self._edu_sources:
             room = MAX_EDUS - len(edus)
             if room <= 0:
                 break
-            taken, token = await source.take(queue.destination, room)
+            taken, token = await source.take(queue.destination, room, txn_id)
             if taken:
                 edus.extend(taken)
                 acks.append((source, token))
@@ -298,7 +302,7 @@ class FederationSender:
         txn = Transaction(
             origin=self._origin,
             destination=queue.destination,
-            txn_id=f"{now_ms()}_{secrets.token_hex(4)}",
+            txn_id=txn_id,
             origin_server_ts=now_ms(),
             pdus=pdus,
             edus=edus,

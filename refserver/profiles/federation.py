@@ -25,6 +25,7 @@ profile cache. EDUs are never forwarded: nothing here enqueues anything.
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import time
@@ -182,7 +183,9 @@ class ProfileEduSender:
         at = self._next_ready.get(destination)
         return None if at is None else max(0.0, at - self._clock())
 
-    async def take(self, destination: str, limit: int) -> tuple[list[JsonDict], object]:
+    async def take(
+        self, destination: str, limit: int, txn_id: str
+    ) -> tuple[list[JsonDict], object]:
         """The EDUs ready for ``destination`` now (values read at this moment)."""
         now = self._clock()
         per_user_types = max(1, len(self._policy.edu_types))
@@ -215,12 +218,12 @@ class ProfileEduSender:
         else:
             self._next_ready[destination] = next_ready
         for edu in edus[::per_user_types]:
-            content = edu["content"]
+            # One structured line per EDU: what went where, in which transaction.
             log.info(
-                "profile EDU → %s: user=%s fields=%s",
+                "profile EDU → %s txn=%s %s",
                 destination,
-                content["user_id"],
-                ",".join(content["fields"]),
+                txn_id,
+                json.dumps(edu["content"], sort_keys=True),
             )
         return edus, _Token(sent)
 
@@ -257,12 +260,12 @@ class ProfileEduReceiver:
         self._metrics = metrics
         self._notifier = notifier
 
-    async def on_edu(self, origin: str, content: JsonValue) -> None:
+    async def on_edu(self, origin: str, txn_id: str, content: JsonValue) -> None:
         try:
             update = parse_incoming_edu(content, origin=origin)
         except DroppedEdu as exc:
             self._metrics.profile_edus_dropped.labels(exc.reason).inc()
-            log.info("profile EDU from %s dropped (%s): %s", origin, exc.reason, exc)
+            log.info("profile EDU ← %s txn=%s dropped (%s): %s", origin, txn_id, exc.reason, exc)
             return
         accept_unshared = not self._policy.accept_only_shared_users
 
@@ -285,14 +288,20 @@ class ProfileEduReceiver:
         dropped = await self._db.run(txn)
         if dropped is not None:
             self._metrics.profile_edus_dropped.labels(dropped).inc()
-            log.info("profile EDU from %s about %s dropped (%s)", origin, update.user_id, dropped)
+            log.info(
+                "profile EDU ← %s txn=%s about %s dropped (%s)",
+                origin,
+                txn_id,
+                update.user_id,
+                dropped,
+            )
             return
         self._metrics.profile_edus_received.labels(origin).inc()
         log.info(
-            "profile EDU ← %s: user=%s fields=%s",
+            "profile EDU ← %s txn=%s %s",
             origin,
-            update.user_id,
-            ",".join(sorted(update.fields)),
+            txn_id,
+            json.dumps({"user_id": update.user_id, "fields": update.fields}, sort_keys=True),
         )
         self._notifier.notify()
 
