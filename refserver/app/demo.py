@@ -173,6 +173,7 @@ async def run_demo(data_dir: Path, *, exit_after_setup: bool, any_ports: bool) -
     logging.basicConfig(level=logging.INFO, handlers=[log_file], force=True)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("refserver.federation.client").addHandler(Narrator())
+    logging.getLogger("refserver.profiles.federation").addHandler(EduNarrator())
 
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
@@ -197,6 +198,66 @@ async def run_demo(data_dir: Path, *, exit_after_setup: bool, any_ports: bool) -
                 async for _ in signals:
                     break
             stop.set()
+
+
+class EduNarrator(logging.Handler):
+    """Prints the MSC4259 EDU lines (logged by ``profiles.federation``)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("profile EDU") or "join-time" in message:
+            print(f"      ⇢ {message}", flush=True)
+
+
+async def _msc4259_scene(
+    http: httpx.AsyncClient, hs1: Config, hs2: Config, alice: DemoUser, bob: DemoUser, room_id: str
+) -> None:
+    """bob syncs with the MSC4429 filter; alice changes m.tz, a custom field and her
+    displayname; each change travels as an MSC4259 EDU and shows in bob's /sync."""
+    print("\n5. MSC4259: bob (hs2) syncs with the MSC4429 filter; alice (hs1) edits her profile")
+    fields = ["displayname", "m.tz", "org.example.status"]
+    sync_filter = json.dumps({"org.matrix.msc4429.profile_fields": {"ids": fields}})
+    first = await _call(http, bob, "GET", "/sync", params={"filter": sync_filter, "timeout": "0"})
+    since = first["next_batch"]
+    # Warm hs2's cache with one federation query, so later reads show the EDU effect.
+    await _call(http, bob, "GET", f"/profile/{alice.user_id}")
+    changes: list[tuple[str, object]] = [
+        ("m.tz", "Europe/London"),
+        ("org.example.status", {"text": "writing the MSC4259 reference", "emoji": "📝"}),
+        ("displayname", "Alice (hs1)"),
+    ]
+    for field, value in changes:
+        print(f"   alice sets {field} = {json.dumps(value, ensure_ascii=False)}")
+        started = time.monotonic()
+        await _call(http, alice, "PUT", f"/profile/{alice.user_id}/{field}", json={field: value})
+        deadline = started + 30
+        seen = None
+        while time.monotonic() < deadline and seen != value:
+            sync = await _call(
+                http,
+                bob,
+                "GET",
+                "/sync",
+                params={"filter": sync_filter, "since": since, "timeout": "10000"},
+                timeout=20,
+            )
+            since = sync["next_batch"]
+            updates = (sync.get("users") or {}).get(alice.user_id) or {}
+            seen = (updates.get("profile_updates") or {}).get(field, seen)
+        took = (time.monotonic() - started) * 1000
+        print(f"   bob's /sync users section showed it after {took:.0f} ms")
+    cached = await _call(http, bob, "GET", f"/profile/{alice.user_id}")
+    print(f"   hs2's cached profile of alice: {json.dumps(cached, ensure_ascii=False)}")
+    metrics = (await http.get(f"{hs2.client_base_url}/metrics")).text
+    for line in metrics.splitlines():
+        if line.startswith(
+            (
+                "refserver_profile_edus_received_total",
+                "refserver_federation_profile_queries_total",
+                "refserver_remote_profile_cache_hits_total",
+            )
+        ):
+            print(f"   hs2 metric {line}")
 
 
 async def _scenario(data_dir: Path, configs: list[Config]) -> None:
@@ -247,6 +308,8 @@ async def _scenario(data_dir: Path, configs: list[Config]) -> None:
         )
         took = await _wait_for_message(http, alice, room_id, "Hi alice, from hs2")
         print(f"   alice's /sync showed bob's message after {took * 1000:.0f} ms")
+
+        await _msc4259_scene(http, hs1, hs2, alice, bob, room_id)
 
         demo = {
             "servers": [

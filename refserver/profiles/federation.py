@@ -46,6 +46,7 @@ from refserver.profiles.edus import (
 )
 from refserver.profiles.fields import ProfileFieldError, check_profile_size
 from refserver.profiles.service import ProfileChange
+from refserver.storage import events as event_store
 from refserver.storage import profile_edus as edu_store
 from refserver.storage import profiles as profile_store
 from refserver.storage import remote_profiles as cache_store
@@ -129,6 +130,8 @@ class ProfileEduSender:
         room_id = event.room_id
 
         def txn(conn: sqlite3.Connection) -> list[str]:
+            if _was_joined_before(conn, event):
+                return []  # a profile change re-sends the join; nobody new shares a room
             pairs: list[tuple[str, str]] = []  # (local user, destination)
             joined = room_store.get_members(conn, room_id, "join")
             joiner_server = server_name_of(joiner)
@@ -223,7 +226,7 @@ class ProfileEduSender:
                 "profile EDU → %s txn=%s %s",
                 destination,
                 txn_id,
-                json.dumps(edu["content"], sort_keys=True),
+                json.dumps(edu["content"], sort_keys=True, ensure_ascii=False),
             )
         return edus, _Token(sent)
 
@@ -235,6 +238,15 @@ class ProfileEduSender:
 
     async def count_pending(self) -> int:
         return await self._db.run(edu_store.count_dirty)
+
+
+def _was_joined_before(conn: sqlite3.Connection, event: Event) -> bool:
+    before = event_store.get_state_before(conn, event.event_id) or {}
+    previous_id = before.get(("m.room.member", event.state_key or ""))
+    if previous_id is None:
+        return False
+    previous = event_store.get_events(conn, [previous_id]).get(previous_id)
+    return previous is not None and previous.membership == "join"
 
 
 def _shares_other_room(
@@ -301,7 +313,11 @@ class ProfileEduReceiver:
             "profile EDU ← %s txn=%s %s",
             origin,
             txn_id,
-            json.dumps({"user_id": update.user_id, "fields": update.fields}, sort_keys=True),
+            json.dumps(
+                {"user_id": update.user_id, "fields": update.fields},
+                sort_keys=True,
+                ensure_ascii=False,
+            ),
         )
         self._notifier.notify()
 
