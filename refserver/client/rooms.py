@@ -148,12 +148,17 @@ def room_routes(
         return {"event_id": await rooms.redact(requester, room_id, event_id, _reason(body), txn_id)}
 
     @route("/rooms/<room_id>/state/<event_type>", ["PUT", "GET"])
+    # "When an empty string, the trailing slash on this endpoint is optional."
+    @route("/rooms/<room_id>/state/<event_type>/", ["PUT", "GET"])
     @route("/rooms/<room_id>/state/<event_type>/<path:state_key>", ["PUT", "GET"])
     async def room_state_event(room_id: str, event_type: str, state_key: str = "") -> JsonDict:
         """GET/PUT /_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}"""
         requester = await auth.require_user(request)
         if request.method == "GET":
-            return await reader.get_state_event(requester, room_id, event_type, state_key)
+            full = request.args.get("format") == "event"
+            return await reader.get_state_event(
+                requester, room_id, event_type, state_key, full=full
+            )
         content = await read_json_object(request, allow_empty=False)
         _check_content(event_type, state_key, content)
         return {
@@ -219,6 +224,25 @@ def room_routes(
         if page.end is not None:
             out["end"] = page.end
         return out
+
+    @route("/directory/list/room/<room_id>", ["GET", "PUT"])
+    async def room_directory_visibility(room_id: str) -> JsonDict:
+        """GET/PUT /_matrix/client/v3/directory/list/room/{roomId}"""
+        if request.method == "GET":
+            return {"visibility": await reader.get_visibility(room_id)}
+        requester = await auth.require_user(request)
+        body = await read_json_object(request)
+        visibility = body.get("visibility", "public")
+        if visibility not in ("public", "private"):
+            raise bad_json("visibility must be 'public' or 'private'")
+        await rooms.set_visibility(requester, room_id, visibility)
+        return {}
+
+    @route("/publicRooms", ["GET", "POST"])
+    async def get_public_rooms() -> JsonDict:
+        """GET/POST /_matrix/client/v3/publicRooms (this server's directory only)."""
+        chunk = await reader.public_rooms()
+        return {"chunk": chunk, "total_room_count_estimate": len(chunk)}
 
     @route("/directory/room/<path:room_alias>", ["GET"])
     async def get_room_id_by_alias(room_alias: str) -> JsonDict:

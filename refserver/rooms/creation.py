@@ -26,7 +26,7 @@ from refserver.events.room_versions import (
 )
 from refserver.ids import InvalidId, UserId, is_valid_localpart
 from refserver.rooms.builder import EventBuilder, RoomView, member_content
-from refserver.rooms.service import RoomService, now_ms, random_room_id
+from refserver.rooms.service import RoomService, now_ms, pdu_error, random_room_id
 from refserver.types import JsonDict, JsonValue
 
 PRESETS: dict[str, dict[str, str]] = {
@@ -186,7 +186,7 @@ class RoomCreator:
                 400, M_INVALID_ROOM_STATE, f"the requested room state is not allowed: {exc}"
             ) from None
         except InvalidPdu as exc:
-            raise MatrixError(400, exc.errcode, str(exc)) from None
+            raise pdu_error(exc) from None
 
         room_id = view.room_id
         assert room_id is not None
@@ -241,6 +241,6 @@ class RoomCreator:
             try:
                 check_client_event_content(item["type"], state_key, content)
             except InvalidPdu as exc:
-                raise MatrixError(400, exc.errcode, str(exc)) from None
+                raise pdu_error(exc) from None
             out.append((item["type"], state_key, content))
         return out

@@ -17,7 +17,7 @@ from refserver.events.client_format import client_event
 from refserver.events.model import Event
 from refserver.events.redaction import redact
 from refserver.events.visibility import history_visibility_of, is_visible
-from refserver.rooms.service import now_ms
+from refserver.rooms.service import now_ms, txn_id_of
 from refserver.storage import events as event_store
 from refserver.storage import rooms as room_store
 from refserver.storage.database import Database
@@ -57,11 +57,7 @@ def format_events(
             and txn is not None
             and txn[:2] == (requester.user_id, requester.device_id)
         ):
-            txn_id = txn[2]
-            if not txn_id.startswith("redact/"):
-                unsigned["transaction_id"] = txn_id
-            else:
-                unsigned["transaction_id"] = txn_id.removeprefix("redact/")
+            unsigned["transaction_id"] = txn_id_of(txn[2])
         if event.is_state:
             before = state_before_cache.setdefault(
                 event.event_id, event_store.get_state_before(conn, event.event_id)
@@ -118,6 +114,9 @@ class RoomReader:
         m = await self._db.run(room_store.get_membership, room_id, user_id)
         if m is None or m.membership not in ("join", "leave", "ban"):
             raise forbidden("you are not in this room")
+        if m.membership != "join" and await self._db.run(room_store.is_forgotten, room_id, user_id):
+            # leaving.yaml forgetRoom: "the user will no longer be able to retrieve history".
+            raise forbidden("you have forgotten this room")
         return m
 
     async def _state_for(self, requester: Requester, room_id: str) -> StateMap:
@@ -143,13 +142,27 @@ class RoomReader:
         return await self._db.run(txn)
 
     async def get_state_event(
-        self, requester: Requester, room_id: str, event_type: str, state_key: str
+        self,
+        requester: Requester,
+        room_id: str,
+        event_type: str,
+        state_key: str,
+        *,
+        full: bool = False,
     ) -> JsonDict:
-        """GET /rooms/{roomId}/state/{eventType}/{stateKey} → the content."""
+        """GET /rooms/{roomId}/state/{eventType}/{stateKey} → the content, or with
+        ``format=event`` (v1.16) the whole event."""
         state = await self._state_for(requester, room_id)
         event_id = state.get((event_type, state_key))
         if event_id is None:
             raise MatrixError(404, M_NOT_FOUND, f"no {event_type} state with key {state_key!r}")
+        if full:
+
+            def txn(conn: sqlite3.Connection) -> JsonDict:
+                stored = event_store.get_stored_events(conn, [event_id])
+                return format_events(conn, [stored[event_id]], requester)[0]
+
+            return await self._db.run(txn)
         events = await self._db.run(event_store.get_events, [event_id])
         return dict(events[event_id].content)
 
@@ -189,11 +202,59 @@ class RoomReader:
             joined: JsonDict = {}
             for mb in members:
                 content = events[mb.event_id].content
-                joined[mb.user_id] = {
-                    "display_name": content.get("displayname"),
-                    "avatar_url": content.get("avatar_url"),
-                }
+                # RoomMember: display_name/avatar_url are optional strings, never null.
+                member: JsonDict = {}
+                if isinstance(content.get("displayname"), str):
+                    member["display_name"] = content["displayname"]
+                if isinstance(content.get("avatar_url"), str):
+                    member["avatar_url"] = content["avatar_url"]
+                joined[mb.user_id] = member
             return {"joined": joined}
+
+        return await self._db.run(txn)
+
+    async def get_visibility(self, room_id: str) -> str:
+        """GET /directory/list/room/{roomId}"""
+        public = await self._db.run(room_store.get_room_visibility, room_id)
+        if public is None:
+            raise MatrixError(404, M_NOT_FOUND, "unknown room")
+        return "public" if public else "private"
+
+    async def public_rooms(self) -> list[JsonDict]:
+        """GET /publicRooms: a PublishedRoomsChunk per published room."""
+
+        def txn(conn: sqlite3.Connection) -> list[JsonDict]:
+            out = []
+            for room_id in room_store.public_room_ids(conn):
+                state = room_store.get_current_state(conn, room_id)
+                events = event_store.get_events(conn, state.values())
+
+                def content(
+                    etype: str, state: StateMap = state, events: dict[str, Event] = events
+                ) -> JsonDict:
+                    eid = state.get((etype, ""))
+                    return dict(events[eid].content) if eid in events else {}
+
+                chunk: JsonDict = {
+                    "room_id": room_id,
+                    "num_joined_members": len(room_store.get_members(conn, room_id, "join")),
+                    "world_readable": content("m.room.history_visibility").get("history_visibility")
+                    == "world_readable",
+                    "guest_can_join": content("m.room.guest_access").get("guest_access")
+                    == "can_join",
+                    "join_rule": content("m.room.join_rules").get("join_rule", "invite"),
+                }
+                for key, etype, field in (
+                    ("name", "m.room.name", "name"),
+                    ("topic", "m.room.topic", "topic"),
+                    ("canonical_alias", "m.room.canonical_alias", "alias"),
+                    ("avatar_url", "m.room.avatar", "url"),
+                ):
+                    value = content(etype).get(field)
+                    if isinstance(value, str):
+                        chunk[key] = value
+                out.append(chunk)
+            return out
 
         return await self._db.run(txn)
 
@@ -202,8 +263,12 @@ class RoomReader:
         return sorted(m.room_id for m in rooms)
 
     async def get_event(self, requester: Requester, room_id: str, event_id: str) -> JsonDict:
-        """GET /rooms/{roomId}/event/{eventId}"""
-        await self._membership_or_403(room_id, requester.user_id)
+        """GET /rooms/{roomId}/event/{eventId}: 404 also when the user may not see it
+        (rooms.yaml: "not found or you do not have permission to read this event")."""
+        try:
+            await self._membership_or_403(room_id, requester.user_id)
+        except MatrixError:
+            raise MatrixError(404, M_NOT_FOUND, "event not found") from None
 
         def txn(conn: sqlite3.Connection) -> list[JsonDict]:
             stored = event_store.get_stored_events(conn, [event_id]).get(event_id)

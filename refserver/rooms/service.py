@@ -29,6 +29,7 @@ from refserver.events.auth_state import AuthError
 from refserver.events.client_format import STRIPPED_STATE_TYPES
 from refserver.events.format import InvalidPdu
 from refserver.events.model import Event
+from refserver.events.power_levels import get_named_level, get_user_power_level
 from refserver.federation.membership import FederationMembership
 from refserver.ids import InvalidId, UserId, server_name_of
 from refserver.notifier import Notifier
@@ -99,6 +100,19 @@ class RoomService:
 
     def is_mine(self, user_id: str) -> bool:
         return self._profiles.is_mine(user_id)
+
+    async def set_visibility(self, requester: Requester, room_id: str, visibility: str) -> None:
+        """PUT /directory/list/room/{roomId}: members with the ``state_default`` power level
+        may publish or hide the room (Synapse asks for the same)."""
+        view = await self._view(room_id)
+        state_events = view.state_events()
+        member = state_events.get((MEMBER, requester.user_id))
+        if member is None or member.membership != "join":
+            raise forbidden("you are not in this room")
+        power = get_user_power_level(requester.user_id, state_events, view.room_version)
+        if power < get_named_level(state_events, "state_default"):
+            raise forbidden("you may not change the room's directory visibility")
+        await self._db.run(room_store.set_room_visibility, room_id, visibility == "public")
 
     async def resolve_alias(self, room_alias: str) -> str | None:
         return await self._db.run(room_store.get_alias, room_alias)
@@ -180,8 +194,12 @@ class RoomService:
     async def send_message_event(
         self, requester: Requester, room_id: str, event_type: str, content: JsonDict, txn_id: str
     ) -> str:
-        """PUT /rooms/{roomId}/send/{eventType}/{txnId}: idempotent per device and txnId."""
-        txn = (requester.user_id, requester.device_id, txn_id)
+        """PUT /rooms/{roomId}/send/{eventType}/{txnId}.
+
+        CS API "Transaction identifiers": a retry is the same txnId *on the same path* from
+        the same device, and gets the same event ID.
+        """
+        txn = (requester.user_id, requester.device_id, txn_key("send", room_id, event_type, txn_id))
         existing = await self._db.run(room_store.get_event_for_txn, *txn)
         if existing is not None:
             return existing
@@ -190,6 +208,7 @@ class RoomService:
             redacts = content.get("redacts")
             if not isinstance(redacts, str):
                 raise MatrixError(400, M_BAD_JSON, "m.room.redaction needs content.redacts")
+            await self._check_may_redact(requester.user_id, room_id, redacts)
         event = await self.send(
             room_id,
             sender=requester.user_id,
@@ -205,10 +224,11 @@ class RoomService:
     ) -> str:
         """PUT /rooms/{roomId}/redact/{eventId}/{txnId}."""
         content: JsonDict = {} if reason is None else {"reason": reason}
-        txn = (requester.user_id, requester.device_id, f"redact/{txn_id}")
+        txn = (requester.user_id, requester.device_id, txn_key("redact", room_id, event_id, txn_id))
         existing = await self._db.run(room_store.get_event_for_txn, *txn)
         if existing is not None:
             return existing
+        await self._check_may_redact(requester.user_id, room_id, event_id)
         event = await self.send(
             room_id,
             sender=requester.user_id,
@@ -218,6 +238,19 @@ class RoomService:
             txn=txn,
         )
         return event.event_id
+
+    async def _check_may_redact(self, user_id: str, room_id: str, event_id: str) -> None:
+        """redaction.yaml: a user may redact their own events; events of others only with
+        at least the room's ``redact`` power level. (Since room version 3 this is not an
+        auth rule, so the server checks it before sending.)"""
+        target = (await self._db.run(event_store.get_events, [event_id])).get(event_id)
+        if target is None or target.room_id != room_id or target.sender == user_id:
+            return
+        view = await self._view(room_id)
+        state_events = view.state_events()
+        power = get_user_power_level(user_id, state_events, view.room_version)
+        if power < get_named_level(state_events, "redact"):
+            raise forbidden("you need the room's redact power level to redact others' events")
 
     async def send_state(
         self, requester: Requester, room_id: str, event_type: str, state_key: str, content: JsonDict
@@ -255,13 +288,17 @@ class RoomService:
         membership: str,
         reason: str | None = None,
     ) -> Event | None:
-        """Send ``target``'s membership; None when it is already in that state (no-op)."""
+        """Send ``target``'s membership; None when it is already in that state (no-op, but
+        only for a sender who is in the room: outsiders still get 403)."""
         current = await self._db.run(room_store.get_membership, room_id, target)
         if (
             current is not None
             and current.membership == membership
             and membership in ("invite", "join", "ban")
         ):
+            mine = await self._db.run(room_store.get_membership, room_id, sender)
+            if mine is None or mine.membership != "join":
+                raise forbidden("you are not in this room")
             return None
         profile = (
             await self.profile_for_member_event(target) if membership in ("join", "invite") else {}
@@ -459,6 +496,15 @@ def _check_user_id(user_id: object) -> None:
         UserId.parse(user_id)  # type: ignore[arg-type]
     except InvalidId:
         raise MatrixError(400, "M_INVALID_PARAM", f"invalid user ID {user_id!r}") from None
+
+
+def txn_key(*parts: str) -> str:
+    """The stored transaction key: the request path's parts, the client's txnId last."""
+    return "/".join(parts)
+
+
+def txn_id_of(key: str) -> str:
+    return key.rsplit("/", 1)[-1]
 
 
 def random_room_id(server_name: str) -> str:

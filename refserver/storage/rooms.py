@@ -228,3 +228,26 @@ def room_exists(conn: sqlite3.Connection, room_id: str) -> bool:
 
 def set_room_public(conn: sqlite3.Connection, room_id: str) -> None:
     conn.execute("UPDATE rooms SET is_public = 1 WHERE room_id = ?", (room_id,))
+
+
+def is_forgotten(conn: sqlite3.Connection, room_id: str, user_id: str) -> bool:
+    row = conn.execute(
+        "SELECT forgotten FROM room_memberships WHERE room_id = ? AND user_id = ?",
+        (room_id, user_id),
+    ).fetchone()
+    return row is not None and bool(row[0])
+
+
+def get_room_visibility(conn: sqlite3.Connection, room_id: str) -> bool | None:
+    row = conn.execute("SELECT is_public FROM rooms WHERE room_id = ?", (room_id,)).fetchone()
+    return None if row is None else bool(row[0])
+
+
+def set_room_visibility(conn: sqlite3.Connection, room_id: str, public: bool) -> None:
+    conn.execute("UPDATE rooms SET is_public = ? WHERE room_id = ?", (int(public), room_id))
+
+
+def public_room_ids(conn: sqlite3.Connection) -> list[str]:
+    return [
+        r[0] for r in conn.execute("SELECT room_id FROM rooms WHERE is_public = 1 ORDER BY room_id")
+    ]
