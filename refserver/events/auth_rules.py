@@ -40,9 +40,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from refserver.events.auth_state import (
-    AUTHORISING_USER,
     CREATE,
-    JOIN_RULES_KEY,
     MEMBER,
     POWER_LEVELS,
     THIRD_PARTY_INVITE,
@@ -51,6 +49,7 @@ from refserver.events.auth_state import (
     domain_of,
     reject,
 )
+from refserver.events.builder import auth_event_state_keys
 from refserver.events.membership_rules import check_member
 from refserver.events.model import Event
 from refserver.events.power_levels import (
@@ -107,27 +106,8 @@ def auth_types_for_event(
     ``m.room.third_party_invite`` named by ``signed.token`` and the authorising user's
     membership for restricted joins.
     """
-    if event_type == CREATE:
-        return set()
-    types: set[StateKey] = {POWER_LEVELS_KEY, (MEMBER, sender)}
-    if room_version.create_event_in_auth_events:
-        types.add(CREATE_KEY)
-    if event_type != MEMBER:
-        return types
-    membership = content.get("membership")
-    if isinstance(state_key, str):
-        types.add((MEMBER, state_key))
-    if membership in ("join", "invite", "knock"):
-        types.add(JOIN_RULES_KEY)
-    if membership == "invite":
-        third_party_invite = content.get("third_party_invite")
-        signed = third_party_invite.get("signed") if isinstance(third_party_invite, dict) else None
-        token = signed.get("token") if isinstance(signed, dict) else None
-        if isinstance(token, str):
-            types.add((THIRD_PARTY_INVITE, token))
-    if membership == "join" and isinstance(content.get(AUTHORISING_USER), str):
-        types.add((MEMBER, content[AUTHORISING_USER]))
-    return types
+    # One definition of the selection, shared with the builder of new events.
+    return set(auth_event_state_keys(event_type, state_key, sender, content, room_version))
 
 
 def check_auth_events_selection(event: Event, auth_events: Sequence[Event]) -> None:

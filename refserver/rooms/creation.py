@@ -18,6 +18,7 @@ from refserver.errors import (
 )
 from refserver.events.auth_state import AuthError
 from refserver.events.format import InvalidPdu, check_client_event_content
+from refserver.events.power_levels import LEVEL_DEFAULTS
 from refserver.events.room_versions import (
     DEFAULT_ROOM_VERSION,
     RoomVersion,
@@ -75,7 +76,6 @@ def default_power_levels(rv: RoomVersion, creator: str, trusted: list[str]) -> J
     users: JsonDict = {} if rv.privileged_creators else {creator: 100, **{u: 100 for u in trusted}}
     return {
         "users": users,
-        "users_default": 0,
         "events": {
             "m.room.name": 50,
             "m.room.power_levels": 100,
@@ -86,12 +86,7 @@ def default_power_levels(rv: RoomVersion, creator: str, trusted: list[str]) -> J
             "m.room.server_acl": 100,
             "m.room.encryption": 100,
         },
-        "events_default": 0,
-        "state_default": 50,
-        "ban": 50,
-        "kick": 50,
-        "redact": 50,
-        "invite": 0,
+        **LEVEL_DEFAULTS,
         "historical": 100,
     }
 

@@ -396,16 +396,8 @@ class RoomService:
     async def kick(
         self, requester: Requester, room_id: str, user_id: str, reason: str | None
     ) -> None:
-        _check_user_id(user_id)
-        current = await self._db.run(room_store.get_membership, room_id, user_id)
-        if current is None or current.membership in ("leave", "ban"):
-            raise forbidden(f"{user_id} is not in this room")
-        await self.send(
-            room_id,
-            sender=requester.user_id,
-            event_type=MEMBER,
-            content=member_content("leave", reason=reason),
-            state_key=user_id,
+        await self._set_leave(
+            requester, room_id, user_id, reason, from_states=("join", "invite", "knock")
         )
 
     async def ban(
@@ -419,10 +411,22 @@ class RoomService:
     async def unban(
         self, requester: Requester, room_id: str, user_id: str, reason: str | None
     ) -> None:
+        await self._set_leave(requester, room_id, user_id, reason, from_states=("ban",))
+
+    async def _set_leave(
+        self,
+        requester: Requester,
+        room_id: str,
+        user_id: str,
+        reason: str | None,
+        *,
+        from_states: tuple[str, ...],
+    ) -> None:
+        """Kick (from join/invite/knock) or unban (from ban): a leave sent by someone else."""
         _check_user_id(user_id)
         current = await self._db.run(room_store.get_membership, room_id, user_id)
-        if current is None or current.membership != "ban":
-            raise forbidden(f"{user_id} is not banned")
+        if current is None or current.membership not in from_states:
+            raise forbidden(f"{user_id} is not {' or '.join(from_states)} in this room")
         await self.send(
             room_id,
             sender=requester.user_id,
