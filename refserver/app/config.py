@@ -184,8 +184,8 @@ def _build(cls: type[Any], data: dict[str, Any], where: str) -> Any:
                 raise ConfigError(f"{key} must be an integer")
             kwargs[name] = value
         elif ftype == "float":
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                raise ConfigError(f"{key} must be a positive number")
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ConfigError(f"{key} must be a number, not negative")
             kwargs[name] = float(value)
         elif ftype == "str":
             if not isinstance(value, str):
@@ -240,6 +240,7 @@ def parse_config(text: str, *, base_dir: Path) -> Config:
         base_dir=base_dir,
         msc4259=dataclasses.replace(config.msc4259, fields=field_policies),
     )
+    _check_ranges(config)
     for edu_type in config.msc4259.edu_types:
         if edu_type not in EDU_TYPE_NAMES:
             raise ConfigError(f"msc4259.edu_types: unknown EDU type {edu_type!r}")
@@ -251,6 +252,34 @@ def parse_config(text: str, *, base_dir: Path) -> Config:
         if not 0 <= port < 65536:
             raise ConfigError(f"invalid port {port}")
     return config
+
+
+def _check_ranges(config: Config) -> None:
+    """Values that parse but would break the server later."""
+    positive = {
+        "federation.request_timeout_s": config.federation.request_timeout_s,
+        "federation.retry_initial_s": config.federation.retry_initial_s,
+        "federation.wakeups_per_second": config.federation.wakeups_per_second,
+        "msc4259.refresh_interval_s": config.msc4259.refresh_interval_s,
+        "msc4259.refresh_per_second": config.msc4259.refresh_per_second,
+        **{
+            f"rate_limits.{name}.per_second": getattr(config.rate_limits, name).per_second
+            for name in ("login", "register", "profile_write")
+        },
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key} must be positive")
+    for name in ("login", "register", "profile_write"):
+        if getattr(config.rate_limits, name).burst < 1:
+            raise ConfigError(f"rate_limits.{name}.burst must be at least 1")
+    fed = config.federation
+    if fed.retry_multiplier < 1:
+        raise ConfigError("federation.retry_multiplier must be at least 1")
+    if fed.retry_max_s < fed.retry_initial_s:
+        raise ConfigError("federation.retry_max_s must be at least federation.retry_initial_s")
+    if config.server.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError(f"server.log_level {config.server.log_level!r} is not a logging level")
 
 
 def load_config(path: Path) -> Config:

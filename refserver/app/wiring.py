@@ -63,9 +63,6 @@ from refserver.types import JsonValue
 
 log = logging.getLogger(__name__)
 
-#: Concurrent connections per destination host; keep-alive reuses them.
-MAX_CONNECTIONS_PER_HOST = 4
-
 
 @dataclass(frozen=True)
 class Services:
@@ -183,6 +180,7 @@ def build_services(
         policy=policy,
         write_limiter=_limiter(config.rate_limits.profile_write),
         remote=remote_profiles,
+        notifier=notifier,
     )
     keyring = Keyring(
         db,

@@ -20,7 +20,7 @@ import httpx
 import trio
 
 from refserver.crypto.keys import SigningKey
-from refserver.federation.resolver import Resolver
+from refserver.federation.resolver import Resolver, ServerResolutionError
 from refserver.federation.xmatrix import build_authorization_header
 from refserver.types import JsonDict, JsonValue
 
@@ -119,7 +119,7 @@ class FederationClient:
                 data = await response.aread()
         except trio.TooSlowError:
             raise FederationUnreachable(destination, "timed out") from None
-        except (httpx.HTTPError, OSError) as exc:
+        except (httpx.HTTPError, OSError, ServerResolutionError) as exc:
             raise FederationUnreachable(destination, f"{type(exc).__name__}: {exc}") from None
         try:
             decoded: JsonValue = json.loads(data) if data else {}

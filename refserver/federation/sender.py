@@ -47,6 +47,11 @@ from refserver.types import JsonDict
 
 log = logging.getLogger(__name__)
 
+#: Answers meaning "I understood and refuse this transaction" (not "try later").
+PERMANENT_REJECTIONS = frozenset({400, 403, 404, 405, 413})
+#: How often a refused transaction is retried before it is dropped.
+MAX_REJECTED_ATTEMPTS = 3
+
 
 class EduSource(Protocol):
     """Something that owes EDUs to destinations (MSC4259 profile updates, …)."""
@@ -96,7 +101,7 @@ class InFlight:
     """A transaction awaiting its 200 and what to acknowledge when it comes."""
 
     txn: Transaction
-    last_pdu_ordering: int
+    pdu_orderings: list[int]
     edu_acks: list[tuple[EduSource, object]]
 
 
@@ -307,7 +312,7 @@ class FederationSender:
             pdus=pdus,
             edus=edus,
         )
-        return InFlight(txn, max(o for o, _ in pending) if pending else 0, acks)
+        return InFlight(txn, [o for o, _ in pending], acks)
 
     async def _send_pending(self, queue: DestinationQueue) -> bool:
         """Send one transaction (the one in flight first, same txn_id). True on 200."""
@@ -326,6 +331,25 @@ class FederationSender:
                 body=txn.to_json(),
             )
         except (FederationError, FederationUnreachable) as exc:
+            if (
+                isinstance(exc, FederationError)
+                and exc.status in PERMANENT_REJECTIONS
+                and queue.backoff.failures + 1 >= MAX_REJECTED_ATTEMPTS
+            ):
+                # The destination understood and refused this transaction several times:
+                # retrying it forever would block everything behind it.
+                log.warning(
+                    "txn %s to %s refused %d times (%s); dropping it",
+                    txn.txn_id,
+                    queue.destination,
+                    queue.backoff.failures + 1,
+                    exc,
+                )
+                await self._acknowledge(queue, flight)
+                queue.backoff.reset()
+                queue.retry_at_ms = 0
+                await self._persist_backoff(queue)
+                return True
             delay = queue.backoff.next_delay()
             queue.retry_at_ms = now_ms() + int(delay * 1000)
             log.info(
@@ -355,16 +379,20 @@ class FederationSender:
             len(txn.pdus),
             len(txn.edus),
         )
-        if flight.last_pdu_ordering:
-            await self._db.run(fed_store.ack_pdus, queue.destination, flight.last_pdu_ordering)
-        for source, token in flight.edu_acks:
-            await source.ack(queue.destination, token)
-        queue.in_flight = None
+        await self._acknowledge(queue, flight)
         if queue.backoff.failures or queue.retry_at_ms:
             queue.backoff.reset()
             queue.retry_at_ms = 0
             await self._persist_backoff(queue)
         return True
+
+    async def _acknowledge(self, queue: DestinationQueue, flight: InFlight) -> None:
+        """The transaction is done with: clear what it carried from the outbox and sources."""
+        if flight.pdu_orderings:
+            await self._db.run(fed_store.ack_pdus, queue.destination, flight.pdu_orderings)
+        for source, token in flight.edu_acks:
+            await source.ack(queue.destination, token)
+        queue.in_flight = None
 
     async def _persist_backoff(self, queue: DestinationQueue) -> None:
         state = queue.backoff.to_state()

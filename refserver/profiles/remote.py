@@ -6,6 +6,12 @@ from __future__ import annotations
 from refserver.errors import M_NOT_FOUND, M_UNKNOWN, MatrixError
 from refserver.federation.client import FederationClient, FederationError, FederationUnreachable
 from refserver.ids import UserId
+from refserver.profiles.fields import (
+    ProfileFieldError,
+    check_key_name,
+    check_profile_size,
+    check_value,
+)
 from refserver.types import JsonDict
 
 
@@ -34,5 +40,25 @@ class RemoteProfiles:
             ) from None
         if not isinstance(body, dict):
             raise MatrixError(502, M_UNKNOWN, f"{destination} sent a malformed profile")
-        # "An unset field MUST be omitted or null": we never show nulls to clients.
-        return {k: v for k, v in body.items() if v is not None}
+        return valid_profile_fields(body)
+
+
+def valid_profile_fields(body: JsonDict) -> JsonDict:
+    """The fields of a remote answer that follow the profile rules (key grammar, value
+    types, canonical JSON); the rest is dropped rather than cached or shown to clients.
+    "An unset field MUST be omitted or null": nulls are dropped too."""
+    out: JsonDict = {}
+    for key, value in body.items():
+        if value is None:
+            continue
+        try:
+            check_key_name(key)
+            check_value(key, value)
+        except ProfileFieldError:
+            continue
+        out[key] = value
+    try:
+        check_profile_size(out)
+    except ProfileFieldError:
+        raise MatrixError(502, M_UNKNOWN, "the remote profile is larger than 64 KiB") from None
+    return out

@@ -18,6 +18,7 @@ import time
 
 import trio
 
+from refserver.crypto.canonical_json import CanonicalJsonError
 from refserver.errors import MatrixError, not_found
 from refserver.ids import server_name_of
 from refserver.metrics import Metrics
@@ -65,11 +66,10 @@ class RemoteProfileCache:
             profile, meta = cache_store.get_cached(conn, user_id)
             if meta is None or not meta.complete:
                 return profile, False
-            ttl = (
-                self._ttl_edu_ms
-                if cache_store.sends_edus(conn, server_name_of(user_id))
-                else self._ttl_ms
+            edu_server = cache_store.sends_edus(
+                conn, server_name_of(user_id), since_ms=now_ms() - self._ttl_edu_ms
             )
+            ttl = self._ttl_edu_ms if edu_server else self._ttl_ms
             return profile, now_ms() - meta.fetched_ms < ttl
 
         profile, fresh = await self._db.run(read)
@@ -108,6 +108,8 @@ class RemoteProfileCache:
                     await self.refresh(user_id)
                 except MatrixError as exc:
                     log.info("refreshing the profile of %s failed: %s", user_id, exc.error)
+                except CanonicalJsonError as exc:
+                    log.info("refreshing the profile of %s: unusable answer: %s", user_id, exc)
                 await trio.sleep(1.0 / self._refresh_per_second)
 
     def _stale_shared_users(self, conn: sqlite3.Connection) -> list[str]:
@@ -124,6 +126,8 @@ class RemoteProfileCache:
         bounds = {"*": now - self._ttl_ms}
         for user_id in users:
             server = server_name_of(user_id)
-            if server not in bounds and cache_store.sends_edus(conn, server):
+            if server not in bounds and cache_store.sends_edus(
+                conn, server, since_ms=now - self._ttl_edu_ms
+            ):
                 bounds[server] = now - self._ttl_edu_ms
         return cache_store.stale_remote_users(conn, users, bounds)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from refserver.accounts.service import Requester, now_ms
 from refserver.errors import MatrixError, forbidden, limit_exceeded, not_found
 from refserver.ids import InvalidId, UserId
+from refserver.notifier import Notifier
 from refserver.profiles.fields import (
     FieldPolicy,
     ProfileFieldError,
@@ -57,8 +58,10 @@ class ProfileService:
         policy: FieldPolicy,
         write_limiter: RateLimiter,
         remote: RemoteProfileCache | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self._db = db
+        self._notifier = notifier
         self._remote = remote
         self._server_name = server_name
         self.policy = policy
@@ -161,5 +164,7 @@ class ProfileService:
             await self._notify(ProfileChange(user_id, key_name, None, True, pos))
 
     async def _notify(self, change: ProfileChange) -> None:
+        if self._notifier is not None:
+            self._notifier.notify()  # long-polling /sync (MSC4429) wakes on local changes too
         for listener in self._listeners:
             await listener(change)

@@ -113,10 +113,12 @@ def pending_pdus(conn: sqlite3.Connection, destination: str, limit: int) -> list
     return [(row[0], row[1]) for row in rows]
 
 
-def ack_pdus(conn: sqlite3.Connection, destination: str, up_to_ordering: int) -> None:
-    conn.execute(
-        "DELETE FROM destination_pdus WHERE destination = ? AND stream_ordering <= ?",
-        (destination, up_to_ordering),
+def ack_pdus(conn: sqlite3.Connection, destination: str, orderings: list[int]) -> None:
+    """Clear exactly the PDUs a transaction carried (one enqueued meanwhile with a lower
+    ordering must stay)."""
+    conn.executemany(
+        "DELETE FROM destination_pdus WHERE destination = ? AND stream_ordering = ?",
+        [(destination, o) for o in orderings],
     )
 
 

@@ -100,9 +100,12 @@ def note_edu_server(conn: sqlite3.Connection, server_name: str, now_ms: int) -> 
     )
 
 
-def sends_edus(conn: sqlite3.Connection, server_name: str) -> bool:
+def sends_edus(conn: sqlite3.Connection, server_name: str, *, since_ms: int) -> bool:
+    """Has ``server_name`` sent us a profile EDU since ``since_ms``? (A server that stopped
+    sending them loses the longer cache lifetime.)"""
     row = conn.execute(
-        "SELECT 1 FROM msc4259_servers WHERE server_name = ?", (server_name,)
+        "SELECT 1 FROM msc4259_servers WHERE server_name = ? AND last_edu_ms >= ?",
+        (server_name, since_ms),
     ).fetchone()
     return row is not None
 

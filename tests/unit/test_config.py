@@ -27,10 +27,17 @@ def test_rendered_config_matches_dataclass_defaults() -> None:
         ('[server]\nserver_name = "hs"\n[registration]\nenabled = 1\n', "true or false"),
         (
             '[server]\nserver_name = "hs"\n[rate_limits.login]\nper_second = -1\nburst = 1\n',
-            "positive",
+            "not negative",
         ),
         ('[server]\nserver_name = "hs"\n[profile]\nallowed_fields = "m.tz"\n', "list of strings"),
         ("not toml [", "invalid TOML"),
+        (
+            '[server]\nserver_name = "hs"\n[rate_limits.login]\nper_second = 0\nburst = 1\n',
+            "positive",
+        ),
+        ('[server]\nserver_name = "hs"\n[federation]\nretry_multiplier = 0.5\n', "at least 1"),
+        ('[server]\nserver_name = "hs"\nlog_level = "LOUD"\n', "logging level"),
+        ('[server]\nserver_name = "hs"\n[msc4259]\nedu_types = ["m.typing"]\n', "unknown EDU type"),
     ],
 )
 def test_bad_config_is_a_clear_error(text: str, message: str) -> None:
