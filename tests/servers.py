@@ -179,8 +179,15 @@ def start_federation(
         with ThreadPoolExecutor(max_workers=count) as pool:
             list(pool.map(ServerProcess.start, servers))
     except BaseException:
-        for srv in servers:
-            if srv.proc is not None:
-                srv.stop()
+        stop_all(servers)
         raise
     return servers
+
+
+def stop_all(servers: list[ServerProcess]) -> None:
+    """Stop every running server at once (each may spend its grace period on open
+    keep-alive connections from its peers)."""
+    running = [srv for srv in servers if srv.proc is not None]
+    if running:
+        with ThreadPoolExecutor(max_workers=len(running)) as pool:
+            list(pool.map(ServerProcess.stop, running))
