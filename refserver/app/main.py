@@ -28,7 +28,7 @@ from refserver.storage.database import open_database
 log = logging.getLogger("refserver")
 
 #: Seconds in-flight requests get to finish after a shutdown signal.
-GRACEFUL_TIMEOUT_S = 3.0
+GRACEFUL_TIMEOUT_S = 1.0
 
 
 def configure_logging(level: str) -> None:

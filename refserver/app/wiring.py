@@ -232,11 +232,16 @@ def build_services(
     )
     if config.msc4259.enabled:
         sender.add_edu_source(profile_edus)
+        profiles.add_txn_hook(profile_edus.mark_dirty_in_txn)
         profiles.add_listener(profile_edus.on_profile_change)
         rooms.add_listener(profile_edus.on_membership)
         handler.add_listener(profile_edus.on_membership)
     transactions = TransactionHandler(db, handler)
-    receiver = ProfileEduReceiver(db, policy=msc4259, metrics=metrics, notifier=notifier)
+    receiver = ProfileEduReceiver(
+        db, server_name=server_name, policy=msc4259, metrics=metrics, notifier=notifier
+    )
+    rooms.add_listener(receiver.on_membership)
+    handler.add_listener(receiver.on_membership)
     for edu_type in EDU_TYPES:
         transactions.register_edu_handler(edu_type, receiver.on_edu)
     return Services(

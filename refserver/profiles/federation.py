@@ -77,6 +77,7 @@ class _Token:
     """What one transaction carries, to clear on 200."""
 
     sent: list[tuple[str, str, int]]  # (user_id, field, stream_pos)
+    edus: int
 
 
 class ProfileEduSender:
@@ -98,28 +99,29 @@ class ProfileEduSender:
         self._clock = clock
         #: destination → when its next debounced field becomes ready (seconds, wall clock).
         self._next_ready: dict[str, float] = {}
+        #: stream_pos → destinations marked in the write's transaction, woken after commit.
+        self._pending_wake: dict[int, list[str]] = {}
 
     # -- inputs ---------------------------------------------------------------------------
 
-    async def on_profile_change(self, change: ProfileChange) -> None:
-        """A local write committed: mark it dirty for every server sharing a room."""
+    def mark_dirty_in_txn(self, conn: sqlite3.Connection, change: ProfileChange) -> None:
+        """Steps 2–3, inside the profile write's transaction: a crash can never keep the
+        change while losing the fact that servers are owed it."""
         if change.field in self._policy.local_only_fields:
             return
-
-        def txn(conn: sqlite3.Connection) -> tuple[list[str], int]:
-            destinations = sorted(
-                room_store.get_servers_sharing_rooms_with(conn, change.user_id)
-                - {self._server_name}
-            )
-            merged = edu_store.mark_dirty(
-                conn, destinations, change.user_id, change.field, change.stream_pos, now_ms()
-            )
-            return destinations, merged
-
-        destinations, merged = await self._db.run(txn)
+        destinations = sorted(
+            room_store.get_servers_sharing_rooms_with(conn, change.user_id) - {self._server_name}
+        )
+        merged = edu_store.mark_dirty(
+            conn, destinations, change.user_id, change.field, change.stream_pos, now_ms()
+        )
         if merged:
             self._metrics.profile_edus_coalesced.inc(merged)
-        self._schedule(destinations)
+        self._pending_wake[change.stream_pos] = destinations
+
+    async def on_profile_change(self, change: ProfileChange) -> None:
+        """After the commit: wake the destinations the change was marked dirty for."""
+        self._schedule(self._pending_wake.pop(change.stream_pos, []))
 
     async def on_membership(self, event: Event, _stream_ordering: int = 0) -> None:
         """Join-time exchange: a join that makes a server share its first room with a local
@@ -136,7 +138,13 @@ class ProfileEduSender:
             joined = room_store.get_members(conn, room_id, "join")
             joiner_server = server_name_of(joiner)
             if joiner_server != self._server_name:
-                # A remote user joined: every local member may be new to their server.
+                # A remote user joined: every local member may be new to their server —
+                # unless another user of that server is already in this room.
+                if any(
+                    m.user_id != joiner and server_name_of(m.user_id) == joiner_server
+                    for m in joined
+                ):
+                    return []
                 pairs = [
                     (m.user_id, joiner_server)
                     for m in joined
@@ -228,13 +236,12 @@ class ProfileEduSender:
                 txn_id,
                 json.dumps(edu["content"], sort_keys=True, ensure_ascii=False),
             )
-        return edus, _Token(sent)
+        return edus, _Token(sent, len(edus))
 
     async def ack(self, destination: str, token: object) -> None:
         assert isinstance(token, _Token)
         await self._db.run(edu_store.ack_sent, destination, token.sent, now_ms())
-        users = {u for u, _, _ in token.sent}
-        self._metrics.profile_edus_sent.labels(destination).inc(len(users))
+        self._metrics.profile_edus_sent.labels(destination).inc(token.edus)
 
     async def count_pending(self) -> int:
         return await self._db.run(edu_store.count_dirty)
@@ -265,12 +272,46 @@ class ProfileEduReceiver:
     """The EDU handler for ``uk.tcpip.msc4259.profile`` and ``m.profile``."""
 
     def __init__(
-        self, db: Database, *, policy: EduPolicy, metrics: Metrics, notifier: Notifier
+        self,
+        db: Database,
+        *,
+        server_name: str,
+        policy: EduPolicy,
+        metrics: Metrics,
+        notifier: Notifier,
     ) -> None:
+        self._server_name = server_name
         self._db = db
         self._policy = policy
         self._metrics = metrics
         self._notifier = notifier
+
+    async def on_membership(self, event: Event, _stream_ordering: int = 0) -> None:
+        """Forget the cached profiles of remote users who no longer share a room with any
+        local user: nothing keeps them current any more (no EDUs reach us about users we
+        share no room with), so a later read must ask their server again."""
+        if event.type != "m.room.member" or event.membership not in ("leave", "ban"):
+            return
+        target = event.state_key or ""
+        room_id = event.room_id
+
+        def txn(conn: sqlite3.Connection) -> list[str]:
+            if server_name_of(target) != self._server_name:
+                candidates = {target}
+            else:
+                candidates = {
+                    m.user_id
+                    for m in room_store.get_members(conn, room_id)
+                    if server_name_of(m.user_id) != self._server_name
+                }
+            gone = sorted(u for u in candidates if not _shares_room_with_local_user(conn, u))
+            for user_id in gone:
+                cache_store.forget(conn, user_id)
+            return gone
+
+        gone = await self._db.run(txn)
+        if gone:
+            log.info("forgot cached profiles of %s (no shared room left)", ", ".join(gone))
 
     async def on_edu(self, origin: str, txn_id: str, content: JsonValue) -> None:
         try:

@@ -43,6 +43,7 @@ class ProfileChange:
 
 
 ProfileListener = Callable[[ProfileChange], Awaitable[None]]
+ProfileTxnHook = Callable[[sqlite3.Connection, ProfileChange], None]
 
 
 def field_error(exc: ProfileFieldError) -> MatrixError:
@@ -67,6 +68,7 @@ class ProfileService:
         self.policy = policy
         self._write_limiter = write_limiter
         self._listeners: list[ProfileListener] = []
+        self._txn_hooks: list[ProfileTxnHook] = []
 
     def add_listener(self, listener: ProfileListener) -> None:
         self._listeners.append(listener)
@@ -142,7 +144,9 @@ class ProfileService:
                 return None  # unchanged: no stream entry, no events, no EDUs
             profile[put.key_name] = put.value
             check_profile_size(profile)  # inside the transaction: checked and written together
-            return store.set_field(conn, user_id, put.key_name, put.value, now_ms())
+            pos = store.set_field(conn, user_id, put.key_name, put.value, now_ms())
+            self._run_txn_hooks(conn, ProfileChange(user_id, put.key_name, put.value, False, pos))
+            return pos
 
         try:
             pos = await self._db.run(txn)
@@ -159,9 +163,25 @@ class ProfileService:
             raise field_error(exc) from None
         self._parse_user(user_id)
         self._check_may_write(requester, user_id, key_name)
-        pos = await self._db.run(store.delete_field, user_id, key_name, now_ms())
+
+        def txn(conn: sqlite3.Connection) -> int | None:
+            pos = store.delete_field(conn, user_id, key_name, now_ms())
+            if pos is not None:
+                self._run_txn_hooks(conn, ProfileChange(user_id, key_name, None, True, pos))
+            return pos
+
+        pos = await self._db.run(txn)
         if pos is not None:
             await self._notify(ProfileChange(user_id, key_name, None, True, pos))
+
+    def add_txn_hook(self, hook: ProfileTxnHook) -> None:
+        """``hook(conn, change)`` runs inside the write's own transaction: whatever it
+        records (MSC4259 dirty entries) commits or rolls back with the profile change."""
+        self._txn_hooks.append(hook)
+
+    def _run_txn_hooks(self, conn: sqlite3.Connection, change: ProfileChange) -> None:
+        for hook in self._txn_hooks:
+            hook(conn, change)
 
     async def _notify(self, change: ProfileChange) -> None:
         if self._notifier is not None:

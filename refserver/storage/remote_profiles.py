@@ -123,3 +123,9 @@ def stale_remote_users(
         if meta is None or meta[0] < older_than_ms.get(server, older_than_ms.get("*", 0)):
             out.append(user_id)
     return out
+
+
+def forget(conn: sqlite3.Connection, user_id: str) -> None:
+    """Drop a cached profile (no stream entries: clients get ``profile_updates: null``)."""
+    conn.execute("DELETE FROM remote_profiles WHERE user_id = ?", (user_id,))
+    conn.execute("DELETE FROM remote_profile_meta WHERE user_id = ?", (user_id,))

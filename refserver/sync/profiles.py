@@ -78,13 +78,15 @@ def profile_updates(
     for room_id, member, membership in changes:
         if member == user_id:
             # Our own membership changed: everyone in that room may have come or gone.
-            touched |= {m.user_id for m in room_store.get_members(conn, room_id)}
+            if membership in ("leave", "ban"):
+                touched |= {m.user_id for m in room_store.get_members(conn, room_id)}
             if membership == "join":
                 started |= {m.user_id for m in room_store.get_members(conn, room_id, "join")}
-        else:
+        elif membership in ("leave", "ban"):
+            # Only someone who left can have stopped sharing (an invitee never shared).
             touched.add(member)
-            if membership == "join":
-                started.add(member)
+        elif membership == "join":
+            started.add(member)
     for other in sorted(started & sharing):
         values = {k: v for k, v in _current(conn, other, server_name).items() if k in wanted}
         if values:

@@ -1,0 +1,366 @@
+"""MSC4259 profile EDUs: pacing, selection, building and checking (``profiles.edus``, pure).
+
+Spec: MSC4259 "Profile Update EDUs for Federation" (digest §4.1–4.2): only changed fields,
+``null`` = removed, servers "MAY delay notifications to merge several field changes into one
+EDU", the envelope key is ``edu_type`` (``definitions/edu.yaml``), and an EDU about another
+server's user is never legitimate ("MUST NOT forward").
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from refserver.profiles.edus import (
+    EDU_TYPES,
+    STABLE_EDU_TYPE,
+    UNSTABLE_EDU_TYPE,
+    DirtyField,
+    DroppedEdu,
+    FieldPolicy,
+    ProfileUpdate,
+    build_edu_content,
+    build_edus,
+    parse_incoming_edu,
+    ready_at,
+    select_ready,
+)
+from refserver.profiles.fields import MAX_PROFILE_BYTES
+
+ORIGIN = "hs1.example"
+ALICE = f"@alice:{ORIGIN}"
+BOB = f"@bob:{ORIGIN}"
+CAROL = f"@carol:{ORIGIN}"
+POLICY = FieldPolicy(debounce_s=0.5, max_delay_s=5.0, min_interval_s=1.0)
+
+
+def dirty(
+    user_id: str = ALICE,
+    field: str = "displayname",
+    *,
+    first: float = 100.0,
+    last: float | None = None,
+    pos: int = 1,
+) -> DirtyField:
+    return DirtyField(user_id, field, first, first if last is None else last, pos)
+
+
+def test_edus_is_pure() -> None:
+    """STYLE.md §2: a PURE module imports no runtime, HTTP client or database."""
+    code = (
+        "import sys, refserver.profiles.edus\n"
+        "bad = [m for m in ('trio', 'httpx', 'sqlite3', 'quart') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- ready_at ---------------------------------------------------------------------------------
+
+
+def test_a_single_change_is_ready_one_debounce_after_it() -> None:
+    assert ready_at(dirty(first=100.0), POLICY, None) == pytest.approx(100.5)
+
+
+def test_debounce_trails_the_latest_change() -> None:
+    assert ready_at(dirty(first=100.0, last=102.0), POLICY, None) == pytest.approx(102.5)
+
+
+def test_max_delay_caps_how_long_debouncing_postpones_a_change() -> None:
+    # Changed every second for a minute: debounce alone would wait for ever.
+    assert ready_at(dirty(first=100.0, last=160.0), POLICY, None) == pytest.approx(105.0)
+
+
+def test_debounce_exactly_at_the_cap_is_the_cap() -> None:
+    assert ready_at(dirty(first=100.0, last=104.5), POLICY, None) == pytest.approx(105.0)
+
+
+def test_min_interval_holds_back_a_change_after_a_recent_edu() -> None:
+    assert ready_at(dirty(first=100.0), POLICY, last_sent=99.8) == pytest.approx(100.8)
+
+
+def test_min_interval_does_not_delay_when_the_last_edu_is_old() -> None:
+    assert ready_at(dirty(first=100.0), POLICY, last_sent=50.0) == pytest.approx(100.5)
+
+
+def test_min_interval_wins_over_max_delay() -> None:
+    # The rate limit is a ceiling on EDUs per field, so it may push past the cap.
+    slow = FieldPolicy(debounce_s=0.0, max_delay_s=1.0, min_interval_s=60.0)
+    assert ready_at(dirty(first=100.0, last=100.0), slow, last_sent=99.0) == pytest.approx(159.0)
+
+
+def test_zero_policy_makes_a_change_ready_at_once() -> None:
+    assert ready_at(dirty(first=7.0), FieldPolicy(0.0, 0.0, 0.0), None) == pytest.approx(7.0)
+
+
+# -- select_ready -----------------------------------------------------------------------------
+
+
+def select(items: list[DirtyField], now: float, **kwargs: Any) -> Any:
+    kwargs.setdefault("default_policy", POLICY)
+    kwargs.setdefault("last_sent", {})
+    kwargs.setdefault("limit_users", 100)
+    return select_ready(items, now=now, **kwargs)
+
+
+def test_nothing_dirty_selects_nothing_and_schedules_nothing() -> None:
+    sel = select([], now=100.0)
+    assert sel.by_user == {}
+    assert sel.next_ready is None
+
+
+def test_ready_fields_are_grouped_per_user() -> None:
+    items = [
+        dirty(ALICE, "displayname", first=100.0),
+        dirty(BOB, "m.tz", first=100.1),
+        dirty(ALICE, "m.tz", first=100.2),
+    ]
+    sel = select(items, now=110.0)
+    assert {u: sorted(f.field for f in fs) for u, fs in sel.by_user.items()} == {
+        ALICE: ["displayname", "m.tz"],
+        BOB: ["m.tz"],
+    }
+    assert sel.next_ready is None
+
+
+def test_a_field_still_debouncing_is_left_and_reported_as_next_ready() -> None:
+    items = [dirty(ALICE, "displayname", first=100.0), dirty(ALICE, "m.tz", first=100.3)]
+    sel = select(items, now=100.6)
+    assert [f.field for f in sel.by_user[ALICE]] == ["displayname"]
+    assert sel.next_ready == pytest.approx(100.8)
+
+
+def test_next_ready_is_the_soonest_of_the_waiting_fields() -> None:
+    items = [dirty(ALICE, first=100.0, last=103.0), dirty(BOB, first=100.0, last=101.0)]
+    sel = select(items, now=100.0)
+    assert sel.by_user == {}
+    assert sel.next_ready == pytest.approx(101.5)
+
+
+def test_per_field_policies_override_the_default() -> None:
+    slow = FieldPolicy(debounce_s=5.0, max_delay_s=30.0, min_interval_s=60.0)
+    items = [dirty(ALICE, "m.call", first=100.0), dirty(ALICE, "displayname", first=100.0)]
+    sel = select(items, now=101.0, policy_for={"m.call": slow})
+    assert [f.field for f in sel.by_user[ALICE]] == ["displayname"]
+    assert sel.next_ready == pytest.approx(105.0)
+
+
+def test_last_sent_is_looked_up_per_user_and_field() -> None:
+    items = [dirty(ALICE, "displayname", first=100.0), dirty(BOB, "displayname", first=100.0)]
+    sel = select(items, now=100.6, last_sent={(ALICE, "displayname"): 100.0})
+    assert list(sel.by_user) == [BOB]
+    assert sel.next_ready == pytest.approx(101.0)
+
+
+def test_limit_users_caps_the_users_and_asks_to_come_back_at_once() -> None:
+    items = [
+        dirty(ALICE, "displayname", first=100.0),
+        dirty(BOB, "displayname", first=100.1),
+        dirty(CAROL, "displayname", first=100.2),
+        dirty(ALICE, "m.tz", first=100.3),  # same user: rides along in ALICE's EDU
+    ]
+    sel = select(items, now=110.0, limit_users=2)
+    assert {u: sorted(f.field for f in fs) for u, fs in sel.by_user.items()} == {
+        ALICE: ["displayname", "m.tz"],
+        BOB: ["displayname"],
+    }
+    # CAROL is ready but did not fit: the next transaction may take her right away.
+    assert sel.next_ready == pytest.approx(110.0)
+
+
+def test_the_oldest_changes_go_first_when_users_are_limited() -> None:
+    items = [dirty(BOB, first=200.0), dirty(ALICE, first=100.0)]
+    sel = select(items, now=300.0, limit_users=1)
+    assert list(sel.by_user) == [ALICE]
+
+
+# -- build_edu_content / build_edus ----------------------------------------------------------
+
+
+def test_content_carries_the_user_and_only_the_given_fields() -> None:
+    content = build_edu_content(ALICE, {"m.tz": "Europe/London", "displayname": None})
+    assert content == {"user_id": ALICE, "fields": {"displayname": None, "m.tz": "Europe/London"}}
+    assert list(content["fields"]) == ["displayname", "m.tz"]  # sorted: stable on the wire
+
+
+def test_edus_use_the_spec_envelope_key_edu_type() -> None:
+    content = build_edu_content(ALICE, {"displayname": "Alice"})
+    assert build_edus([content], [UNSTABLE_EDU_TYPE]) == [
+        {"edu_type": "uk.tcpip.msc4259.profile", "content": content}
+    ]
+    assert "type" not in build_edus([content], [UNSTABLE_EDU_TYPE])[0]
+
+
+def test_both_types_wrap_each_content_once_per_type() -> None:
+    a = build_edu_content(ALICE, {"displayname": "Alice"})
+    b = build_edu_content(BOB, {"m.tz": "UTC"})
+    edus = build_edus([a, b], [UNSTABLE_EDU_TYPE, STABLE_EDU_TYPE])
+    assert [(e["edu_type"], e["content"]["user_id"]) for e in edus] == [
+        ("uk.tcpip.msc4259.profile", ALICE),
+        ("m.profile", ALICE),
+        ("uk.tcpip.msc4259.profile", BOB),
+        ("m.profile", BOB),
+    ]
+    assert EDU_TYPES == ("uk.tcpip.msc4259.profile", "m.profile")
+
+
+def test_no_contents_make_no_edus() -> None:
+    assert build_edus([], list(EDU_TYPES)) == []
+
+
+# -- parse_incoming_edu ----------------------------------------------------------------------
+
+
+def test_a_valid_edu_parses() -> None:
+    fields: dict[str, Any] = {
+        "displayname": "Alice",
+        "avatar_url": "mxc://hs1.example/abc_DEF-1",
+        "m.tz": "Europe/London",
+        "org.example.status": {"text": "busy", "until": 5, "tags": ["a", True, None]},
+    }
+    update = parse_incoming_edu({"user_id": ALICE, "fields": fields}, origin=ORIGIN)
+    assert update == ProfileUpdate(ALICE, fields)
+
+
+def test_null_means_removed_and_is_accepted_for_every_field() -> None:
+    fields = {"displayname": None, "avatar_url": None, "m.tz": None, "org.example.x": None}
+    update = parse_incoming_edu({"user_id": ALICE, "fields": fields}, origin=ORIGIN)
+    assert update.fields == fields
+
+
+def test_m_tz_is_not_validated_against_the_tz_database() -> None:
+    # Spec §3.3: receivers MUST tolerate invalid or unknown values.
+    update = parse_incoming_edu(
+        {"user_id": ALICE, "fields": {"m.tz": "Mars/Olympus"}}, origin=ORIGIN
+    )
+    assert update.fields == {"m.tz": "Mars/Olympus"}
+
+
+def test_extra_content_keys_are_ignored() -> None:
+    content = {"user_id": ALICE, "fields": {"m.tz": "UTC"}, "org.example.extra": 1}
+    assert parse_incoming_edu(content, origin=ORIGIN).fields == {"m.tz": "UTC"}
+
+
+def dropped(content: Any, origin: str = ORIGIN) -> DroppedEdu:
+    with pytest.raises(DroppedEdu) as info:
+        parse_incoming_edu(content, origin=origin)
+    return info.value
+
+
+@pytest.mark.parametrize(
+    "user_id",
+    ["@mallory:evil.example", "@alice:hs1.example:8448", "@alice:sub.hs1.example"],
+)
+def test_an_edu_about_another_servers_user_is_dropped_as_wrong_origin(user_id: str) -> None:
+    exc = dropped({"user_id": user_id, "fields": {"displayname": "x"}})
+    assert exc.reason == "wrong_origin"
+
+
+def test_the_origin_check_compares_the_whole_server_name_with_port() -> None:
+    update = parse_incoming_edu(
+        {"user_id": "@alice:localhost:8448", "fields": {"m.tz": "UTC"}}, origin="localhost:8448"
+    )
+    assert update.user_id == "@alice:localhost:8448"
+    assert dropped({"user_id": "@a:localhost:8448", "fields": {"m.tz": "x"}}, "localhost:8449")
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        None,
+        "a string",
+        42,
+        [ALICE],
+        {},
+        {"fields": {"displayname": "x"}},  # no user_id
+        {"user_id": None, "fields": {"displayname": "x"}},
+        {"user_id": 7, "fields": {"displayname": "x"}},
+        {"user_id": "alice", "fields": {"displayname": "x"}},
+        {"user_id": "@:hs1.example", "fields": {"displayname": "x"}},
+        {"user_id": "@alice", "fields": {"displayname": "x"}},
+        {"user_id": ALICE},  # no fields
+        {"user_id": ALICE, "fields": None},
+        {"user_id": ALICE, "fields": "displayname"},
+        {"user_id": ALICE, "fields": ["displayname", "x"]},
+        {"user_id": ALICE, "fields": {}},  # "only changed fields": an EDU changes something
+    ],
+)
+def test_malformed_shapes_are_dropped_as_malformed(content: Any) -> None:
+    assert dropped(content).reason == "malformed"
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["nodot", "Org.example.x", "org.exa-mple", "org..x", "1org.x", "", "org.example."],
+)
+def test_invalid_keys_are_dropped_as_invalid_field(key: str) -> None:
+    assert dropped({"user_id": ALICE, "fields": {key: "v"}}).reason == "invalid_field"
+
+
+def test_an_overlong_key_is_dropped_as_too_large() -> None:
+    key = "a." + "b" * 254  # 256 bytes
+    assert dropped({"user_id": ALICE, "fields": {key: "v"}}).reason == "too_large"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("displayname", 5),
+        ("displayname", {"text": "Alice"}),
+        ("displayname", ["Alice"]),
+        ("displayname", True),
+        ("avatar_url", "https://example.org/a.png"),
+        ("avatar_url", "mxc://hs1.example"),
+        ("avatar_url", "mxc://hs1.example/bad/slash"),
+        ("avatar_url", 1),
+        ("m.tz", 0),
+        ("m.tz", {"name": "UTC"}),
+        ("org.example.big_int", 2**53),
+        ("org.example.lone_surrogate", "\ud800"),
+    ],
+)
+def test_invalid_values_are_dropped_as_invalid_field(field: str, value: Any) -> None:
+    exc = dropped({"user_id": ALICE, "fields": {field: value}})
+    assert exc.reason == "invalid_field"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [1.5, 0.0, {"nested": [1, 2.25]}, float("nan"), float("inf")],
+)
+def test_floats_anywhere_are_dropped(value: Any) -> None:
+    # Appendices, canonical JSON: "Floats are not permitted."
+    exc = dropped({"user_id": ALICE, "fields": {"org.example.n": value}})
+    assert exc.reason == "invalid_field"
+
+
+def test_one_bad_field_drops_the_whole_edu() -> None:
+    content = {"user_id": ALICE, "fields": {"m.tz": "UTC", "displayname": 3}}
+    assert dropped(content).reason == "invalid_field"
+
+
+def test_an_update_over_64_kib_is_dropped_as_too_large() -> None:
+    content = {"user_id": ALICE, "fields": {"org.example.blob": "x" * (70 * 1024)}}
+    assert dropped(content).reason == "too_large"
+
+
+def test_size_is_measured_as_canonical_json_of_the_set_fields() -> None:
+    overhead = len('{"org.example.blob":""}')
+    fits = {"org.example.blob": "x" * (MAX_PROFILE_BYTES - overhead)}
+    assert parse_incoming_edu({"user_id": ALICE, "fields": fits}, origin=ORIGIN).fields == fits
+    over = {"org.example.blob": "x" * (MAX_PROFILE_BYTES - overhead + 1)}
+    assert dropped({"user_id": ALICE, "fields": over}).reason == "too_large"
+    # Removals weigh nothing: a large update of nulls is fine.
+    nulls: dict[str, Any] = {f"org.example.f{n}": None for n in range(5000)}
+    assert (
+        len(parse_incoming_edu({"user_id": ALICE, "fields": nulls}, origin=ORIGIN).fields) == 5000
+    )
+
+
+def test_the_drop_reason_and_message_travel_on_the_exception() -> None:
+    exc = dropped({"user_id": "@m:evil.example", "fields": {"m.tz": "UTC"}})
+    assert isinstance(exc, ValueError)
+    assert "evil.example" in str(exc)
