@@ -120,7 +120,11 @@ class FederationClient:
         except trio.TooSlowError:
             raise FederationUnreachable(destination, "timed out") from None
         except (httpx.HTTPError, OSError, ServerResolutionError) as exc:
-            raise FederationUnreachable(destination, f"{type(exc).__name__}: {exc}") from None
+            reason = _root_cause(exc)
+            log.info(
+                "%s → %s %s %s: unreachable: %s", self.origin, destination, method, uri, reason
+            )
+            raise FederationUnreachable(destination, reason) from None
         try:
             decoded: JsonValue = json.loads(data) if data else {}
         except ValueError:
@@ -130,6 +134,20 @@ class FederationClient:
         if response.status_code != 200:
             raise FederationError(destination, response.status_code, decoded)
         return decoded
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost cause: under trio, ``str(httpx.ConnectError)`` is empty and the real
+    reason (say, an SSL certificate error) sits further down the chain."""
+    parts = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        text = str(current)
+        parts.append(f"{type(current).__name__}: {text}" if text else type(current).__name__)
+        current = current.__cause__ or current.__context__
+    return " ← ".join(parts)
 
 
 def _host_for_url(host: str) -> str:
