@@ -74,14 +74,20 @@ def client_event(
         out["room_id"] = event.room_id
     if event.type == REDACTION:
         _copy_redacts(event, out)
+    extra = _unsigned(event, unsigned, now_ms)
+    if extra:
+        out["unsigned"] = extra
+    return out
+
+
+def _unsigned(event: Event, unsigned: JsonDict | None, now_ms: int | None) -> JsonDict:
+    """The locally computed ``unsigned``: ``age`` plus whatever the caller adds."""
     extra: JsonDict = {}
     if now_ms is not None:
         extra["age"] = now_ms - event.origin_server_ts
     if unsigned:
         extra.update(copy.deepcopy(unsigned))
-    if extra:
-        out["unsigned"] = extra
-    return out
+    return extra
 
 
 def _copy_redacts(event: Event, out: JsonDict) -> None:
@@ -103,11 +109,7 @@ def federation_event(
     need it) and the locally computed ``unsigned``."""
     out = copy.deepcopy(event.pdu)
     out["event_id"] = event.event_id
-    extra: JsonDict = {}
-    if now_ms is not None:
-        extra["age"] = now_ms - event.origin_server_ts
-    if unsigned:
-        extra.update(copy.deepcopy(unsigned))
+    extra = _unsigned(event, unsigned, now_ms)
     if extra:
         out["unsigned"] = extra
     else:

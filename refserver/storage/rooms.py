@@ -140,25 +140,26 @@ def get_joined_servers(conn: sqlite3.Connection, room_id: str) -> set[str]:
     return {row[0] for row in rows}
 
 
-def get_servers_sharing_rooms_with(conn: sqlite3.Connection, user_id: str) -> set[str]:
-    """Every server with a user joined to a room ``user_id`` is joined to (MSC4259)."""
+def _sharing_rooms_with(conn: sqlite3.Connection, user_id: str, column: str) -> set[str]:
+    """``column`` (user_id or server_name) of everyone joined to a room ``user_id`` is in."""
+    assert column in ("user_id", "server_name")
     rows = conn.execute(
-        "SELECT DISTINCT other.server_name FROM room_memberships mine"
+        f"SELECT DISTINCT other.{column} FROM room_memberships mine"
         " JOIN room_memberships other ON other.room_id = mine.room_id AND other.membership = 'join'"
         " WHERE mine.user_id = ? AND mine.membership = 'join'",
         (user_id,),
     )
     return {row[0] for row in rows}
+
+
+def get_servers_sharing_rooms_with(conn: sqlite3.Connection, user_id: str) -> set[str]:
+    """Every server with a user joined to a room ``user_id`` is joined to (MSC4259)."""
+    return _sharing_rooms_with(conn, user_id, "server_name")
 
 
 def users_sharing_rooms_with(conn: sqlite3.Connection, user_id: str) -> set[str]:
-    rows = conn.execute(
-        "SELECT DISTINCT other.user_id FROM room_memberships mine"
-        " JOIN room_memberships other ON other.room_id = mine.room_id AND other.membership = 'join'"
-        " WHERE mine.user_id = ? AND mine.membership = 'join'",
-        (user_id,),
-    )
-    return {row[0] for row in rows}
+    """Every user joined to a room ``user_id`` is joined to (MSC4429)."""
+    return _sharing_rooms_with(conn, user_id, "user_id")
 
 
 def forget_room(conn: sqlite3.Connection, room_id: str, user_id: str) -> None:
