@@ -51,12 +51,14 @@ class TransactionHandler:
                 log.info("txn %s from %s is a retry: answering from cache", txn_id, origin)
                 return cached
             results: dict[str, JsonDict] = {}
-            for n, pdu in enumerate(txn.pdus):
+            for pdu in txn.pdus:
                 try:
                     event_id = await self._events.receive_pdu(origin, pdu)
                     results[event_id] = {}
                 except PduRejected as exc:
-                    results[exc.event_id or f"$unparseable_pdu_{n}"] = {"error": str(exc)}
+                    # A PDU too broken to have an ID is left out of the answer (as Synapse does).
+                    if exc.event_id is not None:
+                        results[exc.event_id] = {"error": str(exc)}
             for edu in txn.edus:
                 await self._dispatch_edu(origin, txn_id, edu)
             response: JsonDict = {"pdus": results}

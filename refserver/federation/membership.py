@@ -17,6 +17,7 @@ from refserver.errors import (
     M_FORBIDDEN,
     M_INCOMPATIBLE_ROOM_VERSION,
     M_INVALID_PARAM,
+    M_MISSING_PARAM,
     M_NOT_FOUND,
     M_UNABLE_TO_AUTHORISE_JOIN,
     MatrixError,
@@ -24,7 +25,7 @@ from refserver.errors import (
 from refserver.events.auth_rules import check_auth
 from refserver.events.auth_state import AuthError
 from refserver.events.builder import build_pdu, finalise_pdu, next_depth, select_auth_events
-from refserver.events.hashing import compute_event_id, compute_room_id_v12
+from refserver.events.hashing import compute_event_id
 from refserver.events.model import Event
 from refserver.events.power_levels import get_named_level, get_user_power_level
 from refserver.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion, get_room_version
@@ -294,17 +295,30 @@ class FederationMembership:
             {k: s[k] for k in ("type", "state_key", "content", "sender") if k in s}
             for s in invite_state
         ]
-        if rv.room_id_is_create_event_hash:
-            # v1.16: invite_room_state MUST include the create event; for v12 it proves the room ID.
-            creates = [
-                s for s in invite_state if s.get("type") == "m.room.create" and "signatures" in s
-            ]
-            if creates and compute_room_id_v12(creates[0]) != room_id:
-                raise bad_param("the create event in invite_room_state does not match the room ID")
+        await self._check_invite_create_event(invite_state, room_id, rv)
         event = Event(event_id, rv, signed)
         await self._db.run(_store_remote_invite, event, stripped)
         self._notifier.notify()
         return {"event": signed}
+
+    async def _check_invite_create_event(
+        self, invite_state: list[JsonDict], room_id: str, rv: RoomVersion
+    ) -> None:
+        """v1.16 (MSC4311): ``invite_room_state`` MUST include the room's create event as a
+        full, correctly signed PDU of this room; otherwise 400 ``M_MISSING_PARAM``."""
+        creates = [s for s in invite_state if s.get("type") == "m.room.create"]
+        if not creates:
+            raise MatrixError(400, M_MISSING_PARAM, "invite_room_state has no m.room.create event")
+        try:
+            checked = await check_pdu(self._keyring, creates[0], rv)
+        except DroppedPdu as exc:
+            raise MatrixError(
+                400, M_MISSING_PARAM, f"the create event in invite_room_state is invalid: {exc}"
+            ) from None
+        if checked.event.room_id != room_id:
+            raise MatrixError(
+                400, M_MISSING_PARAM, "the create event in invite_room_state is of another room"
+            )
 
     # ===================================================================== joining side
 
@@ -419,8 +433,12 @@ class FederationMembership:
                 },
             )
         except FederationError as exc:
+            # MSC4311: the invitee's server refusing our invite_room_state is our failure.
+            status = 502 if exc.errcode == M_MISSING_PARAM else 403
             raise MatrixError(
-                403, M_FORBIDDEN, f"{destination} refused the invite: {exc.error or exc.status}"
+                status,
+                M_FORBIDDEN if status == 403 else "M_UNKNOWN",
+                f"{destination} refused the invite: {exc.error or exc.status}",
             ) from None
         except FederationUnreachable as exc:
             raise MatrixError(

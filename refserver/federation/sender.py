@@ -37,7 +37,6 @@ from refserver.events.model import Event
 from refserver.federation.backoff import Backoff, BackoffState
 from refserver.federation.client import FederationClient, FederationError, FederationUnreachable
 from refserver.federation.transaction import MAX_EDUS, MAX_PDUS, Transaction
-from refserver.ids import server_name_of
 from refserver.metrics import Metrics
 from refserver.storage import events as event_store
 from refserver.storage import federation as fed_store
@@ -227,13 +226,11 @@ class FederationSender:
             for d, q in sorted(self._queues.items())
         ]
 
-    async def send_room_event(self, event: Event, stream_ordering: int) -> None:
-        """A local event goes to every server with a user joined to its room (and, for a
-        membership event, to the target's server, which may just have been invited or kicked)."""
-        servers = await self._db.run(room_store.get_joined_servers, event.room_id)
-        if event.type == "m.room.member" and event.state_key:
-            servers.add(server_name_of(event.state_key))
-        await self.send_pdu(event.event_id, stream_ordering, sorted(servers))
+    async def send_room_event(self, event: Event, _stream_ordering: int) -> None:
+        """A local event was stored *and* owed to its room's servers in one transaction
+        (``rooms.store.persist_built``); wake those servers' queues."""
+        servers = await self._db.run(room_store.room_destinations, event)
+        self.wake_many(sorted(servers - {self._origin}))
 
     async def send_pdu(
         self, event_id: str, stream_ordering: int, destinations: Sequence[str]
@@ -257,7 +254,9 @@ class FederationSender:
                     await queue.wait_for_work(wait_s)
                     continue
                 sent_any = await self._send_pending(queue)
-                if sent_any:
+                if sent_any or queue.in_flight is not None:
+                    # Sent: look for more. Failed: the back-off wait above comes next — a
+                    # failed transaction is retried on schedule, not only when woken.
                     continue
                 ready_in = min(
                     (

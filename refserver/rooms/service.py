@@ -82,6 +82,8 @@ class RoomService:
         self._profiles = profiles
         self._notifier = notifier
         self._federation = federation
+        #: With federation, events are owed to remote servers as they are stored.
+        self._origin = server_name if federation is not None else None
         self._locks: dict[str, trio.Lock] = {}
         self._listeners: list[EventPersisted] = []
 
@@ -165,7 +167,7 @@ class RoomService:
                 view.built[-1] = event
             orderings = await self._db.run(
                 lambda conn: store.persist_built(
-                    conn, view, state_before_first=state_before, txn=txn
+                    conn, view, state_before_first=state_before, txn=txn, origin=self._origin
                 )
             )
         await self._notify_persisted([event], orderings)
@@ -182,7 +184,12 @@ class RoomService:
             if alias is not None and not room_store.set_alias(conn, alias, room_id, creator):
                 raise MatrixError(400, "M_ROOM_IN_USE", f"room alias {alias} is already in use")
             orderings = store.persist_built(
-                conn, view, state_before_first={}, new_room=True, now_ms=now_ms()
+                conn,
+                view,
+                state_before_first={},
+                new_room=True,
+                now_ms=now_ms(),
+                origin=self._origin,
             )
             if public:
                 room_store.set_room_public(conn, room_id)

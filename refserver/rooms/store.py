@@ -14,6 +14,7 @@ from refserver.events.room_versions import RoomVersion, get_room_version
 from refserver.events.state_res import resolve_state
 from refserver.rooms.builder import RoomView, StateMap
 from refserver.storage import events as event_store
+from refserver.storage import federation as fed_store
 from refserver.storage import rooms as room_store
 
 
@@ -42,6 +43,7 @@ def persist_built(
     txn: tuple[str, str, str] | None = None,
     new_room: bool = False,
     now_ms: int = 0,
+    origin: str | None = None,
 ) -> list[int]:
     """Store ``view.built`` in order, each with the state before it; update current state.
 
@@ -60,6 +62,12 @@ def persist_built(
             state[event.state_tuple()] = event.event_id
         _apply_redaction(conn, event)
     room_store.set_current_state(conn, view.room_id, state)
+    if origin is not None:
+        # Owe each event to the servers in the room, in the same transaction that stores it:
+        # a crash cannot keep the event and lose the fact that others are owed it.
+        for event, ordering in zip(view.built, orderings, strict=True):
+            destinations = sorted(room_store.room_destinations(conn, event) - {origin})
+            fed_store.enqueue_pdu(conn, destinations, ordering, event.event_id)
     if txn is not None and view.built:
         room_store.record_txn_id(conn, *txn, view.built[-1].event_id)
     return orderings

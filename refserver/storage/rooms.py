@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 
+from refserver.events.model import Event
 from refserver.ids import server_name_of
 from refserver.storage.events import StateMap
 
@@ -150,6 +151,15 @@ def _sharing_rooms_with(conn: sqlite3.Connection, user_id: str, column: str) -> 
         (user_id,),
     )
     return {row[0] for row in rows}
+
+
+def room_destinations(conn: sqlite3.Connection, event: Event) -> set[str]:
+    """Who receives a local event: every server with a user joined to the room, and for a
+    membership event the target's server (just invited, kicked or banned)."""
+    servers = get_joined_servers(conn, event.room_id)
+    if event.type == "m.room.member" and event.state_key:
+        servers.add(server_name_of(event.state_key))
+    return servers
 
 
 def get_servers_sharing_rooms_with(conn: sqlite3.Connection, user_id: str) -> set[str]:

@@ -16,9 +16,7 @@ def test_demo_sets_up_and_exits_cleanly(tmp_path: Path) -> None:
     assert "profile EDU →" in out.stdout and "profile EDU ←" in out.stdout
     assert out.stdout.count("users section showed it") == 3
     demo = json.loads((tmp_path / "demo.json").read_text())
-    assert [s["server_name"] for s in demo["servers"]] == [
-        u["server_name"] for u in demo["users"]
-    ]
+    assert [s["server_name"] for s in demo["servers"]] == [u["server_name"] for u in demo["users"]]
     assert demo["room_id"].startswith("!")
     assert {u["user_id"].split(":")[0] for u in demo["users"]} == {"@alice", "@bob"}
     # Run again on the same data: existing instances and accounts are reused.
