@@ -2,6 +2,10 @@
 
 venv := ".venv"
 
+# Set up and run the two-instance demo (README command 1).
+demo:
+    python3 -m venv {{venv}} && {{venv}}/bin/pip install -q -e . && {{venv}}/bin/refserver demo
+
 # Set up and run one instance (data in data/hs1).
 run:
     python3 -m venv {{venv}} && {{venv}}/bin/pip install -q -e . && {{venv}}/bin/refserver init --data-dir data/hs1 --client-port 8008 --keep-existing && {{venv}}/bin/refserver run --data-dir data/hs1
