@@ -49,3 +49,19 @@ def test_relative_paths_resolve_against_the_config_directory() -> None:
     config = parse_config('[server]\nserver_name = "hs"\n', base_dir=Path("/data/hs1"))
     assert config.resolve(config.server.database_path) == Path("/data/hs1/refserver.db")
     assert config.client_base_url == "http://127.0.0.1:8008"
+
+
+def test_per_field_msc4259_policies_parse_and_reach_the_edu_policy() -> None:
+    from refserver.app.config import render_config
+    from refserver.app.wiring import edu_policy
+    from refserver.profiles.edus import FieldPolicy
+
+    text = render_config(server_name="hs.test") + (
+        '\n[msc4259.fields."m.call"]\ndebounce_s = 5.0\nmax_delay_s = 30.0\nmin_interval_s = 60.0\n'
+    )
+    policy = edu_policy(parse_config(text, base_dir=Path(".")))
+    assert policy.field_policies["m.call"] == FieldPolicy(5.0, 30.0, 60.0)
+    # Standard fields get the [msc4259] values, custom fields the custom_* ones.
+    assert policy.field_policies["displayname"] == FieldPolicy(0.5, 5.0, 1.0)
+    assert policy.default_policy == FieldPolicy(1.0, 10.0, 5.0)
+    assert policy.edu_types == ("uk.tcpip.msc4259.profile",)
