@@ -858,3 +858,62 @@ def test_measure_latency_from_put_to_remote_sync(
     share_room(alice, bob)
     wait_settled(hs1)
     report("default settings (debounce_s=0.5, min_interval_s=1.0)", measure_latency(alice, bob, 5))
+
+
+# -- receiver filter and the refresher -----------------------------------------------------------
+
+
+def test_an_edu_about_a_user_sharing_no_room_is_ignored(
+    hs1: ServerProcess, hs2: ServerProcess
+) -> None:
+    """MSC4259: receivers "COULD ignore the EDU if they are not interested in updates for
+    this user"; refserver's default (accept_only_shared_users) ignores and counts it."""
+    stranger = register(hs1, "stranger")
+    dropped = metric_labels(hs2, DROPPED, "reason").get("no_shared_room", 0)
+    r = federation_put_send(
+        hs1,
+        hs2,
+        [
+            {
+                "edu_type": UNSTABLE_EDU,
+                "content": {"user_id": stranger.user_id, "fields": {"m.tz": "UTC"}},
+            }
+        ],
+    )
+    assert r.status_code == 200, r.text
+    assert metric_labels(hs2, DROPPED, "reason").get("no_shared_room", 0) == dropped + 1
+    assert logged_edus(hs2, "←", about=stranger.user_id) == []
+
+
+def test_the_refresher_refetches_stale_profiles_of_users_sharing_a_room(
+    hs1: ServerProcess, spawn: Callable[..., list[ServerProcess]]
+) -> None:
+    """The safety net for lost EDUs: with EDUs switched off on hs1 (so nothing pushes the
+    change), hs2's refresher re-fetches alice's stale profile on its own."""
+    quiet, watcher_server = spawn(
+        {("msc4259", "enabled"): "false"},
+        {
+            ("msc4259", "remote_cache_ttl_s"): "1.0",
+            ("msc4259", "refresh_interval_s"): "0.5",
+        },
+    )
+    alice, bob = register(quiet, "alice"), register(watcher_server, "bob")
+    alice.put_field("m.tz", "Europe/Rome")
+    share_room(alice, bob)
+    assert bob.get_profile(alice.user_id)["m.tz"] == "Europe/Rome"  # one query fills the cache
+    since = bob.sync()["next_batch"]
+    queries = metric(watcher_server, "refserver_federation_profile_queries_total")
+    alice.put_field("m.tz", "Asia/Seoul")  # no EDU: hs1 does not send them
+    # bob's /sync shows the change once the refresher has re-fetched alice's profile.
+    wait_until(
+        lambda: (
+            users_section(bob.sync(since=since, timeout_ms=2000))
+            .get(alice.user_id, {})
+            .get("profile_updates", {})
+            .get("m.tz")
+            == "Asia/Seoul"
+        ),
+        what="the refresher to pick up alice's new m.tz",
+    )
+    assert metric(watcher_server, "refserver_federation_profile_queries_total") > queries
+    assert logged_edus(watcher_server, "←", about=alice.user_id) == []
