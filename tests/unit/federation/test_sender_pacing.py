@@ -1,0 +1,96 @@
+"""FederationSender: wake-ups of many destinations are paced, and one failing destination
+never holds up another (trio, a real SQLite file, a fake transport)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+
+from refserver.federation.client import FederationUnreachable
+from refserver.federation.sender import FederationSender, SenderConfig
+from refserver.storage.database import open_database
+from refserver.types import JsonDict, JsonValue
+
+
+class FakeClient:
+    """Records when each destination got its transaction; ``dead`` ones fail."""
+
+    def __init__(self, dead: set[str] | None = None) -> None:
+        self.sent_at: dict[str, float] = {}
+        self.dead = dead or set()
+        self.attempts: dict[str, int] = {}
+
+    async def request(self, method: str, destination: str, path: str, **kw: JsonValue) -> JsonDict:
+        self.attempts[destination] = self.attempts.get(destination, 0) + 1
+        if destination in self.dead:
+            raise FederationUnreachable(destination, "connection refused")
+        self.sent_at.setdefault(destination, trio.current_time())
+        return {"pdus": {}}
+
+
+class OneEduEach:
+    """An EDU source owing one EDU to each destination, once."""
+
+    def __init__(self, destinations: list[str]) -> None:
+        self.owed = set(destinations)
+
+    async def destinations_with_pending(self) -> set[str]:
+        return set(self.owed)
+
+    async def take(
+        self, destination: str, limit: int, txn_id: str
+    ) -> tuple[list[JsonDict], object]:
+        if destination not in self.owed:
+            return [], None
+        return [{"edu_type": "org.example.test", "content": {"to": destination}}], destination
+
+    async def ack(self, destination: str, token: object) -> None:
+        self.owed.discard(destination)
+
+    def next_ready_in(self, destination: str) -> float | None:
+        return None
+
+
+async def test_a_fan_out_is_spread_at_wakeups_per_second(tmp_path: Path) -> None:
+    destinations = [f"hs{n}.test" for n in range(10)]
+    client = FakeClient()
+    async with open_database(tmp_path / "db.sqlite") as db:
+        sender = FederationSender(
+            db,
+            client,
+            origin="origin.test",  # type: ignore[arg-type]
+            config=SenderConfig(wakeups_per_second=20.0, idle_timeout_s=0.5),
+            edu_sources=[OneEduEach(destinations)],
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sender.run)
+            with trio.fail_after(10):
+                while len(client.sent_at) < len(destinations):
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    times = sorted(client.sent_at.values())
+    # 10 wake-ups at 20/s cannot all happen at once: the last is ≥ 9 intervals after the first.
+    assert times[-1] - times[0] >= 9 / 20 * 0.9
+
+
+async def test_a_dead_destination_does_not_delay_the_others(tmp_path: Path) -> None:
+    client = FakeClient(dead={"dead.test"})
+    async with open_database(tmp_path / "db.sqlite") as db:
+        sender = FederationSender(
+            db,
+            client,
+            origin="origin.test",  # type: ignore[arg-type]
+            config=SenderConfig(wakeups_per_second=1000.0, retry_initial_s=0.2, retry_max_s=0.4),
+            edu_sources=[OneEduEach(["dead.test", "alive.test"])],
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sender.run)
+            with trio.fail_after(10):
+                while "alive.test" not in client.sent_at or client.attempts.get("dead.test", 0) < 3:
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    # The dead one is retried on its back-off schedule (same transaction), the live one served.
+    assert client.attempts["dead.test"] >= 3
+    status = {s.destination: s for s in sender.statistics()}
+    assert status["dead.test"].failures >= 2
