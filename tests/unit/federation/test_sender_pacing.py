@@ -3,6 +3,7 @@ never holds up another (trio, a real SQLite file, a fake transport)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
@@ -20,9 +21,17 @@ class FakeClient:
         self.sent_at: dict[str, float] = {}
         self.dead = dead or set()
         self.attempts: dict[str, int] = {}
+        self._changed = trio.Event()
+
+    async def wait_until(self, condition: Callable[[], bool]) -> None:
+        """Wait (no polling) until ``condition()`` holds after some request."""
+        while not condition():
+            await self._changed.wait()
+            self._changed = trio.Event()
 
     async def request(self, method: str, destination: str, path: str, **kw: JsonValue) -> JsonDict:
         self.attempts[destination] = self.attempts.get(destination, 0) + 1
+        self._changed.set()
         if destination in self.dead:
             raise FederationUnreachable(destination, "connection refused")
         self.sent_at.setdefault(destination, trio.current_time())
@@ -66,8 +75,7 @@ async def test_a_fan_out_is_spread_at_wakeups_per_second(tmp_path: Path) -> None
         async with trio.open_nursery() as nursery:
             await nursery.start(sender.run)
             with trio.fail_after(10):
-                while len(client.sent_at) < len(destinations):
-                    await trio.sleep(0.01)
+                await client.wait_until(lambda: len(client.sent_at) == len(destinations))
             nursery.cancel_scope.cancel()
     times = sorted(client.sent_at.values())
     # 10 wake-ups at 20/s cannot all happen at once: the last is ≥ 9 intervals after the first.
@@ -87,8 +95,11 @@ async def test_a_dead_destination_does_not_delay_the_others(tmp_path: Path) -> N
         async with trio.open_nursery() as nursery:
             await nursery.start(sender.run)
             with trio.fail_after(10):
-                while "alive.test" not in client.sent_at or client.attempts.get("dead.test", 0) < 3:
-                    await trio.sleep(0.01)
+                await client.wait_until(
+                    lambda: (
+                        "alive.test" in client.sent_at and client.attempts.get("dead.test", 0) >= 3
+                    )
+                )
             nursery.cancel_scope.cancel()
     # The dead one is retried on its back-off schedule (same transaction), the live one served.
     assert client.attempts["dead.test"] >= 3
