@@ -44,7 +44,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from refserver.crypto.keys import read_key_file
 from refserver.federation.xmatrix import build_authorization_header
-from tests.servers import ServerProcess, free_port, start_federation
+from tests.servers import ServerProcess, free_port
 
 #: How long one federated step may take on loopback before we call it broken.
 PROMPT_S = 15.0
@@ -257,28 +257,7 @@ class SyncWatcher:
 # -- servers ---------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[ServerProcess]]:
-    servers = start_federation(tmp_path_factory.mktemp("msc4259"), 3)
-    yield servers
-    for srv in servers:
-        if srv.proc is not None:
-            srv.stop()
-
-
-@pytest.fixture(scope="module")
-def hs1(federation: list[ServerProcess]) -> ServerProcess:
-    return federation[0]
-
-
-@pytest.fixture(scope="module")
-def hs2(federation: list[ServerProcess]) -> ServerProcess:
-    return federation[1]
-
-
-@pytest.fixture(scope="module")
-def hs3(federation: list[ServerProcess]) -> ServerProcess:
-    return federation[2]
+# hs1, hs2, hs3: the module-scoped federation from tests/integration/conftest.py.
 
 
 Settings = dict[tuple[str, str], str]
