@@ -35,6 +35,7 @@ from refserver.federation.inbound import TransactionHandler
 from refserver.federation.keyring import Keyring
 from refserver.federation.membership import FederationMembership
 from refserver.federation.reads import FederationReads
+from refserver.federation.resident import ResidentMembership
 from refserver.federation.resolver import default_resolver
 from refserver.federation.routes.events import event_routes
 from refserver.federation.routes.keys import key_routes
@@ -82,7 +83,7 @@ class Services:
     sender: FederationSender
     federation_auth: FederationAuthenticator
     transactions: TransactionHandler
-    federation_membership: FederationMembership
+    federation_resident: ResidentMembership
     federation_reads: FederationReads
     metrics: Metrics
     remote_profiles: RemoteProfileCache
@@ -209,6 +210,14 @@ def build_services(
         client,
         keyring,
         handler,
+        notifier,
+        server_name=server_name,
+        signing_key=signing_key,
+    )
+    resident = ResidentMembership(
+        db,
+        keyring,
+        handler,
         sender,
         notifier,
         server_name=server_name,
@@ -261,7 +270,7 @@ def build_services(
         sender=sender,
         federation_auth=FederationAuthenticator(keyring, on_authenticated=sender.peer_up),
         transactions=transactions,
-        federation_membership=membership,
+        federation_resident=resident,
         federation_reads=FederationReads(db, server_name=server_name),
         metrics=metrics,
         remote_profiles=remote_profiles,
@@ -296,7 +305,7 @@ def build_federation_app(s: Services) -> QuartTrio:
     blueprints = [
         key_routes(s.keyring),
         send_routes(s.federation_auth, s.transactions),
-        membership_routes(s.federation_auth, s.federation_membership),
+        membership_routes(s.federation_auth, s.federation_resident),
         event_routes(s.federation_auth, s.federation_reads, s.profiles),
     ]
     # Federation bodies can be large (send_join responses are answers, not requests; a

@@ -6,11 +6,11 @@ from __future__ import annotations
 from quart import Blueprint, request
 
 from refserver.federation.auth import FederationAuthenticator
-from refserver.federation.membership import FederationMembership
+from refserver.federation.resident import ResidentMembership
 from refserver.types import JsonDict
 
 
-def membership_routes(auth: FederationAuthenticator, membership: FederationMembership) -> Blueprint:
+def membership_routes(auth: FederationAuthenticator, membership: ResidentMembership) -> Blueprint:
     bp = Blueprint("federation_membership", __name__)
 
     @bp.get("/_matrix/federation/v1/make_join/<room_id>/<user_id>")
