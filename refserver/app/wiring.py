@@ -55,6 +55,7 @@ from refserver.profiles.service import ProfileService
 from refserver.ratelimit import RateLimiter
 from refserver.rooms.builder import EventBuilder
 from refserver.rooms.creation import RoomCreator
+from refserver.rooms.membership import MembershipService
 from refserver.rooms.reads import RoomReader
 from refserver.rooms.service import RoomService
 from refserver.storage.database import Database
@@ -73,6 +74,7 @@ class Services:
     profiles: ProfileService
     notifier: Notifier
     rooms: RoomService
+    members: MembershipService
     room_creator: RoomCreator
     room_reader: RoomReader
     sync: SyncService
@@ -228,11 +230,17 @@ def build_services(
         db,
         server_name=server_name,
         builder=builder,
+        notifier=notifier,
+    )
+    members = MembershipService(
+        db,
+        rooms,
+        server_name=server_name,
         profiles=profiles,
         notifier=notifier,
         federation=membership,
     )
-    profiles.add_listener(rooms.on_profile_change)
+    profiles.add_listener(members.on_profile_change)
     rooms.add_listener(sender.send_room_event)
     # MSC4259: local changes become EDUs; received EDUs feed the remote profile cache.
     msc4259 = edu_policy(config)
@@ -260,7 +268,8 @@ def build_services(
         profiles=profiles,
         notifier=notifier,
         rooms=rooms,
-        room_creator=RoomCreator(rooms, builder),
+        members=members,
+        room_creator=RoomCreator(rooms, members, builder),
         room_reader=RoomReader(db),
         sync=SyncService(db, notifier, server_name=server_name),
         filters=FilterService(db),
@@ -287,7 +296,7 @@ def build_client_app(s: Services) -> QuartTrio:
             s.accounts, s.auth, login_limiter=s.login_limiter, register_limiter=s.register_limiter
         ),
         profile_routes(s.profiles, s.auth),
-        room_routes(s.rooms, s.room_creator, s.room_reader, s.auth),
+        room_routes(s.rooms, s.members, s.room_creator, s.room_reader, s.auth),
         sync_routes(s.sync, s.filters.resolve, s.auth),
         filter_routes(s.filters, s.auth),
         metrics_routes(s.metrics, partial(before_scrape, s)),

@@ -14,6 +14,7 @@ from refserver.client.auth import R0, V3, Authenticator
 from refserver.errors import M_INVALID_PARAM, M_NOT_FOUND, MatrixError, bad_json
 from refserver.events.format import InvalidPdu, check_client_event_content
 from refserver.rooms.creation import RoomCreator
+from refserver.rooms.membership import MembershipService
 from refserver.rooms.reads import RoomReader
 from refserver.rooms.service import RoomService, pdu_error
 from refserver.streams import InvalidToken
@@ -46,7 +47,11 @@ def _check_content(event_type: str, state_key: str | None, content: JsonDict) ->
 
 
 def room_routes(
-    rooms: RoomService, creator: RoomCreator, reader: RoomReader, auth: Authenticator
+    rooms: RoomService,
+    members: MembershipService,
+    creator: RoomCreator,
+    reader: RoomReader,
+    auth: Authenticator,
 ) -> Blueprint:
     bp = Blueprint("client_rooms", __name__)
 
@@ -78,55 +83,55 @@ def room_routes(
         # `via` since v1.12; `server_name` is its older name (removed in v1.14).
         via = request.args.getlist("via") or request.args.getlist("server_name")
         room_id = await _resolve(room_id_or_alias)
-        return {"room_id": await rooms.join(requester, room_id, via)}
+        return {"room_id": await members.join(requester, room_id, via)}
 
     @route("/rooms/<room_id>/join", ["POST"])
     async def join_room_by_id(room_id: str) -> JsonDict:
         """POST /_matrix/client/v3/rooms/{roomId}/join"""
         requester = await auth.require_user(request)
         await read_json_object(request)
-        return {"room_id": await rooms.join(requester, room_id)}
+        return {"room_id": await members.join(requester, room_id)}
 
     @route("/rooms/<room_id>/invite", ["POST"])
     async def invite_user(room_id: str) -> JsonDict:
         requester = await auth.require_user(request)
         body = await read_json_object(request)
-        await rooms.invite(requester, room_id, _user_id(body), _reason(body))
+        await members.invite(requester, room_id, _user_id(body), _reason(body))
         return {}
 
     @route("/rooms/<room_id>/leave", ["POST"])
     async def leave_room(room_id: str) -> JsonDict:
         requester = await auth.require_user(request)
         body = await read_json_object(request)
-        await rooms.leave(requester, room_id, _reason(body))
+        await members.leave(requester, room_id, _reason(body))
         return {}
 
     @route("/rooms/<room_id>/kick", ["POST"])
     async def kick(room_id: str) -> JsonDict:
         requester = await auth.require_user(request)
         body = await read_json_object(request)
-        await rooms.kick(requester, room_id, _user_id(body), _reason(body))
+        await members.kick(requester, room_id, _user_id(body), _reason(body))
         return {}
 
     @route("/rooms/<room_id>/ban", ["POST"])
     async def ban(room_id: str) -> JsonDict:
         requester = await auth.require_user(request)
         body = await read_json_object(request)
-        await rooms.ban(requester, room_id, _user_id(body), _reason(body))
+        await members.ban(requester, room_id, _user_id(body), _reason(body))
         return {}
 
     @route("/rooms/<room_id>/unban", ["POST"])
     async def unban(room_id: str) -> JsonDict:
         requester = await auth.require_user(request)
         body = await read_json_object(request)
-        await rooms.unban(requester, room_id, _user_id(body), _reason(body))
+        await members.unban(requester, room_id, _user_id(body), _reason(body))
         return {}
 
     @route("/rooms/<room_id>/forget", ["POST"])
     async def forget_room(room_id: str) -> JsonDict:
         requester = await auth.require_user(request)
         await read_json_object(request)
-        await rooms.forget(requester, room_id)
+        await members.forget(requester, room_id)
         return {}
 
     @route("/rooms/<room_id>/send/<event_type>/<txn_id>", ["PUT"])

@@ -27,6 +27,7 @@ from refserver.events.room_versions import (
 )
 from refserver.ids import InvalidId, UserId, is_valid_localpart
 from refserver.rooms.builder import EventBuilder, RoomView, member_content
+from refserver.rooms.membership import MembershipService
 from refserver.rooms.service import RoomService, now_ms, pdu_error, random_room_id
 from refserver.types import JsonDict, JsonValue
 
@@ -92,8 +93,11 @@ def default_power_levels(rv: RoomVersion, creator: str, trusted: list[str]) -> J
 
 
 class RoomCreator:
-    def __init__(self, rooms: RoomService, builder: EventBuilder) -> None:
+    def __init__(
+        self, rooms: RoomService, members: MembershipService, builder: EventBuilder
+    ) -> None:
         self._rooms = rooms
+        self._members = members
         self._builder = builder
 
     async def create_room(self, requester: Requester, body: JsonDict) -> str:
@@ -141,7 +145,7 @@ class RoomCreator:
             prev_events=[],
             prev_depth=0,
         )
-        profile = await self._rooms.profile_for_member_event(creator)
+        profile = await self._members.profile_for_member_event(creator)
         now = now_ms()
 
         def add(event_type: str, content: JsonDict, state_key: str | None = "") -> None:
@@ -172,8 +176,8 @@ class RoomCreator:
                 add("m.room.name", {"name": name})
             if topic is not None:
                 add("m.room.topic", {"topic": topic})
-            for invitee in [u for u in invites if self._rooms.is_mine(u)]:
-                invitee_profile = await self._rooms.profile_for_member_event(invitee)
+            for invitee in [u for u in invites if self._members.is_mine(u)]:
+                invitee_profile = await self._members.profile_for_member_event(invitee)
                 extra = {"is_direct": True} if is_direct else {}
                 add("m.room.member", member_content("invite", invitee_profile, **extra), invitee)
         except AuthError as exc:
@@ -189,8 +193,8 @@ class RoomCreator:
             view, alias=alias, creator=creator, public=visibility == "public"
         )
         # Remote invitees' servers must co-sign their invites, one request each.
-        for invitee in [u for u in invites if not self._rooms.is_mine(u)]:
-            await self._rooms.invite(requester, room_id, invitee, None)
+        for invitee in [u for u in invites if not self._members.is_mine(u)]:
+            await self._members.invite(requester, room_id, invitee, None)
         return room_id
 
     @staticmethod
