@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import time
 from collections.abc import Sequence
 
 from refserver.crypto.keys import SigningKey
 from refserver.errors import (
     M_FORBIDDEN,
     M_INCOMPATIBLE_ROOM_VERSION,
-    M_INVALID_PARAM,
     M_MISSING_PARAM,
     M_NOT_FOUND,
     M_UNABLE_TO_AUTHORISE_JOIN,
@@ -37,6 +35,7 @@ from refserver.federation.handler import (
     auth_and_persist,
 )
 from refserver.federation.keyring import Keyring
+from refserver.federation.membership import MEMBER, bad_param, now_ms
 from refserver.federation.sender import FederationSender
 from refserver.ids import InvalidId, UserId, server_name_of
 from refserver.notifier import Notifier
@@ -49,15 +48,6 @@ from refserver.storage.database import Database
 from refserver.types import JsonDict, JsonValue
 
 log = logging.getLogger(__name__)
-MEMBER = "m.room.member"
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def bad_param(message: str) -> MatrixError:
-    return MatrixError(400, M_INVALID_PARAM, message)
 
 
 class ResidentMembership:
