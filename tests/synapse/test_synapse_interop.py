@@ -128,6 +128,19 @@ def assert_nothing_rejected(refserver: ServerProcess, synapse: SynapsePeer, room
 # -- a. server keys and profile queries --------------------------------------------------------
 
 
+def exchange_messages(
+    alice: MatrixClient, bob: MatrixClient, room_id: str, from_alice: str, from_bob: str
+) -> None:
+    """Both send; each message shows in both sides' /sync (each side's own one too)."""
+    alice.send_text(room_id, from_alice)
+    bob.send_text(room_id, from_bob)
+    for client in (alice, bob):
+        client.wait_for_event(
+            room_id, is_message(from_alice), f"{from_alice!r} at {client.user_id}"
+        )
+        client.wait_for_event(room_id, is_message(from_bob), f"{from_bob!r} at {client.user_id}")
+
+
 def test_keys_fetched_and_profile_queries_answered_both_ways(
     refserver: ServerProcess, synapse: SynapsePeer, alice: MatrixClient, bob: MatrixClient
 ) -> None:
@@ -194,13 +207,7 @@ def test_refserver_user_joins_synapse_room(
     bob.wait_for_event(room_id, is_member(alice.user_id, "join"), "alice's join")
     alice.wait_for_event(room_id, is_member(alice.user_id, "join"), "alice's own join")
 
-    bob.send_text(room_id, "hello from synapse")
-    alice.wait_for_event(room_id, is_message("hello from synapse"), "bob's message")
-    alice.send_text(room_id, "hello from refserver")
-    bob.wait_for_event(room_id, is_message("hello from refserver"), "alice's message")
-    # Each side also has its own message in its own /sync.
-    alice.wait_for_event(room_id, is_message("hello from refserver"), "alice's own message")
-    bob.wait_for_event(room_id, is_message("hello from synapse"), "bob's own message")
+    exchange_messages(alice, bob, room_id, "hello from refserver", "hello from synapse")
     assert_same_state(alice, bob, room_id)
     assert_nothing_rejected(refserver, synapse, room_id)
 
@@ -217,12 +224,7 @@ def test_synapse_user_joins_refserver_room(
     create_on_synapse = bob.ok("GET", f"/v3/rooms/{q(room_id)}/state/m.room.create/")
     assert create_on_synapse == create
 
-    alice.send_text(room_id, "welcome to refserver")
-    bob.send_text(room_id, "thanks, says synapse")
-    bob.wait_for_event(room_id, is_message("welcome to refserver"), "alice's message")
-    alice.wait_for_event(room_id, is_message("thanks, says synapse"), "bob's message")
-    alice.wait_for_event(room_id, is_message("welcome to refserver"), "alice's own message")
-    bob.wait_for_event(room_id, is_message("thanks, says synapse"), "bob's own message")
+    exchange_messages(alice, bob, room_id, "welcome to refserver", "thanks, says synapse")
     assert_same_state(alice, bob, room_id)
     assert_nothing_rejected(refserver, synapse, room_id)
 
