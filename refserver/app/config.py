@@ -255,11 +255,22 @@ def parse_config(text: str, *, base_dir: Path) -> Config:
 
 
 def _check_ranges(config: Config) -> None:
-    """Values that parse but would break the server later."""
+    """Values that parse but would break the server later.
+
+    Every decimal setting is already non-negative (``_build``). ``0`` stays allowed where it
+    means something: the MSC4259 timing policy (debounce 0 = send at once, max delay 0 =
+    never postpone, min interval 0 = no per-field limit) and ``federation.idle_timeout_s``
+    (0 = a queue task ends as soon as it has nothing to send). For the settings below 0
+    would break the server (every request timing out, a back-off ``Backoff`` refuses, a
+    busy loop, a division by zero) or defeat the setting (a cache that is never fresh), so
+    they must be > 0.
+    """
     positive = {
         "federation.request_timeout_s": config.federation.request_timeout_s,
         "federation.retry_initial_s": config.federation.retry_initial_s,
         "federation.wakeups_per_second": config.federation.wakeups_per_second,
+        "msc4259.remote_cache_ttl_s": config.msc4259.remote_cache_ttl_s,
+        "msc4259.remote_cache_ttl_edu_s": config.msc4259.remote_cache_ttl_edu_s,
         "msc4259.refresh_interval_s": config.msc4259.refresh_interval_s,
         "msc4259.refresh_per_second": config.msc4259.refresh_per_second,
         **{
