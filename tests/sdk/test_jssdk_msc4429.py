@@ -154,7 +154,9 @@ def is_update(record: JsonDict, *, about: str, name: str, value: Any) -> bool:
 
 
 def describe(updates: list[JsonDict | None]) -> str:
-    return "\n".join(f"  {n}: {json.dumps(u, sort_keys=True)}" for n, u in enumerate(updates))
+    return "\n".join(
+        f"  {n}: {json.dumps(u, sort_keys=True, ensure_ascii=False)}" for n, u in enumerate(updates)
+    )
 
 
 def test_jssdk_sees_the_initial_remote_profile_and_every_later_change_exactly_once(
@@ -200,6 +202,7 @@ def test_jssdk_sees_the_initial_remote_profile_and_every_later_change_exactly_on
         uploaded = watcher.wait_for(
             lambda r: r["type"] == "filter", timeout=CLIENT_START_S, what="the filter upload"
         )
+        print(f"js-sdk uploaded the sync filter {json.dumps(uploaded['body'])}")
         assert uploaded["body"].get(filter_key) == {"ids": list(FIELDS)}, uploaded
         # Profile updates of a sync are emitted before its sync state: PREPARED follows the
         # first sync's updates.
