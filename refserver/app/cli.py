@@ -193,7 +193,8 @@ def cmd_rotate_key(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from refserver.app.demo import DemoError, run_demo
+    from refserver.app.demo import run_demo
+    from refserver.app.demo_setup import DemoError
 
     data_dir = Path(args.data_dir)
     if (problem := _prepare_directory(data_dir, "--data-dir")) is not None:

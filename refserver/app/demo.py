@@ -11,9 +11,7 @@ Every claim the demo prints is something it observed: a delivery is reported onl
 receiving user's ``/sync`` showed it, and a delivery that does not show within the timeout
 ends the demo with exit status 1, saying what was expected and what was seen.
 
-Ports: the documented 8008/8448 (hs1) and 8009/8449 (hs2), unless ``--any-ports``. A server
-name includes its federation port (``localhost:8448``), so an existing instance keeps its
-federation port; ``--any-ports`` can move only its client port, and only for one run.
+Ports and instance directories: :mod:`refserver.app.demo_setup`.
 """
 
 from __future__ import annotations
@@ -23,7 +21,6 @@ import json
 import logging
 import re
 import signal
-import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -35,14 +32,11 @@ from typing import Any
 import httpx
 import trio
 
-from refserver.app.config import Config, ConfigError, load_config, parse_config, render_config
+from refserver.app.config import Config
+from refserver.app.demo_setup import DemoError, busy_port_error, plan_ports, prepare_instance
 from refserver.app.main import PortInUse, StartupError, serve
-from refserver.crypto.keys import generate_key_file
-from refserver.federation.tls import CA_CERT, issue_certificate, load_or_create_ca
 from refserver.types import JsonDict, JsonValue
 
-#: The documented ports: hs1 client 8008 / federation 8448, hs2 client 8009 / federation 8449.
-DEFAULT_PORTS = ((8008, 8448), (8009, 8449))
 PASSWORD = "demo-password"
 #: Default seconds to wait for each delivery (``--timeout``). MSC4259 sending waits up to
 #: ``custom_max_delay_s`` (10 s) for custom fields, so 20 s leaves room on a slow machine.
@@ -53,131 +47,6 @@ SYNC_POLL_MS = 10_000
 EXIT_INTERRUPTED = 130
 #: The MSC4429 profile fields bob's /sync asks for.
 PROFILE_FIELDS = ("displayname", "m.tz", "org.example.status")
-
-
-class DemoError(Exception):
-    """The demo cannot go on; the message says what was expected, what was seen, and why."""
-
-
-# -- ports ------------------------------------------------------------------------------------
-
-
-def port_free(port: int, bind: str = "127.0.0.1") -> bool:
-    """Whether a listener could bind ``port`` now.
-
-    Binds with SO_REUSEADDR as the server's own listener does (hypercorn), so connections
-    lingering in TIME-WAIT after an earlier run do not count as "in use".
-    """
-    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((bind, port))
-        except OSError:
-            return False
-    return True
-
-
-def _free_port(taken: set[int]) -> int:
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port not in taken:
-            taken.add(port)
-            return port
-
-
-def _busy(port: int, fix: str) -> DemoError:
-    return DemoError(f"port {port} is in use (another demo running?): stop it, or {fix}")
-
-
-def plan_ports(data_dir: Path, *, any_ports: bool) -> tuple[list[tuple[int, int]], list[str]]:
-    """(client, federation) ports for hs1 and hs2, and lines telling the user what was chosen.
-
-    Without ``--any-ports``: the documented ports, all free, or a :class:`DemoError`
-    naming the busy one. With it: an existing instance keeps its federation port (its
-    server name) and its client port when free; new instances get free ports, saved in
-    their config (and said so).
-    """
-    existing = [_existing_ports(data_dir / f"hs{n + 1}") for n in range(len(DEFAULT_PORTS))]
-    other_dir = f"`refserver demo --any-ports --data-dir {data_dir}-2`"
-    if not any_ports:
-        for n, (ports, default) in enumerate(zip(existing, DEFAULT_PORTS, strict=True)):
-            if ports is not None and ports != default:
-                raise DemoError(
-                    f"{data_dir / f'hs{n + 1}'} uses ports {ports[0]}/{ports[1]}, not the"
-                    f" documented {default[0]}/{default[1]}: run `refserver demo --any-ports"
-                    f" --data-dir {data_dir}` to reuse it, or remove {data_dir} to start afresh"
-                )
-        for n, (client, federation) in enumerate(DEFAULT_PORTS):
-            for port in (client, federation):
-                if not port_free(port):
-                    fix = other_dir if existing[n] else "run `refserver demo --any-ports`"
-                    raise _busy(port, fix)
-        return list(DEFAULT_PORTS), []
-    taken: set[int] = set()
-    plan: list[tuple[int, int]] = []
-    notes: list[str] = []
-    for n, ports in enumerate(existing):
-        name = f"hs{n + 1}"
-        if ports is None:
-            client, federation = _free_port(taken), _free_port(taken)
-            notes.append(
-                f"{name}: --any-ports chose client port {client} and federation port"
-                f" {federation}, saved in {data_dir / name / 'refserver.toml'}"
-            )
-        else:
-            client, federation = ports
-            if not port_free(federation):
-                raise _busy(federation, f"use another data directory: {other_dir}")
-            if not port_free(client):
-                client = _free_port(taken)
-                notes.append(
-                    f"{name}: client port {ports[0]} is in use; using {client} for this run"
-                    " (the config file keeps its own)"
-                )
-        taken |= {client, federation}
-        plan.append((client, federation))
-    return plan, notes
-
-
-def _existing_ports(instance_dir: Path) -> tuple[int, int] | None:
-    config_path = instance_dir / "refserver.toml"
-    if not config_path.exists():
-        return None
-    try:
-        config = load_config(config_path)
-    except ConfigError as exc:
-        raise DemoError(f"{config_path}: {exc}") from None
-    return config.client.port, config.federation.port
-
-
-def prepare_instance(
-    data_dir: Path, ca_dir: Path, client_port: int, federation_port: int
-) -> Config:
-    """Create (or reuse) an instance directory, as ``refserver init`` would.
-
-    An existing instance keeps its config file; ``client_port`` then applies to this run
-    only.
-    """
-    config_path = data_dir / "refserver.toml"
-    if not config_path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
-        server_name = f"localhost:{federation_port}"
-        text = render_config(
-            server_name=server_name,
-            client_port=client_port,
-            federation_port=federation_port,
-            trusted_ca_files=(str((ca_dir / CA_CERT).resolve()),),
-        )
-        parse_config(text, base_dir=data_dir)
-        if not (data_dir / "signing.key").exists():
-            generate_key_file(data_dir / "signing.key")
-        issue_certificate(load_or_create_ca(ca_dir), data_dir / "tls.crt", data_dir / "tls.key")
-        config_path.write_text(text)
-    config = load_config(config_path)
-    return dataclasses.replace(config, client=dataclasses.replace(config.client, port=client_port))
 
 
 # -- narration --------------------------------------------------------------------------------
@@ -614,7 +483,7 @@ async def run_demo(
                 await _scenario(data_dir, configs, timeout_s=timeout_s)
             except PortInUse as exc:
                 # Free a moment ago (plan_ports), taken since: a race with another program.
-                outcome.fatal = _busy(exc.port, "run `refserver demo --any-ports`")
+                outcome.fatal = busy_port_error(exc.port, data_dir, movable=exc.section == "client")
             except StartupError as exc:
                 outcome.fatal = DemoError(str(exc))
             except DemoError as exc:

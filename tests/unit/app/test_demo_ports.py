@@ -11,7 +11,7 @@ import socket
 
 import pytest
 
-from refserver.app.demo import port_free
+from refserver.app.demo_setup import port_free
 
 
 def _port_with_a_connection_in_time_wait() -> int:
