@@ -87,11 +87,16 @@ def plan_ports(data_dir: Path, *, any_ports: bool) -> tuple[list[tuple[int, int]
                     f" documented {default[0]}/{default[1]}: run `{_demo_command(data_dir)}` to"
                     f" reuse it, or remove {data_dir} to start afresh"
                 )
-        for n, (client, federation) in enumerate(DEFAULT_PORTS):
-            for port in (client, federation):
-                if not port_free(port):
-                    movable = existing[n] is None or port == client
-                    raise busy_port_error(port, data_dir, movable=movable)
+        busy = [
+            (port, existing[n] is None or port == client)
+            for n, (client, federation) in enumerate(DEFAULT_PORTS)
+            for port in (client, federation)
+            if not port_free(port)
+        ]
+        if busy:
+            # Name the first; advise what works for all of them.
+            movable = all(can_move for _, can_move in busy)
+            raise busy_port_error(busy[0][0], data_dir, movable=movable)
         return list(DEFAULT_PORTS), []
     taken: set[int] = set()
     plan: list[tuple[int, int]] = []
