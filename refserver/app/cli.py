@@ -6,7 +6,6 @@ See the README's "Command line" section; ``refserver <command> --help`` lists ev
 from __future__ import annotations
 
 import argparse
-import contextlib
 import getpass
 import sys
 import time
@@ -44,8 +43,29 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="path of the config file (instead of --data-dir)")
 
 
+def _prepare_directory(path: Path, flag: str) -> str | None:
+    """Create ``path`` (and its parents); an error line naming the path, or None."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        return f"{path} is a file, not a directory: give {flag} a directory path"
+    except NotADirectoryError:
+        parent = next((p for p in path.parents if p.is_file()), path.parent)
+        return f"cannot create {path}: {parent} is a file; give {flag} a path under a directory"
+    except OSError as exc:
+        return f"cannot create {path}: {exc.strerror}"
+    return None
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir)
+    if args.client_port == args.federation_port:
+        print(
+            f"error: --client-port and --federation-port are both {args.client_port};"
+            " give each listener its own port",
+            file=sys.stderr,
+        )
+        return 1
     config_path = data_dir / CONFIG_FILE
     key_path = data_dir / "signing.key"
     if args.keep_existing and key_path.exists() and config_path.exists():
@@ -68,8 +88,16 @@ def cmd_init(args: argparse.Namespace) -> int:
     )
     try:
         parse_config(text, base_dir=data_dir)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for directory, flag in ((data_dir, "--data-dir"), (ca_dir, "--ca-dir")):
+        if (problem := _prepare_directory(directory, flag)) is not None:
+            print(f"error: {problem}", file=sys.stderr)
+            return 1
+    try:
         key = generate_key_file(key_path)
-    except (ConfigError, KeyFileError) as exc:
+    except KeyFileError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     ca = load_or_create_ca(ca_dir)
@@ -85,13 +113,21 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from refserver.app.main import configure_logging, serve
+    from refserver.app.main import PortInUse, StartupError, configure_logging, serve
 
-    config = load_config(_config_path(args))
+    config_path = _config_path(args)
+    config = load_config(config_path)
     configure_logging(config.server.log_level)
     try:
         trio.run(serve, config)
-    except KeyFileError as exc:
+    except PortInUse as exc:
+        print(
+            f"error: port {exc.port} is in use (another refserver running?): stop it,"
+            f" or change [{exc.section}] port in {config_path}",
+            file=sys.stderr,
+        )
+        return 1
+    except (KeyFileError, StartupError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -158,17 +194,25 @@ def cmd_rotate_key(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from refserver.app.demo import run_demo
+    from refserver.app.demo_setup import DemoError
 
     data_dir = Path(args.data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    # Ctrl-C during the scene ends the demo without a traceback.
-    with contextlib.suppress(KeyboardInterrupt):
-        trio.run(
+    if (problem := _prepare_directory(data_dir, "--data-dir")) is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 1
+    try:
+        return trio.run(
             partial(
-                run_demo, data_dir, exit_after_setup=args.exit_after_setup, any_ports=args.any_ports
+                run_demo,
+                data_dir,
+                exit_after_setup=args.exit_after_setup,
+                any_ports=args.any_ports,
+                timeout_s=args.timeout,
             )
         )
-    return 0
+    except DemoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -214,7 +258,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--exit-after-setup", action="store_true", help="stop once the scene has run")
     p.add_argument(
-        "--any-ports", action="store_true", help="use free ports instead of 8008/8448, 8009/8449"
+        "--any-ports",
+        action="store_true",
+        help="use free ports instead of 8008/8448, 8009/8449 (an existing DIR keeps its"
+        " federation ports: they are part of the server names)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=20.0,
+        metavar="SECONDS",
+        help="how long to wait for each delivery before the demo fails (default 20)",
     )
     p.set_defaults(func=cmd_demo)
 
@@ -226,6 +280,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Exit status after Ctrl-C, as shells report a process ended by SIGINT (128 + 2).
+EXIT_INTERRUPTED = 130
+
+
+def _only_keyboard_interrupts(exc: BaseException) -> bool:
+    """True for KeyboardInterrupt, also when Trio delivers it inside an ExceptionGroup."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only_keyboard_interrupts(e) for e in exc.exceptions)
+    return isinstance(exc, KeyboardInterrupt)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -233,6 +298,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except BaseException as exc:
+        if not _only_keyboard_interrupts(exc):
+            raise
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -251,6 +251,11 @@ def parse_config(text: str, *, base_dir: Path) -> Config:
     for port in (config.client.port, config.federation.port):
         if not 0 <= port < 65536:
             raise ConfigError(f"invalid port {port}")
+    if config.client.port == config.federation.port != 0:
+        raise ConfigError(
+            f"[client] port and [federation] port are both {config.client.port};"
+            " each listener needs its own port"
+        )
     return config
 
 
@@ -298,6 +303,13 @@ def load_config(path: Path) -> Config:
         text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"config file {path} not found (run `refserver init`)") from None
+    except IsADirectoryError:
+        raise ConfigError(
+            f"{path} is a directory, not a config file: give --config"
+            f" {path / 'refserver.toml'}, or --data-dir {path}"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     return parse_config(text, base_dir=path.resolve().parent)
 
 

@@ -6,15 +6,24 @@ room and invites bob, bob joins over federation, and messages go both ways. Ever
 federation request either server makes is printed as it happens. The result is written to
 ``DIR/demo.json``; the servers keep running until Ctrl-C (or stop after setup with
 ``--exit-after-setup``).
+
+Every claim the demo prints is something it observed: a delivery is reported only once the
+receiving user's ``/sync`` showed it, and a delivery that does not show within the timeout
+ends the demo with exit status 1, saying what was expected and what was seen.
+
+Ports and instance directories: :mod:`refserver.app.demo_setup`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import re
 import signal
-import socket
+import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -23,59 +32,57 @@ from typing import Any
 import httpx
 import trio
 
-from refserver.app.config import Config, load_config, parse_config, render_config
-from refserver.app.main import serve
-from refserver.crypto.keys import generate_key_file
-from refserver.federation.tls import CA_CERT, issue_certificate, load_or_create_ca
-from refserver.types import JsonDict
+from refserver.app.config import Config
+from refserver.app.demo_setup import DemoError, busy_port_error, plan_ports, prepare_instance
+from refserver.app.main import PortInUse, StartupError, serve
+from refserver.types import JsonDict, JsonValue
 
-#: Default ports: hs1 client 8008 / federation 8448, hs2 client 8009 / federation 8449.
-DEFAULT_PORTS = ((8008, 8448), (8009, 8449))
 PASSWORD = "demo-password"
+#: Default seconds to wait for each delivery (``--timeout``). MSC4259 sending waits up to
+#: ``custom_max_delay_s`` (10 s) for custom fields, so 20 s leaves room on a slow machine.
+DEFAULT_TIMEOUT_S = 20.0
+#: Longest single /sync long-poll, in milliseconds.
+SYNC_POLL_MS = 10_000
+#: Exit status when Ctrl-C interrupts the scene (128 + SIGINT, as a shell reports it).
+EXIT_INTERRUPTED = 130
+#: The MSC4429 profile fields bob's /sync asks for.
+PROFILE_FIELDS = ("displayname", "m.tz", "org.example.status")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def prepare_instance(
-    data_dir: Path, ca_dir: Path, client_port: int, federation_port: int
-) -> Config:
-    """Create (or reuse) an instance directory, as ``refserver init`` would."""
-    config_path = data_dir / "refserver.toml"
-    if not config_path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
-        server_name = f"localhost:{federation_port}"
-        text = render_config(
-            server_name=server_name,
-            client_port=client_port,
-            federation_port=federation_port,
-            trusted_ca_files=(str((ca_dir / CA_CERT).resolve()),),
-        )
-        parse_config(text, base_dir=data_dir)
-        if not (data_dir / "signing.key").exists():
-            generate_key_file(data_dir / "signing.key")
-        issue_certificate(load_or_create_ca(ca_dir), data_dir / "tls.crt", data_dir / "tls.key")
-        config_path.write_text(text)
-    return load_config(config_path)
+# -- narration --------------------------------------------------------------------------------
 
 
 class Narrator(logging.Handler):
-    """Prints each outbound federation request (logged by ``federation.client``)."""
+    """Prints federation log lines with the servers called hs1 and hs2.
+
+    A server name stands alone in these lines (``localhost:8448 → localhost:8449``); inside
+    user IDs it follows ``:`` and in URLs it is percent-encoded, so those stay as they are.
+    """
+
+    def __init__(self, labels: dict[str, str], *, only: Callable[[str], bool] | None = None):
+        super().__init__()
+        names = "|".join(re.escape(name) for name in sorted(labels, key=len, reverse=True))
+        self._pattern = re.compile(rf"(?<![\w:@%.])({names})(?![\w.:])")
+        self._labels = labels
+        self._only = only
 
     def emit(self, record: logging.LogRecord) -> None:
-        print(f"      ⇢ {record.getMessage()}", flush=True)
+        message = record.getMessage()
+        if self._only is not None and not self._only(message):
+            return
+        labelled = self._pattern.sub(lambda m: self._labels[m.group(1)], message)
+        print(f"      ⇢ {labelled}", flush=True)
+
+
+def _is_edu_line(message: str) -> bool:
+    return message.startswith("profile EDU") or "join-time" in message
+
+
+def _json(value: JsonValue) -> str:
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+# -- client calls -----------------------------------------------------------------------------
 
 
 @dataclass
@@ -85,22 +92,24 @@ class DemoUser:
     device_id: str
     server_name: str
     client_url: str
+    #: hs1 or hs2, for the narration.
+    label: str
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.access_token}"}
 
 
-async def _account(
-    http: httpx.AsyncClient, client_url: str, server_name: str, name: str
-) -> DemoUser:
+async def _account(http: httpx.AsyncClient, config: Config, label: str, name: str) -> DemoUser:
     """Register ``name`` (or log in, when the demo data already exists)."""
-    base = f"{client_url}/_matrix/client/v3"
-    r = await http.post(
+    base = f"{config.client_base_url}/_matrix/client/v3"
+    r = await _http(
+        http.post,
         f"{base}/register",
         json={"username": name, "password": PASSWORD, "auth": {"type": "m.login.dummy"}},
     )
     if r.status_code != 200:
-        r = await http.post(
+        r = await _http(
+            http.post,
             f"{base}/login",
             json={
                 "type": "m.login.password",
@@ -108,147 +117,230 @@ async def _account(
                 "password": PASSWORD,
             },
         )
-    r.raise_for_status()
+    if r.status_code != 200:
+        raise DemoError(f"neither register nor login worked for {name} on {label}: {r.text}")
     body = r.json()
     return DemoUser(
-        body["user_id"], body["access_token"], body["device_id"], server_name, client_url
+        body["user_id"],
+        body["access_token"],
+        body["device_id"],
+        config.server.server_name,
+        config.client_base_url,
+        label,
     )
+
+
+async def _http(
+    send: Callable[..., Awaitable[httpx.Response]], url: str, **kw: Any
+) -> httpx.Response:
+    try:
+        return await send(url, **kw)
+    except httpx.HTTPError as exc:
+        raise DemoError(f"{url}: {type(exc).__name__}: {exc}") from None
 
 
 async def _call(
     http: httpx.AsyncClient, user: DemoUser, method: str, path: str, **kw: Any
 ) -> JsonDict:
-    r = await http.request(
-        method, f"{user.client_url}/_matrix/client/v3{path}", headers=user.headers(), **kw
-    )
+    url = f"{user.client_url}/_matrix/client/v3{path}"
+    r = await _http(partial(http.request, method), url, headers=user.headers(), **kw)
     if r.status_code != 200:
-        raise RuntimeError(f"{method} {path} as {user.user_id}: {r.status_code} {r.text}")
+        raise DemoError(
+            f"{method} {path} as {user.user_id} on {user.label}: {r.status_code} {r.text}"
+        )
     result: JsonDict = r.json()
     return result
 
 
+async def _sync(
+    http: httpx.AsyncClient,
+    user: DemoUser,
+    *,
+    since: str | None,
+    timeout_ms: int,
+    sync_filter: str | None = None,
+) -> JsonDict:
+    params = {"timeout": str(timeout_ms)}
+    if since is not None:
+        params["since"] = since
+    if sync_filter is not None:
+        params["filter"] = sync_filter
+    return await _call(http, user, "GET", "/sync", params=params, timeout=timeout_ms / 1000 + 10)
+
+
+def _timeline_bodies(sync: JsonDict, room_id: str) -> list[str]:
+    room = sync.get("rooms", {}).get("join", {}).get(room_id, {})
+    events = room.get("timeline", {}).get("events", [])
+    return [str(e.get("content", {}).get("body")) for e in events if "body" in e.get("content", {})]
+
+
 async def _wait_for_message(
-    http: httpx.AsyncClient, user: DemoUser, room_id: str, body: str
+    http: httpx.AsyncClient,
+    user: DemoUser,
+    room_id: str,
+    body: str,
+    *,
+    since: str,
+    timeout_s: float,
 ) -> float:
-    """Long-poll ``user``'s /sync until ``body`` arrives; return the seconds it took."""
+    """Long-poll ``user``'s /sync from ``since`` until ``body`` arrives; seconds it took."""
     started = time.monotonic()
-    since = (await _call(http, user, "GET", "/sync", params={"timeout": "0"}))["next_batch"]
-    while time.monotonic() - started < 30:
-        if await _has_message(http, user, room_id, body):
-            return time.monotonic() - started
-        sync = await _call(
-            http, user, "GET", "/sync", params={"since": since, "timeout": "5000"}, timeout=15
-        )
-        since = sync["next_batch"]
-        events = (
-            sync.get("rooms", {})
-            .get("join", {})
-            .get(room_id, {})
-            .get("timeline", {})
-            .get("events", [])
-        )
-        if any(e.get("content", {}).get("body") == body for e in events):
-            return time.monotonic() - started
-    raise RuntimeError(f"{user.user_id} never saw {body!r}")
-
-
-async def _has_message(http: httpx.AsyncClient, user: DemoUser, room_id: str, body: str) -> bool:
-    page = await _call(
-        http, user, "GET", f"/rooms/{room_id}/messages", params={"dir": "b", "limit": "20"}
+    seen: list[str] = []
+    with trio.move_on_after(timeout_s):
+        while True:
+            sync = await _sync(http, user, since=since, timeout_ms=SYNC_POLL_MS)
+            since = sync["next_batch"]
+            bodies = _timeline_bodies(sync, room_id)
+            if body in bodies:
+                return time.monotonic() - started
+            seen += bodies
+    raise DemoError(
+        f"{user.user_id}'s /sync on {user.label} did not show the message {body!r} within"
+        f" {timeout_s:g} s; it showed {len(seen)} other message(s) in the room: {seen}"
     )
-    return any(e.get("content", {}).get("body") == body for e in page.get("chunk", []))
 
 
-async def run_demo(data_dir: Path, *, exit_after_setup: bool, any_ports: bool) -> None:
-    ports = list(DEFAULT_PORTS)
-    if any_ports or not all(_port_free(p) for pair in ports for p in pair):
-        ports = [(_free_port(), _free_port()), (_free_port(), _free_port())]
-    ca_dir = data_dir / "ca"
-    configs = [
-        prepare_instance(data_dir / f"hs{n + 1}", ca_dir, client, fed)
-        for n, (client, fed) in enumerate(ports)
-    ]
-    log_file = logging.FileHandler(data_dir / "demo.log")
-    log_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.INFO, handlers=[log_file], force=True)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.getLogger("refserver.federation.client").addHandler(Narrator())
-    logging.getLogger("refserver.profiles.federation").addHandler(EduNarrator())
+# -- the MSC4259 / MSC4429 scene --------------------------------------------------------------
 
-    stop = trio.Event()
-    async with trio.open_nursery() as nursery:
-        for n, config in enumerate(configs):
-            await nursery.start(partial(serve, config, stop=stop))
-            print(
-                f"hs{n + 1}: {config.server.server_name}  client {config.client_base_url}"
-                f"  federation https://{config.federation.bind}:{config.federation.port}"
+
+def profile_changes(current: JsonDict, clock: str) -> list[tuple[str, JsonValue]]:
+    """alice's three edits, each different from her current value, so every one of them
+    has to travel (a re-run on existing data must not "see" a value that was already there).
+
+    ``clock`` (HH:MM:SS) makes the status fresh on every run.
+    """
+
+    def first_new(*candidates: JsonValue) -> JsonValue:
+        return next(c for c in candidates if c != current.get(field))
+
+    changes: list[tuple[str, JsonValue]] = []
+    field = "m.tz"
+    changes.append((field, first_new("Europe/London", "America/New_York")))
+    field = "org.example.status"
+    status = f"writing the MSC4259 reference ({clock})"
+    changes.append((field, first_new({"text": status, "emoji": "📝"}, {"text": status + " …"})))
+    field = "displayname"
+    changes.append((field, first_new("Alice (hs1)", "Alice on hs1")))
+    return changes
+
+
+def _profile_updates(users: JsonDict, user_id: str) -> JsonDict:
+    entry = users.get(user_id)
+    updates = entry.get("profile_updates") if isinstance(entry, dict) else None
+    return updates if isinstance(updates, dict) else {}
+
+
+@dataclass
+class Delivery:
+    """What bob's /sync showed for one of alice's edits."""
+
+    field: str
+    value: JsonValue
+    #: The ``users`` section of the /sync response that carried the new value.
+    users: JsonDict
+    elapsed_ms: int
+
+
+async def _wait_for_profile_field(
+    http: httpx.AsyncClient,
+    bob: DemoUser,
+    alice: DemoUser,
+    *,
+    sync_filter: str,
+    since: str,
+    field: str,
+    value: JsonValue,
+    timeout_s: float,
+    hint: str,
+) -> tuple[Delivery, str]:
+    """Long-poll bob's /sync (MSC4429 filter) until alice's ``field`` shows ``value``."""
+    started = time.monotonic()
+    seen: list[JsonDict] = []
+    responses = 0
+    with trio.move_on_after(timeout_s):
+        while True:
+            sync = await _sync(
+                http, bob, since=since, timeout_ms=SYNC_POLL_MS, sync_filter=sync_filter
             )
-        try:
-            await _scenario(data_dir, configs)
-        except BaseException:
-            stop.set()
-            raise
-        if exit_after_setup:
-            print("set up; stopping (--exit-after-setup)")
-            stop.set()
-        else:
-            details = data_dir / "demo.json"
-            print(f"\nBoth servers keep running; details in {details}. Ctrl-C stops them.")
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for _ in signals:
-                    break
-            stop.set()
+            responses += 1
+            since = sync["next_batch"]
+            users = sync.get("users")
+            if not isinstance(users, dict) or not users:
+                continue
+            seen.append(users)
+            updates = _profile_updates(users, alice.user_id)
+            if field in updates and updates[field] == value:
+                elapsed_ms = round((time.monotonic() - started) * 1000)
+                return Delivery(field, value, users, elapsed_ms), since
+    expected = {alice.user_id: {"profile_updates": {field: value}}}
+    got = f"users sections {_json(seen)}" if seen else "no users section"
+    raise DemoError(
+        f"bob's /sync on hs2 did not show alice's new {field} within {timeout_s:g} s."
+        f"\n  expected: a users section containing {_json(expected)}"
+        f"\n  seen: {got} ({responses} /sync response(s) in that time)"
+        + (f"\n  {hint}" if hint else "")
+    )
 
 
-class EduNarrator(logging.Handler):
-    """Prints the MSC4259 EDU lines (logged by ``profiles.federation``)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        message = record.getMessage()
-        if message.startswith("profile EDU") or "join-time" in message:
-            print(f"      ⇢ {message}", flush=True)
+def _sending_hint(hs1: Config) -> str:
+    """A fact from hs1's config that explains a missing delivery, if there is one."""
+    config_file = hs1.base_dir / "refserver.toml"
+    if not hs1.msc4259.enabled:
+        return f"{config_file} has [msc4259] enabled = false, so hs1 sends no profile EDUs"
+    if hs1.msc4259.local_only_fields:
+        fields = ", ".join(hs1.msc4259.local_only_fields)
+        return f"{config_file} keeps these fields local ([msc4259] local_only_fields): {fields}"
+    return ""
 
 
 async def _msc4259_scene(
-    http: httpx.AsyncClient, hs1: Config, hs2: Config, alice: DemoUser, bob: DemoUser, room_id: str
-) -> None:
-    """bob syncs with the MSC4429 filter; alice changes m.tz, a custom field and her
-    displayname; each change travels as an MSC4259 EDU and shows in bob's /sync."""
-    print("\n5. MSC4259: bob (hs2) syncs with the MSC4429 filter; alice (hs1) edits her profile")
-    fields = ["displayname", "m.tz", "org.example.status"]
-    sync_filter = json.dumps({"org.matrix.msc4429.profile_fields": {"ids": fields}})
-    first = await _call(http, bob, "GET", "/sync", params={"filter": sync_filter, "timeout": "0"})
-    since = first["next_batch"]
-    # Warm hs2's cache with one federation query, so later reads show the EDU effect.
-    await _call(http, bob, "GET", f"/profile/{alice.user_id}")
-    changes: list[tuple[str, object]] = [
-        ("m.tz", "Europe/London"),
-        ("org.example.status", {"text": "writing the MSC4259 reference", "emoji": "📝"}),
-        ("displayname", "Alice (hs1)"),
-    ]
-    for field, value in changes:
-        print(f"   alice sets {field} = {json.dumps(value, ensure_ascii=False)}")
-        started = time.monotonic()
-        await _call(http, alice, "PUT", f"/profile/{alice.user_id}/{field}", json={field: value})
-        deadline = started + 30
-        seen = None
-        while time.monotonic() < deadline and seen != value:
-            sync = await _call(
-                http,
-                bob,
-                "GET",
-                "/sync",
-                params={"filter": sync_filter, "since": since, "timeout": "10000"},
-                timeout=20,
-            )
-            since = sync["next_batch"]
-            updates = (sync.get("users") or {}).get(alice.user_id) or {}
-            seen = (updates.get("profile_updates") or {}).get(field, seen)
-        took = (time.monotonic() - started) * 1000
-        print(f"   bob's /sync users section showed it after {took:.0f} ms")
+    http: httpx.AsyncClient,
+    hs1: Config,
+    hs2: Config,
+    alice: DemoUser,
+    bob: DemoUser,
+    *,
+    timeout_s: float,
+) -> tuple[str, list[Delivery]]:
+    """alice (hs1) edits m.tz, a custom field and her displayname; each edit must reach
+    bob's /sync on hs2 (MSC4429 ``users`` section), carried there by MSC4259 EDUs."""
+    print(
+        "\n5. MSC4259 + MSC4429: alice edits her profile on hs1; bob's /sync on hs2 asks for"
+        f" {', '.join(PROFILE_FIELDS)}"
+    )
+    sync_filter = json.dumps({"org.matrix.msc4429.profile_fields": {"ids": list(PROFILE_FIELDS)}})
+    # One profile read first, so hs2 holds a complete cached copy of alice's profile (a
+    # federation query on the first run, a cache hit later); after this, only EDUs change it.
     cached = await _call(http, bob, "GET", f"/profile/{alice.user_id}")
-    print(f"   hs2's cached profile of alice: {json.dumps(cached, ensure_ascii=False)}")
-    metrics = (await http.get(f"{hs2.client_base_url}/metrics")).text
+    print(f"   bob reads alice's profile on hs2: {_json(cached)}")
+    first = await _sync(http, bob, since=None, timeout_ms=0, sync_filter=sync_filter)
+    since = first["next_batch"]
+    print(f"   bob's first /sync, users section: {_json(first.get('users') or {})}")
+    current = await _call(http, alice, "GET", f"/profile/{alice.user_id}")
+    deliveries: list[Delivery] = []
+    hint = _sending_hint(hs1)
+    for field, value in profile_changes(current, time.strftime("%H:%M:%S")):
+        print(f"   alice sets {field} = {_json(value)} on hs1")
+        await _call(http, alice, "PUT", f"/profile/{alice.user_id}/{field}", json={field: value})
+        delivery, since = await _wait_for_profile_field(
+            http,
+            bob,
+            alice,
+            sync_filter=sync_filter,
+            since=since,
+            field=field,
+            value=value,
+            timeout_s=timeout_s,
+            hint=hint,
+        )
+        deliveries.append(delivery)
+        print(
+            f"   bob's /sync on hs2, {delivery.elapsed_ms} ms later:"
+            f' "users": {_json(delivery.users)}'
+        )
+    cached = await _call(http, bob, "GET", f"/profile/{alice.user_id}")
+    print(f"   hs2's cached profile of alice: {_json(cached)}")
+    metrics = (await _http(http.get, f"{hs2.client_base_url}/metrics")).text
     for line in metrics.splitlines():
         if line.startswith(
             (
@@ -258,18 +350,19 @@ async def _msc4259_scene(
             )
         ):
             print(f"   hs2 metric {line}")
+    return sync_filter, deliveries
 
 
-async def _scenario(data_dir: Path, configs: list[Config]) -> None:
+async def _scenario(data_dir: Path, configs: list[Config], *, timeout_s: float) -> None:
     hs1, hs2 = configs
     async with httpx.AsyncClient(timeout=30, trust_env=False) as http:
         print("\n1. Accounts: alice on hs1, bob on hs2")
-        alice = await _account(http, hs1.client_base_url, hs1.server.server_name, "alice")
-        bob = await _account(http, hs2.client_base_url, hs2.server.server_name, "bob")
-        print(f"   {alice.user_id}, {bob.user_id}")
+        alice = await _account(http, hs1, "hs1", "alice")
+        bob = await _account(http, hs2, "hs2", "bob")
+        print(f"   {alice.user_id} (hs1), {bob.user_id} (hs2)")
 
         print(
-            "\n2. alice creates a room (room version 12) and invites bob;"
+            "\n2. alice creates a room (room version 12) on hs1 and invites bob;"
             " hs2 must co-sign the invite"
         )
         room_id = (
@@ -284,41 +377,45 @@ async def _scenario(data_dir: Path, configs: list[Config]) -> None:
         print(f"   room {room_id}")
         await _call(http, alice, "POST", f"/rooms/{room_id}/invite", json={"user_id": bob.user_id})
 
-        print("\n3. bob joins over federation (make_join, then send_join to hs1)")
+        print("\n3. bob joins over federation: hs2 asks hs1 (make_join, then send_join)")
         await _call(
             http, bob, "POST", f"/join/{room_id}", params={"via": hs1.server.server_name}, json={}
         )
 
         print("\n4. Messages both ways (each server sends a transaction to the other)")
-        await _call(
-            http,
-            alice,
-            "PUT",
-            f"/rooms/{room_id}/send/m.room.message/demo1",
-            json={"msgtype": "m.text", "body": "Hello bob, from hs1"},
-        )
-        took = await _wait_for_message(http, bob, room_id, "Hello bob, from hs1")
-        print(f"   bob's /sync showed alice's message after {took * 1000:.0f} ms")
-        await _call(
-            http,
-            bob,
-            "PUT",
-            f"/rooms/{room_id}/send/m.room.message/demo2",
-            json={"msgtype": "m.text", "body": "Hi alice, from hs2"},
-        )
-        took = await _wait_for_message(http, alice, room_id, "Hi alice, from hs2")
-        print(f"   alice's /sync showed bob's message after {took * 1000:.0f} ms")
+        for sender, receiver, txn, body in (
+            (alice, bob, "demo1", "Hello bob, from hs1"),
+            (bob, alice, "demo2", "Hi alice, from hs2"),
+        ):
+            since = (await _sync(http, receiver, since=None, timeout_ms=0))["next_batch"]
+            await _call(
+                http,
+                sender,
+                "PUT",
+                f"/rooms/{room_id}/send/m.room.message/{txn}",
+                json={"msgtype": "m.text", "body": body},
+            )
+            took = await _wait_for_message(
+                http, receiver, room_id, body, since=since, timeout_s=timeout_s
+            )
+            print(
+                f"   {receiver.user_id.split(':')[0][1:]}'s /sync on {receiver.label} showed"
+                f" {body!r} after {took * 1000:.0f} ms"
+            )
 
-        await _msc4259_scene(http, hs1, hs2, alice, bob, room_id)
+        sync_filter, deliveries = await _msc4259_scene(
+            http, hs1, hs2, alice, bob, timeout_s=timeout_s
+        )
 
         demo = {
             "servers": [
                 {
+                    "name": f"hs{n + 1}",
                     "server_name": c.server.server_name,
                     "client_url": c.client_base_url,
                     "federation_url": f"https://{c.federation.bind}:{c.federation.port}",
                 }
-                for c in configs
+                for n, c in enumerate(configs)
             ],
             "users": [
                 {
@@ -330,6 +427,110 @@ async def _scenario(data_dir: Path, configs: list[Config]) -> None:
                 for u in (alice, bob)
             ],
             "room_id": room_id,
+            # What bob's /sync showed for each of alice's edits (MSC4429 users section).
+            "sync_filter": json.loads(sync_filter),
+            "profile_deliveries": [dataclasses.asdict(d) for d in deliveries],
         }
-        (data_dir / "demo.json").write_text(json.dumps(demo, indent=2) + "\n")
+        (data_dir / "demo.json").write_text(json.dumps(demo, indent=2, ensure_ascii=False) + "\n")
         print(f"\nwrote {data_dir / 'demo.json'}")
+
+
+# -- the run ----------------------------------------------------------------------------------
+
+
+def _setup_logging(data_dir: Path, configs: list[Config]) -> None:
+    log_file = logging.FileHandler(data_dir / "demo.log")
+    log_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[log_file], force=True)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    labels = {c.server.server_name: f"hs{n + 1}" for n, c in enumerate(configs)}
+    logging.getLogger("refserver.federation.client").addHandler(Narrator(labels))
+    logging.getLogger("refserver.profiles.federation").addHandler(
+        Narrator(labels, only=_is_edu_line)
+    )
+
+
+async def run_demo(
+    data_dir: Path,
+    *,
+    exit_after_setup: bool,
+    any_ports: bool,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> int:
+    """Run the demo; the exit status: 0 done, 1 a step failed (printed), 130 Ctrl-C.
+
+    Raises :class:`DemoError` when it cannot start (a busy port, unusable data).
+    """
+    ports, notes = plan_ports(data_dir, any_ports=any_ports)
+    ca_dir = data_dir / "ca"
+    configs = [
+        prepare_instance(data_dir / f"hs{n + 1}", ca_dir, client, federation)
+        for n, (client, federation) in enumerate(ports)
+    ]
+    for note in notes:
+        print(note)
+    _setup_logging(data_dir, configs)
+
+    stop = trio.Event()
+    outcome = _Outcome()
+    async with trio.open_nursery() as nursery:
+        body = trio.CancelScope()
+        watcher = trio.CancelScope()
+        nursery.start_soon(partial(_cancel_on_signal, body, watcher, outcome))
+        with body:
+            try:
+                await _start_servers(nursery, configs, stop)
+                await _scenario(data_dir, configs, timeout_s=timeout_s)
+            except PortInUse as exc:
+                # Free a moment ago (plan_ports), taken since: a race with another program.
+                outcome.fatal = busy_port_error(exc.port, data_dir, movable=exc.section == "client")
+            except StartupError as exc:
+                outcome.fatal = DemoError(str(exc))
+            except DemoError as exc:
+                print(f"\nerror: {exc}", file=sys.stderr, flush=True)
+                outcome.status = 1
+            else:
+                outcome.running = True
+                if exit_after_setup:
+                    print("set up; stopping (--exit-after-setup)")
+                else:
+                    details = data_dir / "demo.json"
+                    print(f"\nBoth servers keep running; details in {details}. Ctrl-C stops them.")
+                    await trio.sleep_forever()
+        stop.set()
+        watcher.cancel()
+    if outcome.fatal is not None:
+        raise outcome.fatal
+    return outcome.status
+
+
+async def _start_servers(nursery: trio.Nursery, configs: list[Config], stop: trio.Event) -> None:
+    for n, config in enumerate(configs):
+        await nursery.start(partial(serve, config, stop=stop))
+        print(
+            f"hs{n + 1}: {config.server.server_name}  client {config.client_base_url}"
+            f"  federation https://{config.federation.bind}:{config.federation.port}"
+        )
+
+
+@dataclass
+class _Outcome:
+    #: The exit status so far.
+    status: int = 0
+    #: True once the scene has finished: Ctrl-C then is the normal way to stop.
+    running: bool = False
+    #: A failure to start, raised once the servers have stopped.
+    fatal: DemoError | None = None
+
+
+async def _cancel_on_signal(
+    body: trio.CancelScope, watcher: trio.CancelScope, outcome: _Outcome
+) -> None:
+    """SIGINT/SIGTERM: stop the scene (status 130) or, once set up, end normally (0)."""
+    with watcher, trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            if not outcome.running:
+                outcome.status = EXIT_INTERRUPTED
+                print("\ninterrupted; stopping both servers", file=sys.stderr, flush=True)
+            body.cancel()
+            return

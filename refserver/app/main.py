@@ -7,13 +7,19 @@ root nursery is cancelled and the database closed.
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
+import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 
 import trio
 from hypercorn.config import Config as HyperConfig
-from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.config import Sockets
+from hypercorn.trio.run import worker_serve
+from hypercorn.utils import wrap_app
 
 from refserver.app.config import Config
 from refserver.app.wiring import (
@@ -22,13 +28,26 @@ from refserver.app.wiring import (
     build_services,
     make_http_client,
 )
-from refserver.crypto.keys import key_id, read_key_file
+from refserver.crypto.keys import SigningKey, key_id, read_key_file
 from refserver.storage.database import open_database
 
 log = logging.getLogger("refserver")
 
 #: Seconds in-flight requests get to finish after a shutdown signal.
 GRACEFUL_TIMEOUT_S = 1.0
+
+
+class StartupError(Exception):
+    """The server cannot start; the message names the file or setting at fault."""
+
+
+class PortInUse(StartupError):
+    """A listener's port is taken. ``section`` is the config table holding the port."""
+
+    def __init__(self, port: int, section: str) -> None:
+        super().__init__(f"port {port} ([{section}] port) is in use")
+        self.port = port
+        self.section = section
 
 
 def configure_logging(level: str) -> None:
@@ -63,16 +82,79 @@ async def _wait_for_signal(stop: trio.Event) -> None:
             return
 
 
+def _check_tls_files(config: Config, hc: HyperConfig) -> None:
+    """Load the federation certificate and key now, so a bad path is named before any
+    listener starts (ssl's own error names neither file)."""
+    fed = config.federation
+    for path, setting in (
+        (hc.certfile, "tls_certificate_path"),
+        (hc.keyfile, "tls_private_key_path"),
+    ):
+        assert path is not None
+        try:
+            open(path, "rb").close()
+        except OSError as exc:
+            raise StartupError(
+                f"TLS file {path} ([federation] {setting}): {exc.strerror}; run `refserver init`"
+                " for a new instance, or point the setting at your PEM file"
+            ) from None
+    try:
+        hc.create_ssl_context()
+    except ssl.SSLError as exc:
+        raise StartupError(
+            f"cannot use TLS certificate {hc.certfile} with key {hc.keyfile}"
+            f" ([federation] {fed.tls_certificate_path!r}, {fed.tls_private_key_path!r}):"
+            f" {exc.reason or exc}"
+        ) from None
+
+
+def _bind(hc: HyperConfig, *, port: int, section: str) -> Sockets:
+    """Bind and listen the way hypercorn does (SO_REUSEADDR, so TIME-WAIT is no obstacle)."""
+    try:
+        sockets = hc.create_sockets()
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUse(port, section) from None
+        raise StartupError(
+            f"cannot listen on {hc.bind[0]} ([{section}] bind, port): {exc.strerror}"
+        ) from None
+    for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
+        sock.listen(hc.backlog)
+    return sockets
+
+
+@contextmanager
+def _bound(listeners: list[tuple[HyperConfig, int, str]]) -> Iterator[list[Sockets]]:
+    """Bind every listener before serving any: with one port taken, none starts."""
+    bound: list[Sockets] = []
+    try:
+        for hc, port, section in listeners:
+            bound.append(_bind(hc, port=port, section=section))
+        yield bound
+    finally:
+        for sockets in bound:
+            for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
+                sock.close()
+
+
 async def _serve_http(
     app: object,
     hc: HyperConfig,
+    sockets: Sockets,
     *,
     stop: trio.Event,
     done: trio.Event,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     try:
-        await hypercorn_serve(app, hc, shutdown_trigger=stop.wait, task_status=task_status)  # type: ignore[arg-type]
+        # hypercorn.trio.serve, but on sockets bound beforehand (see _bound).
+        await worker_serve(
+            wrap_app(app, hc.wsgi_max_body_size, None),  # type: ignore[arg-type]
+            hc,
+            sockets=sockets,
+            shutdown_trigger=stop.wait,
+            task_status=task_status,  # type: ignore[arg-type]
+        )
     finally:
         done.set()
 
@@ -85,17 +167,48 @@ async def serve(
 ) -> None:
     """Run the homeserver until ``stop`` is set (or SIGINT/SIGTERM when ``stop`` is None).
 
-    ``task_status.started()`` fires once both listeners accept connections.
+    ``task_status.started()`` fires once both listeners accept connections. Raises
+    :class:`StartupError` (before anything starts) when a port is taken or a TLS file is
+    unusable.
     """
     keys = read_key_file(config.resolve(config.server.signing_key_path))
+    fed = config.federation
+    client_hc = _hypercorn_config(config.client.bind, config.client.port)
+    federation_hc = _hypercorn_config(
+        fed.bind,
+        fed.port,
+        certfile=str(config.resolve(fed.tls_certificate_path)),
+        keyfile=str(config.resolve(fed.tls_private_key_path)),
+    )
+    _check_tls_files(config, federation_hc)
+    with _bound(
+        [(client_hc, config.client.port, "client"), (federation_hc, fed.port, "federation")]
+    ) as (client_sockets, federation_sockets):
+        await _serve(
+            config,
+            keys[0],
+            [(client_hc, client_sockets), (federation_hc, federation_sockets)],
+            stop=stop,
+            task_status=task_status,
+        )
+    log.info("refserver stopped")
+
+
+async def _serve(
+    config: Config,
+    signing_key: SigningKey,
+    listeners: list[tuple[HyperConfig, Sockets]],
+    *,
+    stop: trio.Event | None,
+    task_status: trio.TaskStatus[None],
+) -> None:
     fed = config.federation
     async with (
         open_database(config.resolve(config.server.database_path)) as db,
         make_http_client(config) as http,
     ):
-        services = build_services(config, db, keys[0], http)
-        client_app = build_client_app(services)
-        federation_app = build_federation_app(services)
+        services = build_services(config, db, signing_key, http)
+        apps = [build_client_app(services), build_federation_app(services)]
         async with trio.open_nursery() as root:
             if stop is None:
                 stop = trio.Event()
@@ -103,29 +216,8 @@ async def serve(
             await root.start(services.sender.run)
             await root.start(services.remote_profiles.run)
             done = [trio.Event(), trio.Event()]
-            await root.start(
-                partial(
-                    _serve_http,
-                    client_app,
-                    _hypercorn_config(config.client.bind, config.client.port),
-                    stop=stop,
-                    done=done[0],
-                )
-            )
-            await root.start(
-                partial(
-                    _serve_http,
-                    federation_app,
-                    _hypercorn_config(
-                        fed.bind,
-                        fed.port,
-                        certfile=str(config.resolve(fed.tls_certificate_path)),
-                        keyfile=str(config.resolve(fed.tls_private_key_path)),
-                    ),
-                    stop=stop,
-                    done=done[1],
-                )
-            )
+            for app, (hc, sockets), finished in zip(apps, listeners, done, strict=True):
+                await root.start(partial(_serve_http, app, hc, sockets, stop=stop, done=finished))
             log.info(
                 "refserver ready: server_name=%s client_url=%s federation_url=https://%s:%d"
                 " signing_key=%s",
@@ -133,7 +225,7 @@ async def serve(
                 config.client_base_url,
                 fed.bind,
                 fed.port,
-                key_id(keys[0]),
+                key_id(signing_key),
             )
             task_status.started()
             await stop.wait()
@@ -143,4 +235,3 @@ async def serve(
                 for event in done:
                     await event.wait()
             root.cancel_scope.cancel()
-    log.info("refserver stopped")

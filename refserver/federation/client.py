@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 from collections.abc import Sequence
 from urllib.parse import quote, urlencode
 
@@ -50,6 +51,32 @@ class FederationUnreachable(Exception):
         super().__init__(f"{destination} unreachable: {reason}")
         self.destination = destination
         self.reason = reason
+
+
+class UntrustedCertificate(FederationUnreachable):
+    """The destination's TLS certificate was not issued by a CA we trust.
+
+    Server-server API §"TLS": "the destination must present a certificate from a known
+    CA". Between development instances that means a shared CA, so the message names the fix.
+    """
+
+    def __init__(self, destination: str) -> None:
+        reason = (
+            f"certificate of {destination} not trusted: add its CA to [federation]"
+            " trusted_ca_files, or init both with the same --ca-dir"
+        )
+        Exception.__init__(self, reason)
+        self.destination = destination
+        self.reason = reason
+
+
+#: OpenSSL verify results meaning "no trusted CA issued this certificate".
+_UNTRUSTED_ISSUER = {
+    18,  # X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT
+    19,  # X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN
+    20,  # X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY
+    21,  # X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE
+}
 
 
 def path_param(value: str) -> str:
@@ -120,6 +147,10 @@ class FederationClient:
         except trio.TooSlowError:
             raise FederationUnreachable(destination, "timed out") from None
         except (httpx.HTTPError, OSError, ServerResolutionError) as exc:
+            if _untrusted_issuer(exc):
+                untrusted = UntrustedCertificate(destination)
+                log.warning("%s → %s %s %s: %s", self.origin, destination, method, uri, untrusted)
+                raise untrusted from None
             reason = _root_cause(exc)
             log.info(
                 "%s → %s %s %s: unreachable: %s", self.origin, destination, method, uri, reason
@@ -134,6 +165,19 @@ class FederationClient:
         if response.status_code != 200:
             raise FederationError(destination, response.status_code, decoded)
         return decoded
+
+
+def _untrusted_issuer(exc: BaseException) -> bool:
+    """Whether the chain of ``exc`` holds a certificate verification failure of the
+    unknown-issuer kind (not, say, an expired certificate or a name mismatch)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return current.verify_code in _UNTRUSTED_ISSUER
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _root_cause(exc: BaseException) -> str:

@@ -19,6 +19,7 @@ from refserver.errors import (
     M_INVALID_PARAM,
     M_MISSING_PARAM,
     M_NOT_FOUND,
+    M_UNKNOWN,
     MatrixError,
 )
 from refserver.events.builder import build_pdu, finalise_pdu
@@ -83,18 +84,26 @@ class FederationMembership:
     ) -> None:
         """make_join → sign → send_join → check the state and auth chain → store."""
         errors = []
+        refused = False
         for server in [s for s in dict.fromkeys(via) if s != self.server_name]:
             try:
                 await self._join_via(server, user_id, room_id, profile)
                 return
-            except (FederationError, FederationUnreachable, MatrixError) as exc:
+            except FederationUnreachable as exc:
+                # The exception names the server (and for TLS, the fix).
+                log.info("join of %s via %s failed: %s", room_id, server, exc)
+                errors.append(str(exc))
+            except (FederationError, MatrixError) as exc:
                 log.info("join of %s via %s failed: %s", room_id, server, exc)
                 errors.append(f"{server}: {exc}")
-        raise MatrixError(
-            404 if not errors else 403,
-            M_FORBIDDEN if errors else M_NOT_FOUND,
-            "could not join via any server" + (": " + "; ".join(errors) if errors else ""),
-        )
+                refused = True
+        if not errors:
+            raise MatrixError(404, M_NOT_FOUND, "could not join via any server")
+        message = "could not join via any server: " + "; ".join(errors)
+        if refused:
+            raise MatrixError(403, M_FORBIDDEN, message)
+        # No server answered at all: a gateway failure, not a refusal.
+        raise MatrixError(502, M_UNKNOWN, message)
 
     async def _join_via(self, server: str, user_id: str, room_id: str, profile: JsonDict) -> None:
         response = await self._client.request(

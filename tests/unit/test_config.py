@@ -49,6 +49,10 @@ def test_rendered_config_matches_dataclass_defaults() -> None:
         ('[server]\nserver_name = "hs"\n[federation]\nretry_multiplier = 0.5\n', "at least 1"),
         ('[server]\nserver_name = "hs"\nlog_level = "LOUD"\n', "logging level"),
         ('[server]\nserver_name = "hs"\n[msc4259]\nedu_types = ["m.typing"]\n', "unknown EDU type"),
+        (
+            '[server]\nserver_name = "hs"\n[client]\nport = 9000\n[federation]\nport = 9000\n',
+            "both 9000",
+        ),
     ],
 )
 def test_bad_config_is_a_clear_error(text: str, message: str) -> None:
