@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from refserver.crypto.canonical_json import encode_canonical_json
@@ -67,21 +68,51 @@ def current_stream_pos(conn: sqlite3.Connection) -> int:
     return int(row[0] or 0)
 
 
-def get_writes_since(
-    conn: sqlite3.Connection, since: int, *, limit: int = 1000
+#: Users per query: keeps the IN-list far below SQLite's bound on host parameters.
+_USER_CHUNK = 500
+
+
+def latest_writes(
+    conn: sqlite3.Connection,
+    user_ids: Iterable[str],
+    fields: Iterable[str],
+    *,
+    after: int,
+    upto: int,
 ) -> list[ProfileWrite]:
-    rows = conn.execute(
-        "SELECT stream_pos, user_id, field, value_json FROM profile_stream"
-        " WHERE stream_pos > ? ORDER BY stream_pos LIMIT ?",
-        (since, limit),
-    )
-    return [
-        ProfileWrite(
-            stream_pos=row["stream_pos"],
-            user_id=row["user_id"],
-            field=row["field"],
-            value=None if row["value_json"] is None else json.loads(row["value_json"]),
-            removed=row["value_json"] is None,
+    """The newest write of each (user, field) of ``user_ids`` × ``fields`` with
+    ``after < stream_pos <= upto``, in stream order.
+
+    The index on ``(user_id, stream_pos)`` makes the cost depend on the writes of these users
+    in that range only, not on how many other users wrote meanwhile. There is no row cap: the
+    answer has at most one row per (user, field).
+    """
+    users = sorted(set(user_ids))
+    wanted = sorted(set(fields))
+    if not users or not wanted:
+        return []
+    field_marks = ",".join("?" * len(wanted))
+    out: list[ProfileWrite] = []
+    for start in range(0, len(users), _USER_CHUNK):
+        chunk = users[start : start + _USER_CHUNK]
+        user_marks = ",".join("?" * len(chunk))
+        rows = conn.execute(
+            "SELECT s.stream_pos, s.user_id, s.field, s.value_json FROM profile_stream s"
+            " JOIN (SELECT MAX(stream_pos) AS pos FROM profile_stream"
+            f" WHERE user_id IN ({user_marks}) AND field IN ({field_marks})"
+            " AND stream_pos > ? AND stream_pos <= ? GROUP BY user_id, field) latest"
+            " ON s.stream_pos = latest.pos",
+            (*chunk, *wanted, after, upto),
         )
-        for row in rows
-    ]
+        out.extend(
+            ProfileWrite(
+                stream_pos=row["stream_pos"],
+                user_id=row["user_id"],
+                field=row["field"],
+                value=None if row["value_json"] is None else json.loads(row["value_json"]),
+                removed=row["value_json"] is None,
+            )
+            for row in rows
+        )
+    out.sort(key=lambda w: w.stream_pos)
+    return out
