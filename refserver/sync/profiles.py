@@ -102,19 +102,23 @@ def _sharing_changes(
     first: dict[tuple[str, str], str] = {}
     candidates: set[str] = set()
     touched: set[str] = set()
+    own_rooms: dict[str, bool] = {}  # room → did we leave it (or get banned) since the token
     for change in changes:
         first.setdefault((change.room_id, change.user_id), change.event_id)
+        left = change.membership in ("leave", "ban")
         if change.user_id == user_id:
-            # Our own membership changed: everyone in that room may have come or gone.
-            members = {m.user_id for m in room_store.get_members(conn, change.room_id)}
-            candidates |= members
-            if change.membership in ("leave", "ban"):
-                touched |= members
-        elif change.membership in ("leave", "ban"):
+            own_rooms[change.room_id] = own_rooms.get(change.room_id, False) or left
+        elif left:
             # Only someone who left can have stopped sharing (an invitee never shared).
             touched.add(change.user_id)
         elif change.membership == "join":
             candidates.add(change.user_id)
+    for room_id, we_left in own_rooms.items():
+        # Our own membership changed: everyone in that room may have come or gone.
+        members = {m.user_id for m in room_store.get_members(conn, room_id)}
+        candidates |= members
+        if we_left:
+            touched |= members
 
     def joined_at_since(m: room_store.Membership) -> bool:
         if m.stream_ordering <= since.events:
