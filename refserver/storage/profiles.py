@@ -68,8 +68,10 @@ def current_stream_pos(conn: sqlite3.Connection) -> int:
     return int(row[0] or 0)
 
 
-#: Users per query: keeps the IN-list far below SQLite's bound on host parameters.
+#: Users and fields per query: together they stay below SQLite's historical bound of 999
+#: host parameters (a filter may ask for any number of fields).
 _USER_CHUNK = 500
+_FIELD_CHUNK = 200
 
 
 def latest_writes(
@@ -89,30 +91,42 @@ def latest_writes(
     """
     users = sorted(set(user_ids))
     wanted = sorted(set(fields))
-    if not users or not wanted:
-        return []
-    field_marks = ",".join("?" * len(wanted))
     out: list[ProfileWrite] = []
-    for start in range(0, len(users), _USER_CHUNK):
-        chunk = users[start : start + _USER_CHUNK]
-        user_marks = ",".join("?" * len(chunk))
-        rows = conn.execute(
-            "SELECT s.stream_pos, s.user_id, s.field, s.value_json FROM profile_stream s"
-            " JOIN (SELECT MAX(stream_pos) AS pos FROM profile_stream"
-            f" WHERE user_id IN ({user_marks}) AND field IN ({field_marks})"
-            " AND stream_pos > ? AND stream_pos <= ? GROUP BY user_id, field) latest"
-            " ON s.stream_pos = latest.pos",
-            (*chunk, *wanted, after, upto),
-        )
-        out.extend(
-            ProfileWrite(
-                stream_pos=row["stream_pos"],
-                user_id=row["user_id"],
-                field=row["field"],
-                value=None if row["value_json"] is None else json.loads(row["value_json"]),
-                removed=row["value_json"] is None,
+    for u in range(0, len(users), _USER_CHUNK):
+        for f in range(0, len(wanted), _FIELD_CHUNK):
+            out.extend(
+                _latest_writes(
+                    conn,
+                    users[u : u + _USER_CHUNK],
+                    wanted[f : f + _FIELD_CHUNK],
+                    after=after,
+                    upto=upto,
+                )
             )
-            for row in rows
-        )
     out.sort(key=lambda w: w.stream_pos)
     return out
+
+
+def _latest_writes(
+    conn: sqlite3.Connection, users: list[str], fields: list[str], *, after: int, upto: int
+) -> list[ProfileWrite]:
+    user_marks = ",".join("?" * len(users))
+    field_marks = ",".join("?" * len(fields))
+    rows = conn.execute(
+        "SELECT s.stream_pos, s.user_id, s.field, s.value_json FROM profile_stream s"
+        " JOIN (SELECT MAX(stream_pos) AS pos FROM profile_stream"
+        f" WHERE user_id IN ({user_marks}) AND field IN ({field_marks})"
+        " AND stream_pos > ? AND stream_pos <= ? GROUP BY user_id, field) latest"
+        " ON s.stream_pos = latest.pos",
+        (*users, *fields, after, upto),
+    )
+    return [
+        ProfileWrite(
+            stream_pos=row["stream_pos"],
+            user_id=row["user_id"],
+            field=row["field"],
+            value=None if row["value_json"] is None else json.loads(row["value_json"]),
+            removed=row["value_json"] is None,
+        )
+        for row in rows
+    ]
