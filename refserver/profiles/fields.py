@@ -66,6 +66,15 @@ def check_value(key_name: str, value: JsonValue) -> None:
         raise ProfileFieldError("M_BAD_JSON", "m.tz must be a string (an IANA time zone name)")
 
 
+def same_value(a: JsonValue, b: JsonValue) -> bool:
+    """Whether two profile values are the same JSON value.
+
+    Compares canonical JSON (appendices "Canonical JSON"), not Python values: Python has
+    ``1 == True`` and ``0 == False`` (also inside lists and objects), JSON does not.
+    """
+    return encode_canonical_json(a) == encode_canonical_json(b)
+
+
 @dataclass(frozen=True)
 class PutField:
     """The parsed body of PUT /profile/{userId}/{keyName}: ``value`` None means delete."""

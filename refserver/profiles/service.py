@@ -22,6 +22,7 @@ from refserver.profiles.fields import (
     PutField,
     check_key_name,
     check_profile_size,
+    same_value,
 )
 from refserver.profiles.remote_cache import RemoteProfileCache
 from refserver.ratelimit import RateLimiter
@@ -140,7 +141,7 @@ class ProfileService:
 
         def txn(conn: sqlite3.Connection) -> int | None:
             profile = store.get_profile(conn, user_id)
-            if profile.get(put.key_name, object()) == put.value:
+            if put.key_name in profile and same_value(profile[put.key_name], put.value):
                 return None  # unchanged: no stream entry, no events, no EDUs
             profile[put.key_name] = put.value
             check_profile_size(profile)  # inside the transaction: checked and written together

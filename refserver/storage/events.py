@@ -240,18 +240,48 @@ def get_stream_ordering(conn: sqlite3.Connection, event_id: str) -> int | None:
     return None if row is None else int(row[0])
 
 
+@dataclass(frozen=True)
+class MemberChange:
+    """An ``m.room.member`` event in a room's timeline: ``user_id`` is its state_key."""
+
+    room_id: str
+    user_id: str
+    membership: str
+    event_id: str
+    stream_ordering: int
+
+
 def member_changes_since(
     conn: sqlite3.Connection, room_ids: Iterable[str], *, after: int, upto: int
-) -> list[tuple[str, str, str]]:
-    """(room_id, user_id, membership) of member events in ``rooms`` with after < ordering ≤ upto."""
-    rooms = list(room_ids)
-    if not rooms:
-        return []
-    marks = ",".join("?" * len(rooms))
-    rows = conn.execute(
-        "SELECT room_id, state_key, json_extract(pdu_json, '$.content.membership') FROM events"
-        f" WHERE type = 'm.room.member' AND room_id IN ({marks}) AND stream_ordering > ?"
-        " AND stream_ordering <= ? AND rejected = 0 AND outlier = 0 ORDER BY stream_ordering",
-        (*rooms, after, upto),
-    )
-    return [(r[0], r[1], r[2]) for r in rows if isinstance(r[2], str)]
+) -> list[MemberChange]:
+    """Member events in ``rooms`` with after < ordering ≤ upto, oldest first (outliers, which
+    have no place in the timeline, and rejected events excluded)."""
+    rooms = list(dict.fromkeys(room_ids))
+    out: list[MemberChange] = []
+    for start in range(0, len(rooms), 500):
+        chunk = rooms[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        rows = conn.execute(
+            "SELECT room_id, state_key, json_extract(pdu_json, '$.content.membership'),"
+            " event_id, stream_ordering FROM events"
+            f" WHERE type = 'm.room.member' AND room_id IN ({marks}) AND stream_ordering > ?"
+            " AND stream_ordering <= ? AND rejected = 0 AND outlier = 0",
+            (*chunk, after, upto),
+        )
+        out.extend(MemberChange(*r) for r in rows if isinstance(r[2], str))
+    out.sort(key=lambda c: c.stream_ordering)
+    return out
+
+
+def membership_before(conn: sqlite3.Connection, event_id: str, user_id: str) -> str | None:
+    """``user_id``'s membership in the room state before ``event_id`` (server-server API
+    "Room State"); None if there was no member event for them or ``event_id`` has no state."""
+    state = get_state_before(conn, event_id)
+    previous_id = None if state is None else state.get(("m.room.member", user_id))
+    if previous_id is None:
+        return None
+    row = conn.execute(
+        "SELECT json_extract(pdu_json, '$.content.membership') FROM events WHERE event_id = ?",
+        (previous_id,),
+    ).fetchone()
+    return row[0] if row is not None and isinstance(row[0], str) else None

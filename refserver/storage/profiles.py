@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from refserver.crypto.canonical_json import encode_canonical_json
@@ -67,13 +68,57 @@ def current_stream_pos(conn: sqlite3.Connection) -> int:
     return int(row[0] or 0)
 
 
-def get_writes_since(
-    conn: sqlite3.Connection, since: int, *, limit: int = 1000
+#: Users and fields per query: together they stay below SQLite's historical bound of 999
+#: host parameters (a filter may ask for any number of fields).
+_USER_CHUNK = 500
+_FIELD_CHUNK = 200
+
+
+def latest_writes(
+    conn: sqlite3.Connection,
+    user_ids: Iterable[str],
+    fields: Iterable[str],
+    *,
+    after: int,
+    upto: int,
 ) -> list[ProfileWrite]:
+    """The newest write of each (user, field) of ``user_ids`` × ``fields`` with
+    ``after < stream_pos <= upto``, in stream order.
+
+    The index on ``(user_id, stream_pos)`` makes the cost depend on the writes of these users
+    in that range only, not on how many other users wrote meanwhile. There is no row cap: the
+    answer has at most one row per (user, field).
+    """
+    users = sorted(set(user_ids))
+    wanted = sorted(set(fields))
+    out: list[ProfileWrite] = []
+    for u in range(0, len(users), _USER_CHUNK):
+        for f in range(0, len(wanted), _FIELD_CHUNK):
+            out.extend(
+                _latest_writes(
+                    conn,
+                    users[u : u + _USER_CHUNK],
+                    wanted[f : f + _FIELD_CHUNK],
+                    after=after,
+                    upto=upto,
+                )
+            )
+    out.sort(key=lambda w: w.stream_pos)
+    return out
+
+
+def _latest_writes(
+    conn: sqlite3.Connection, users: list[str], fields: list[str], *, after: int, upto: int
+) -> list[ProfileWrite]:
+    user_marks = ",".join("?" * len(users))
+    field_marks = ",".join("?" * len(fields))
     rows = conn.execute(
-        "SELECT stream_pos, user_id, field, value_json FROM profile_stream"
-        " WHERE stream_pos > ? ORDER BY stream_pos LIMIT ?",
-        (since, limit),
+        "SELECT s.stream_pos, s.user_id, s.field, s.value_json FROM profile_stream s"
+        " JOIN (SELECT MAX(stream_pos) AS pos FROM profile_stream"
+        f" WHERE user_id IN ({user_marks}) AND field IN ({field_marks})"
+        " AND stream_pos > ? AND stream_pos <= ? GROUP BY user_id, field) latest"
+        " ON s.stream_pos = latest.pos",
+        (*users, *fields, after, upto),
     )
     return [
         ProfileWrite(

@@ -55,39 +55,15 @@ def profile_updates(
             if values:
                 out[other] = {"profile_updates": values}
         return out
-    # Latest value per (user, field) written since the token.
+    # "Updates made since the last since token MUST be returned [...] only the latest update
+    # should be returned" (MSC4429): the newest write per (user, field), read per user.
     latest: dict[str, dict[str, JsonValue | None]] = {}
-    for write in profile_store.get_writes_since(conn, since.profiles, limit=100_000):
-        if (
-            write.stream_pos > head.profiles
-            or write.user_id not in sharing
-            or write.field not in wanted
-        ):
-            continue
+    for write in profile_store.latest_writes(
+        conn, sharing, wanted, after=since.profiles, upto=head.profiles
+    ):
         latest.setdefault(write.user_id, {})[write.field] = None if write.removed else write.value
-    # Membership changes since the token: who started or stopped sharing a room.
-    my_rooms = [
-        m.room_id
-        for m in room_store.get_rooms_for_user(
-            conn, user_id, ("join", "leave", "ban", "invite"), include_forgotten=True
-        )
-    ]
-    changes = event_store.member_changes_since(conn, my_rooms, after=since.events, upto=head.events)
-    started: set[str] = set()
-    touched: set[str] = set()
-    for room_id, member, membership in changes:
-        if member == user_id:
-            # Our own membership changed: everyone in that room may have come or gone.
-            if membership in ("leave", "ban"):
-                touched |= {m.user_id for m in room_store.get_members(conn, room_id)}
-            if membership == "join":
-                started |= {m.user_id for m in room_store.get_members(conn, room_id, "join")}
-        elif membership in ("leave", "ban"):
-            # Only someone who left can have stopped sharing (an invitee never shared).
-            touched.add(member)
-        elif membership == "join":
-            started.add(member)
-    for other in sorted(started & sharing):
+    started, touched = _sharing_changes(conn, user_id, sharing, since=since, head=head)
+    for other in sorted(started):
         values = {k: v for k, v in _current(conn, other, server_name).items() if k in wanted}
         if values:
             latest.setdefault(other, {}).update(values)
@@ -96,3 +72,68 @@ def profile_updates(
     for gone in sorted(touched - sharing):
         out[gone] = {"profile_updates": None}
     return out
+
+
+def _sharing_changes(
+    conn: sqlite3.Connection,
+    user_id: str,
+    sharing: set[str],
+    *,
+    since: StreamToken,
+    head: StreamToken,
+) -> tuple[set[str], set[str]]:
+    """Who started sharing a room with ``user_id`` after ``since`` (shares one now and shared
+    none at ``since``), and who may have stopped (left, or was in a room we left).
+
+    Only a change *of* membership counts: a join after a join is a displayname or avatar
+    change (CS API "Events on change of profile information"), which reaches the client as
+    a profile write, and announcing the user again would repeat values the client has, or
+    worse, values older than the write on its way (MSC4259 EDUs arrive after the event).
+    """
+    mine = {
+        m.room_id: m
+        for m in room_store.get_rooms_for_user(
+            conn, user_id, ("join", "leave", "ban", "invite", "knock"), include_forgotten=True
+        )
+    }
+    changes = event_store.member_changes_since(conn, mine, after=since.events, upto=head.events)
+    # The first change of each (room, user) after the token: the state before it holds the
+    # membership at the token.
+    first: dict[tuple[str, str], str] = {}
+    candidates: set[str] = set()
+    touched: set[str] = set()
+    own_rooms: dict[str, bool] = {}  # room → did we leave it (or get banned) since the token
+    for change in changes:
+        first.setdefault((change.room_id, change.user_id), change.event_id)
+        left = change.membership in ("leave", "ban")
+        if change.user_id == user_id:
+            own_rooms[change.room_id] = own_rooms.get(change.room_id, False) or left
+        elif left:
+            # Only someone who left can have stopped sharing (an invitee never shared).
+            touched.add(change.user_id)
+        elif change.membership == "join":
+            candidates.add(change.user_id)
+    for room_id, we_left in own_rooms.items():
+        # Our own membership changed: everyone in that room may have come or gone.
+        members = {m.user_id for m in room_store.get_members(conn, room_id)}
+        candidates |= members
+        if we_left:
+            touched |= members
+
+    def joined_at_since(m: room_store.Membership) -> bool:
+        if m.stream_ordering <= since.events:
+            return m.membership == "join"  # unchanged since the token
+        event_id = first.get((m.room_id, m.user_id))
+        if event_id is None:
+            return False  # changed outside the timeline (e.g. state from a join): not before
+        return event_store.membership_before(conn, event_id, m.user_id) == "join"
+
+    mine_at_since = {r for r, m in mine.items() if joined_at_since(m)}
+    started: set[str] = set()
+    for other in sorted((candidates & sharing) - {user_id}):
+        theirs = room_store.get_rooms_for_user(
+            conn, other, ("join", "leave", "ban"), include_forgotten=True
+        )
+        if not any(m.room_id in mine_at_since and joined_at_since(m) for m in theirs):
+            started.add(other)
+    return started, touched

@@ -11,7 +11,9 @@ from refserver.profiles.fields import (
     check_key_name,
     check_profile_size,
     parse_put_body,
+    same_value,
 )
+from refserver.types import JsonValue
 
 
 @pytest.mark.parametrize(
@@ -120,3 +122,17 @@ def test_field_policy() -> None:
     allow = FieldPolicy(allowed=("m.tz",), disallowed=("m.tz",))
     assert allow.may_edit("m.tz") and not allow.may_edit("displayname")
     assert allow.capability() == {"enabled": True, "allowed": ["m.tz"]}
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [(1, True), (0, False), ([1], [True]), ({"x": 0}, {"x": False}), ("1", 1), (None, 0)],
+)
+def test_values_that_differ_as_json_are_different_even_where_python_says_equal(
+    a: JsonValue, b: JsonValue
+) -> None:
+    assert not same_value(a, b)
+
+
+def test_same_value_ignores_key_order() -> None:
+    assert same_value({"a": 1, "b": [True]}, {"b": [True], "a": 1})
