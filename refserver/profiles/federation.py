@@ -334,7 +334,7 @@ class ProfileEduReceiver:
         """That join completed or failed: apply the held EDUs whose user now shares a room
         with a local user; the rest wait for the other joins in progress, or are dropped."""
         for held in self._hold.join_ended():
-            await self._receive(held.origin, held.txn_id, held.user_id, held.fields)
+            await self._receive(held.origin, held.txn_id, held.user_id, held.fields, released=True)
 
     # -- EDUs --------------------------------------------------------------------------------
 
@@ -348,10 +348,17 @@ class ProfileEduReceiver:
         await self._receive(origin, txn_id, update.user_id, dict(update.fields))
 
     async def _receive(
-        self, origin: str, txn_id: str, user_id: str, fields: dict[str, JsonValue | None]
+        self,
+        origin: str,
+        txn_id: str,
+        user_id: str,
+        fields: dict[str, JsonValue | None],
+        *,
+        released: bool = False,
     ) -> None:
         """Apply a checked update, or hold it while a join is in progress (never acknowledge
-        and forget an EDU about a user who may be joining us)."""
+        and forget an EDU about a user who may be joining us). ``released``: it was held
+        already (counted once in ``profile_edus_held``)."""
         while True:
             generation = self._hold.generation
             held = self._hold.take(origin, user_id)
@@ -362,7 +369,8 @@ class ProfileEduReceiver:
                 break
             if self._hold.active:
                 if self._hold.hold(origin, user_id, txn_id, fields):
-                    self._metrics.profile_edus_held.inc()
+                    if not released:
+                        self._metrics.profile_edus_held.inc()
                     log.info(
                         "profile EDU ← %s txn=%s about %s held until a join completes",
                         origin,
