@@ -39,6 +39,16 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.profile_edus_held = Counter(
+            "refserver_profile_edus_held",
+            "Profile EDUs about a user sharing no room held while a join was in progress",
+            registry=r,
+        )
+        self.profile_edus_hold_overflow = Counter(
+            "refserver_profile_edus_hold_overflow",
+            "Profile EDUs not held during a join because the hold was full (then dropped)",
+            registry=r,
+        )
         self.profile_queries = Counter(
             "refserver_federation_profile_queries",
             "Outbound GET /_matrix/federation/v1/query/profile requests",
@@ -47,6 +57,12 @@ class Metrics:
         self.profile_cache_hits = Counter(
             "refserver_remote_profile_cache_hits",
             "Remote profile reads answered from cache",
+            registry=r,
+        )
+        self.profile_stale_served = Counter(
+            "refserver_remote_profile_stale_served",
+            "Remote profile reads answered from a stale or incomplete cached copy because"
+            " the user's server could not be reached or failed (stale-if-error)",
             registry=r,
         )
         self.transactions_sent = Counter(

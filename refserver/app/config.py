@@ -129,6 +129,9 @@ class Msc4259Section:
     #: How often the refresher looks for stale cached profiles, and its fetch rate.
     refresh_interval_s: float = 300.0
     refresh_per_second: float = 2.0
+    #: When a remote user starts sharing a room with a local user, query their full profile
+    #: this long after, unless an MSC4259 EDU from their server delivered it meanwhile.
+    join_fetch_grace_s: float = 2.0
     #: Per-field overrides: [msc4259.fields."m.call"] debounce_s = …, max_delay_s = …, …
     fields: tuple[tuple[str, FieldPolicyConfig], ...] = ()
 
@@ -430,6 +433,9 @@ remote_cache_ttl_edu_s = {m.remote_cache_ttl_edu_s}
 # The refresher re-fetches stale profiles of users sharing rooms with local users.
 refresh_interval_s = {m.refresh_interval_s}
 refresh_per_second = {m.refresh_per_second}
+# When a remote user starts sharing a room with a local user, query their full profile this
+# long after (rate: refresh_per_second), unless their server sent it as MSC4259 EDUs.
+join_fetch_grace_s = {m.join_fetch_grace_s}
 # Per-field overrides, e.g. a fast-changing field:
 # [msc4259.fields."m.call"]
 # debounce_s = 5.0

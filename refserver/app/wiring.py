@@ -45,10 +45,12 @@ from refserver.federation.sender import FederationSender, SenderConfig
 from refserver.federation.tls import client_ssl_context
 from refserver.metrics import Metrics
 from refserver.notifier import Notifier
+from refserver.profiles.edu_hold import EduHold
 from refserver.profiles.edus import EDU_TYPES
 from refserver.profiles.edus import FieldPolicy as EduFieldPolicy
 from refserver.profiles.federation import EduPolicy, ProfileEduReceiver, ProfileEduSender
 from refserver.profiles.fields import AVATAR_URL, DISPLAYNAME, TZ, FieldPolicy
+from refserver.profiles.member_feed import MemberProfileFeed
 from refserver.profiles.remote import RemoteProfiles
 from refserver.profiles.remote_cache import RemoteProfileCache
 from refserver.profiles.service import ProfileService
@@ -64,6 +66,10 @@ from refserver.sync.service import SyncService
 from refserver.types import JsonValue
 
 log = logging.getLogger(__name__)
+
+#: Bounds of the profile EDUs held during joins (users per origin, users overall).
+HOLD_MAX_PER_ORIGIN = 1_000
+HOLD_MAX_TOTAL = 10_000
 
 
 @dataclass(frozen=True)
@@ -166,6 +172,7 @@ def build_services(
         ttl_edu_s=config.msc4259.remote_cache_ttl_edu_s,
         refresh_interval_s=config.msc4259.refresh_interval_s,
         refresh_per_second=config.msc4259.refresh_per_second,
+        fetch_grace_s=config.msc4259.join_fetch_grace_s,
         metrics=metrics,
         notifier=notifier,
     )
@@ -207,6 +214,17 @@ def build_services(
         metrics=metrics,
     )
     handler = FederationEventHandler(db, keyring, client, notifier=notifier)
+    # MSC4259 receiving: EDUs feed the remote profile cache; while one of our joins is in
+    # progress, EDUs about users not sharing a room yet are held, not dropped (§6.13).
+    msc4259 = edu_policy(config)
+    receiver = ProfileEduReceiver(
+        db,
+        server_name=server_name,
+        policy=msc4259,
+        metrics=metrics,
+        notifier=notifier,
+        hold=EduHold(max_per_origin=HOLD_MAX_PER_ORIGIN, max_total=HOLD_MAX_TOTAL),
+    )
     membership = FederationMembership(
         db,
         client,
@@ -215,6 +233,7 @@ def build_services(
         notifier,
         server_name=server_name,
         signing_key=signing_key,
+        join_observer=receiver,
     )
     resident = ResidentMembership(
         db,
@@ -242,8 +261,7 @@ def build_services(
     )
     profiles.add_listener(members.on_profile_change)
     rooms.add_listener(sender.send_room_event)
-    # MSC4259: local changes become EDUs; received EDUs feed the remote profile cache.
-    msc4259 = edu_policy(config)
+    # MSC4259 sending: local changes become EDUs.
     profile_edus = ProfileEduSender(
         db, server_name=server_name, policy=msc4259, metrics=metrics, wake=sender.wake_many
     )
@@ -254,11 +272,18 @@ def build_services(
         rooms.add_listener(profile_edus.on_membership)
         handler.add_listener(profile_edus.on_membership)
     transactions = TransactionHandler(db, handler)
-    receiver = ProfileEduReceiver(
-        db, server_name=server_name, policy=msc4259, metrics=metrics, notifier=notifier
-    )
     rooms.add_listener(receiver.on_membership)
     handler.add_listener(receiver.on_membership)
+    # Any peer, MSC4259 or not: member events and a join fetch feed the cache (§6.14).
+    member_feed = MemberProfileFeed(
+        db,
+        remote_profiles,
+        server_name=server_name,
+        edu_server_window_s=config.msc4259.remote_cache_ttl_edu_s,
+        notifier=notifier,
+    )
+    rooms.add_listener(member_feed.on_membership)
+    handler.add_listener(member_feed.on_membership)
     for edu_type in EDU_TYPES:
         transactions.register_edu_handler(edu_type, receiver.on_edu)
     return Services(

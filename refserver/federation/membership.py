@@ -11,6 +11,9 @@ import logging
 import sqlite3
 import time
 from collections.abc import Sequence
+from typing import Protocol
+
+import trio
 
 from refserver.crypto.keys import SigningKey
 from refserver.errors import (
@@ -57,6 +60,21 @@ def bad_param(message: str) -> MatrixError:
     return MatrixError(400, M_INVALID_PARAM, message)
 
 
+#: Seconds the end-of-join bookkeeping may take even when the join itself was cancelled.
+JOIN_ENDED_TIMEOUT_S = 10.0
+
+
+class JoinObserver(Protocol):
+    """Told when a join through another server starts and ends (successfully or not).
+
+    The MSC4259 receiver holds profile EDUs about users who do not share a room with us yet
+    for as long as a join is in progress (docs/msc4259.md §6.13)."""
+
+    def join_started(self) -> None: ...
+
+    async def join_ended(self) -> None: ...
+
+
 class FederationMembership:
     """Drives make_join/send_join, invite and make_leave/send_leave for local users."""
 
@@ -70,6 +88,7 @@ class FederationMembership:
         *,
         server_name: str,
         signing_key: SigningKey,
+        join_observer: JoinObserver | None = None,
     ) -> None:
         self._db = db
         self._client = client
@@ -78,11 +97,29 @@ class FederationMembership:
         self._notifier = notifier
         self.server_name = server_name
         self._signing_key = signing_key
+        self._join_observer = join_observer
 
     async def join_remote(
         self, user_id: str, room_id: str, via: Sequence[str], profile: JsonDict
     ) -> None:
-        """make_join → sign → send_join → check the state and auth chain → store."""
+        """make_join → sign → send_join → check the state and auth chain → store.
+
+        The join observer hears of the join's start and end, the end before this returns,
+        so what it does then (applying held profile EDUs) is visible to the client's next
+        request."""
+        if self._join_observer is None:
+            await self._join_any(user_id, room_id, via, profile)
+            return
+        self._join_observer.join_started()
+        try:
+            await self._join_any(user_id, room_id, via, profile)
+        finally:
+            with trio.move_on_after(JOIN_ENDED_TIMEOUT_S, shield=True):
+                await self._join_observer.join_ended()
+
+    async def _join_any(
+        self, user_id: str, room_id: str, via: Sequence[str], profile: JsonDict
+    ) -> None:
         errors = []
         refused = False
         for server in [s for s in dict.fromkeys(via) if s != self.server_name]:

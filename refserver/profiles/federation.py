@@ -15,12 +15,18 @@ Sending (:class:`ProfileEduSender`, an ``EduSource`` of the federation sender):
 
 When a server starts sharing a room with a local user (its first user joins, or our user
 joins a room on it), the user's whole profile is marked dirty for it — the join-time
-exchange, so newcomers need not poll.
+exchange. We start it while answering the joiner's ``send_join``, before the joiner has
+stored its membership; the joiner's receiver holds what arrives meanwhile (below), so a
+newcomer that runs refserver need not poll (docs/msc4259.md §6.13).
 
 Receiving (:class:`ProfileEduReceiver`): the handler registered for both EDU types checks
 the EDU (``profiles.edus.parse_incoming_edu``: user on the sending server, valid fields,
 size), optionally ignores users sharing no room with us, and applies it to the remote
-profile cache. EDUs are never forwarded: nothing here enqueues anything.
+profile cache, which then counts as complete (§6.12). While one of our joins through another
+server is in progress, an EDU about a user sharing no room with us is held
+(:mod:`refserver.profiles.edu_hold`) instead of dropped, and checked again when the join
+ends: the resident got 200 for it and will not send it again. EDUs are never forwarded:
+nothing here enqueues anything.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from refserver.events.model import Event
 from refserver.ids import server_name_of
 from refserver.metrics import Metrics
 from refserver.notifier import Notifier
+from refserver.profiles.edu_hold import EduHold
 from refserver.profiles.edus import (
     DroppedEdu,
     FieldPolicy,
@@ -279,8 +286,10 @@ class ProfileEduReceiver:
         policy: EduPolicy,
         metrics: Metrics,
         notifier: Notifier,
+        hold: EduHold,
     ) -> None:
         self._server_name = server_name
+        self._hold = hold
         self._db = db
         self._policy = policy
         self._metrics = metrics
@@ -304,7 +313,9 @@ class ProfileEduReceiver:
                     for m in room_store.get_members(conn, room_id)
                     if server_name_of(m.user_id) != self._server_name
                 }
-            gone = sorted(u for u in candidates if not _shares_room_with_local_user(conn, u))
+            gone = sorted(
+                u for u in candidates if not cache_store.shares_room_with_local_user(conn, u)
+            )
             for user_id in gone:
                 cache_store.forget(conn, user_id)
             return gone
@@ -313,6 +324,20 @@ class ProfileEduReceiver:
         if gone:
             log.info("forgot cached profiles of %s (no shared room left)", ", ".join(gone))
 
+    # -- joins in progress (docs/msc4259.md §6.13) ------------------------------------------
+
+    def join_started(self) -> None:
+        """A local user started joining a room through another server."""
+        self._hold.join_started()
+
+    async def join_ended(self) -> None:
+        """That join completed or failed: apply the held EDUs whose user now shares a room
+        with a local user; the rest wait for the other joins in progress, or are dropped."""
+        for held in self._hold.join_ended():
+            await self._receive(held.origin, held.txn_id, held.user_id, held.fields, released=True)
+
+    # -- EDUs --------------------------------------------------------------------------------
+
     async def on_edu(self, origin: str, txn_id: str, content: JsonValue) -> None:
         try:
             update = parse_incoming_edu(content, origin=origin)
@@ -320,33 +345,55 @@ class ProfileEduReceiver:
             self._metrics.profile_edus_dropped.labels(exc.reason).inc()
             log.info("profile EDU ← %s txn=%s dropped (%s): %s", origin, txn_id, exc.reason, exc)
             return
-        accept_unshared = not self._policy.accept_only_shared_users
+        await self._receive(origin, txn_id, update.user_id, dict(update.fields))
 
-        def txn(conn: sqlite3.Connection) -> str | None:
-            if not accept_unshared and not _shares_room_with_local_user(conn, update.user_id):
-                return "no_shared_room"
-            cached, _ = cache_store.get_cached(conn, update.user_id)
-            merged = {**cached, **{k: v for k, v in update.fields.items() if v is not None}}
-            for key, value in update.fields.items():
-                if value is None:
-                    merged.pop(key, None)
-            try:
-                check_profile_size(merged)
-            except ProfileFieldError:
-                return "too_large"
-            cache_store.apply_changes(conn, update.user_id, dict(update.fields), now_ms())
-            cache_store.note_edu_server(conn, origin, now_ms())
-            return None
-
-        dropped = await self._db.run(txn)
+    async def _receive(
+        self,
+        origin: str,
+        txn_id: str,
+        user_id: str,
+        fields: dict[str, JsonValue | None],
+        *,
+        released: bool = False,
+    ) -> None:
+        """Apply a checked update, or hold it while a join is in progress (never acknowledge
+        and forget an EDU about a user who may be joining us). ``released``: it was held
+        already (counted once in ``profile_edus_held``)."""
+        while True:
+            generation = self._hold.generation
+            held = self._hold.take(origin, user_id)
+            if held is not None:
+                fields = {**held.fields, **fields}  # the held values are older
+            dropped = await self._db.run(self._apply_txn, origin, user_id, fields)
+            if dropped != "no_shared_room":
+                break
+            if self._hold.active:
+                if self._hold.hold(origin, user_id, txn_id, fields):
+                    if not released:
+                        self._metrics.profile_edus_held.inc()
+                    log.info(
+                        "profile EDU ← %s txn=%s about %s held until a join completes",
+                        origin,
+                        txn_id,
+                        user_id,
+                    )
+                    return
+                self._metrics.profile_edus_hold_overflow.inc()
+                log.warning(
+                    "profile EDU ← %s txn=%s about %s: hold is full (%d users)",
+                    origin,
+                    txn_id,
+                    user_id,
+                    len(self._hold),
+                )
+                break
+            if self._hold.generation == generation:
+                break
+            # A join ended while we checked: the user may share a room now.
         if dropped is not None:
             self._metrics.profile_edus_dropped.labels(dropped).inc()
             log.info(
-                "profile EDU ← %s txn=%s about %s dropped (%s)",
-                origin,
-                txn_id,
-                update.user_id,
-                dropped,
+                "profile EDU ← %s txn=%s about %s dropped (%s)", origin, txn_id, user_id, dropped
             )
             return
         self._metrics.profile_edus_received.labels(origin).inc()
@@ -354,23 +401,33 @@ class ProfileEduReceiver:
             "profile EDU ← %s txn=%s %s",
             origin,
             txn_id,
-            json.dumps(
-                {"user_id": update.user_id, "fields": update.fields},
-                sort_keys=True,
-                ensure_ascii=False,
-            ),
+            json.dumps({"user_id": user_id, "fields": fields}, sort_keys=True, ensure_ascii=False),
         )
         self._notifier.notify()
 
-
-def _shares_room_with_local_user(conn: sqlite3.Connection, user_id: str) -> bool:
-    """Does ``user_id`` share a room with any user of ours? (MSC4259: receivers "COULD
-    ignore the EDU if not interested in that user".)"""
-    row = conn.execute(
-        "SELECT 1 FROM room_memberships theirs JOIN room_memberships ours"
-        " ON ours.room_id = theirs.room_id AND ours.membership = 'join'"
-        " JOIN users u ON u.user_id = ours.user_id"
-        " WHERE theirs.user_id = ? AND theirs.membership = 'join' LIMIT 1",
-        (user_id,),
-    ).fetchone()
-    return row is not None
+    def _apply_txn(
+        self,
+        conn: sqlite3.Connection,
+        origin: str,
+        user_id: str,
+        fields: dict[str, JsonValue | None],
+    ) -> str | None:
+        """Apply one update; the drop reason if it was not applied."""
+        shared = cache_store.shares_room_with_local_user(conn, user_id)
+        if self._policy.accept_only_shared_users and not shared:
+            return "no_shared_room"
+        cached, _ = cache_store.get_cached(conn, user_id)
+        merged = {**cached, **{k: v for k, v in fields.items() if v is not None}}
+        for key, value in fields.items():
+            if value is None:
+                merged.pop(key, None)
+        try:
+            check_profile_size(merged)
+        except ProfileFieldError:
+            return "too_large"
+        # An EDU from the user's own server (the origin check passed) while a room is shared
+        # makes the cached profile authoritative: its sender sends the whole profile when
+        # sharing starts and every change after (docs/msc4259.md §6.12).
+        cache_store.apply_changes(conn, user_id, fields, now_ms(), mark_complete=shared)
+        cache_store.note_edu_server(conn, origin, now_ms())
+        return None

@@ -1,13 +1,21 @@
 """The remote profile cache: answers ``GET /profile/{remote user}`` while fresh.
 
-- A cached profile is *complete* once a full ``query/profile`` answer filled it; MSC4259
-  EDUs then keep it current field by field.
+- A cached profile is *complete* once a full ``query/profile`` answer filled it, or once the
+  user's own server sent an MSC4259 EDU about them (such a server sends the whole profile
+  when sharing starts and every change after; docs/msc4259.md §6.12). EDUs then keep it
+  current field by field; for servers without MSC4259, ``m.room.member`` events keep
+  ``displayname`` and ``avatar_url`` current (:mod:`refserver.profiles.member_feed`).
 - Freshness: ``ttl_s`` (24 h by default — MSC4133: remote profiles "SHOULD NOT be cached
   for more than 24 hours"), or the longer ``ttl_edu_s`` for servers that send us MSC4259
   EDUs (MSC4259: receivers may "keep cached profiles longer").
-- A refresher task in the root nursery re-fetches stale profiles of remote users who share
-  a room with a local user, spread out at ``refresh_per_second`` — MSC4259's periodic
-  re-fetch, the safety net for lost EDUs.
+- stale-if-error (RFC 5861 §4): when the user's server cannot be reached or fails, any
+  cached copy, even stale or incomplete, answers instead of a 502.
+- Two tasks in the root nursery (:meth:`run`): the refresher re-fetches stale profiles of
+  remote users who share a room with a local user, spread out at ``refresh_per_second`` —
+  MSC4259's periodic re-fetch, the safety net for lost EDUs; the join fetcher queries the
+  full profile of a user who starts sharing a room with a local user, ``fetch_grace_s``
+  later unless an EDU made the cached copy complete meanwhile (MSC4429: the initial sync
+  "MUST" have all current values, whatever the peer).
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
+from functools import partial
 
 import trio
 
@@ -29,6 +38,9 @@ from refserver.storage.database import Database
 from refserver.types import JsonDict
 
 log = logging.getLogger(__name__)
+
+#: At most this many users wait for their join fetch; beyond it the refresher catches up.
+MAX_PENDING_FETCHES = 10_000
 
 
 def now_ms() -> int:
@@ -46,6 +58,7 @@ class RemoteProfileCache:
         ttl_edu_s: float,
         refresh_interval_s: float,
         refresh_per_second: float,
+        fetch_grace_s: float,
         metrics: Metrics,
         notifier: Notifier,
     ) -> None:
@@ -56,27 +69,42 @@ class RemoteProfileCache:
         self._ttl_edu_ms = int(ttl_edu_s * 1000)
         self._refresh_interval_s = refresh_interval_s
         self._refresh_per_second = refresh_per_second
+        self._fetch_grace_s = fetch_grace_s
         self._metrics = metrics
         self._notifier = notifier
+        #: Users waiting for their join fetch → when it is due (trio clock). The grace is
+        #: constant, so insertion order is due order.
+        self._fetch_due: dict[str, float] = {}
+        self._fetch_added = trio.Event()
 
     async def get_profile(self, user_id: str) -> JsonDict:
-        """The cached profile when fresh; otherwise ask the user's server and cache it."""
+        """The cached profile when fresh; otherwise ask the user's server and cache it.
+        If that fails (unreachable, 5xx, unusable answer) and a copy is cached, even a stale
+        or incomplete one, answer from it (stale-if-error)."""
 
-        def read(conn: sqlite3.Connection) -> tuple[JsonDict, bool]:
+        def read(conn: sqlite3.Connection) -> tuple[JsonDict, bool, bool]:
             profile, meta = cache_store.get_cached(conn, user_id)
             if meta is None or not meta.complete:
-                return profile, False
+                return profile, False, meta is not None
             edu_server = cache_store.sends_edus(
                 conn, server_name_of(user_id), since_ms=now_ms() - self._ttl_edu_ms
             )
             ttl = self._ttl_edu_ms if edu_server else self._ttl_ms
-            return profile, now_ms() - meta.fetched_ms < ttl
+            return profile, now_ms() - meta.fetched_ms < ttl, True
 
-        profile, fresh = await self._db.run(read)
+        profile, fresh, cached = await self._db.run(read)
         if fresh:
             self._metrics.profile_cache_hits.inc()
             return profile
-        return await self.refresh(user_id)
+        try:
+            return await self.refresh(user_id)
+        except MatrixError as exc:
+            # 404 is an answer ("no such profile"), not an error to hide.
+            if not cached or exc.status == 404:
+                raise
+            self._metrics.profile_stale_served.inc()
+            log.info("serving the cached profile of %s (stale-if-error): %s", user_id, exc.error)
+            return profile
 
     async def get_field(self, user_id: str, key_name: str) -> JsonDict:
         profile = await self.get_profile(user_id)
@@ -99,18 +127,65 @@ class RemoteProfileCache:
 
     # -- background refresher ---------------------------------------------------------------
 
+    async def _try_refresh(self, user_id: str) -> None:
+        try:
+            await self.refresh(user_id)
+        except MatrixError as exc:
+            log.info("refreshing the profile of %s failed: %s", user_id, exc.error)
+        except CanonicalJsonError as exc:
+            log.info("refreshing the profile of %s: unusable answer: %s", user_id, exc)
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
+        """The refresher and the join fetcher; runs until cancelled."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._run_refresher)
+            nursery.start_soon(self._run_join_fetches)
+            task_status.started()
+
+    async def _run_refresher(self) -> None:
         while True:
             await trio.sleep(self._refresh_interval_s)
             for user_id in await self._db.run(self._stale_shared_users):
-                try:
-                    await self.refresh(user_id)
-                except MatrixError as exc:
-                    log.info("refreshing the profile of %s failed: %s", user_id, exc.error)
-                except CanonicalJsonError as exc:
-                    log.info("refreshing the profile of %s: unusable answer: %s", user_id, exc)
+                if user_id in self._fetch_due:
+                    continue  # its join fetch is coming (or an EDU makes it unnecessary)
+                await self._try_refresh(user_id)
                 await trio.sleep(1.0 / self._refresh_per_second)
+
+    # -- join fetches (MSC4429 "initial sync MUST contain all current values") ---------------
+
+    def schedule_fetch(self, user_id: str) -> None:
+        """Query ``user_id``'s full profile ``fetch_grace_s`` from now, unless an EDU makes the
+        cached copy complete first. Never blocks; one pending fetch per user; bounded."""
+        if user_id in self._fetch_due:
+            return
+        if len(self._fetch_due) >= MAX_PENDING_FETCHES:
+            log.warning(
+                "join fetch of %s skipped: %d already pending", user_id, len(self._fetch_due)
+            )
+            return
+        self._fetch_due[user_id] = trio.current_time() + self._fetch_grace_s
+        self._fetch_added.set()
+
+    async def _run_join_fetches(self) -> None:
+        while True:
+            if not self._fetch_due:
+                await self._fetch_added.wait()
+                self._fetch_added = trio.Event()
+                continue
+            user_id, due = next(iter(self._fetch_due.items()))
+            await trio.sleep_until(due)
+            try:
+                if await self._db.run(partial(_needs_fetch, user_id=user_id)):
+                    await self._try_refresh(user_id)
+                    await trio.sleep(1.0 / self._refresh_per_second)
+                else:
+                    log.info(
+                        "join fetch of %s not needed: cached copy complete or no room shared",
+                        user_id,
+                    )
+            finally:
+                # Removed only now: a repeat schedule_fetch while it runs is a duplicate.
+                del self._fetch_due[user_id]
 
     def _stale_shared_users(self, conn: sqlite3.Connection) -> list[str]:
         rows = conn.execute(
@@ -131,3 +206,12 @@ class RemoteProfileCache:
             ):
                 bounds[server] = now - self._ttl_edu_ms
         return cache_store.stale_remote_users(conn, users, bounds)
+
+
+def _needs_fetch(conn: sqlite3.Connection, *, user_id: str) -> bool:
+    """Still sharing a room with a local user, and not known complete (by a query or an EDU
+    from the user's server)?"""
+    _, meta = cache_store.get_cached(conn, user_id)
+    if meta is not None and meta.complete:
+        return False
+    return cache_store.shares_room_with_local_user(conn, user_id)

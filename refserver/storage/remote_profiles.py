@@ -1,7 +1,12 @@
-"""The cache of remote users' profiles (fed by MSC4259 EDUs and by query/profile).
+"""The cache of remote users' profiles (fed by MSC4259 EDUs, query/profile answers and, for
+servers that send no EDUs, ``m.room.member`` events).
 
 Every change to a cached field is also appended to ``profile_stream``, the same stream local
 writes go to, so /sync (MSC4429) shows local and remote updates the same way.
+
+``remote_profile_meta.complete`` means "the cache holds the whole profile": set by a full
+``query/profile`` answer, or by an EDU from the user's own server (docs/msc4259.md §6.12).
+``fetched_ms`` is when it became known complete, the start of its freshness period.
 """
 
 from __future__ import annotations
@@ -49,9 +54,15 @@ def apply_changes(
     now_ms: int,
     *,
     replace_all: bool = False,
+    mark_complete: bool = False,
 ) -> int:
     """Set (value) or remove (None) cached fields; with ``replace_all`` (a full query
-    answer) fields not in ``changes`` are removed too. Returns how many fields changed."""
+    answer) fields not in ``changes`` are removed too. ``mark_complete`` (an EDU from the
+    user's server) makes an incomplete entry complete from now on. Returns how many fields
+    changed.
+
+    Values are compared by their canonical JSON encoding, not with ``==``: in Python
+    ``1 == True`` and ``0 == False``, but ``1`` and ``true`` are different JSON values."""
     current, meta = get_cached(conn, user_id)
     target = dict(current)
     if replace_all:
@@ -64,7 +75,7 @@ def apply_changes(
                 target[field] = value
     changed = 0
     for field in sorted(current.keys() | target.keys()):
-        if field in target and current.get(field, object()) == target[field] and field in current:
+        if field in target and field in current and _same(current[field], target[field]):
             continue
         if field not in target:
             conn.execute(
@@ -80,8 +91,12 @@ def apply_changes(
             )
             _stream(conn, user_id, field, value_json, now_ms)
         changed += 1
-    fetched = now_ms if replace_all else (meta.fetched_ms if meta else 0)
-    complete = replace_all or (meta.complete if meta else False)
+    was_complete = meta is not None and meta.complete
+    if replace_all or (mark_complete and not was_complete):
+        fetched = now_ms
+    else:
+        fetched = meta.fetched_ms if meta else 0
+    complete = replace_all or mark_complete or was_complete
     conn.execute(
         "INSERT INTO remote_profile_meta (user_id, fetched_ms, updated_ms, complete)"
         " VALUES (?,?,?,?)"
@@ -90,6 +105,10 @@ def apply_changes(
         (user_id, fetched, now_ms, int(complete)),
     )
     return changed
+
+
+def _same(a: JsonValue, b: JsonValue) -> bool:
+    return encode_canonical_json(a) == encode_canonical_json(b)
 
 
 def note_edu_server(conn: sqlite3.Connection, server_name: str, now_ms: int) -> None:
@@ -129,3 +148,16 @@ def forget(conn: sqlite3.Connection, user_id: str) -> None:
     """Drop a cached profile (no stream entries: clients get ``profile_updates: null``)."""
     conn.execute("DELETE FROM remote_profiles WHERE user_id = ?", (user_id,))
     conn.execute("DELETE FROM remote_profile_meta WHERE user_id = ?", (user_id,))
+
+
+def shares_room_with_local_user(conn: sqlite3.Connection, user_id: str) -> bool:
+    """Does ``user_id`` share a room with any user of ours? (MSC4259: receivers "COULD
+    ignore the EDU if not interested in that user"; the cache keeps only such users.)"""
+    row = conn.execute(
+        "SELECT 1 FROM room_memberships theirs JOIN room_memberships ours"
+        " ON ours.room_id = theirs.room_id AND ours.membership = 'join'"
+        " JOIN users u ON u.user_id = ours.user_id"
+        " WHERE theirs.user_id = ? AND theirs.membership = 'join' LIMIT 1",
+        (user_id,),
+    ).fetchone()
+    return row is not None

@@ -30,6 +30,7 @@ PURE_MODULES = sorted(
         "refserver.federation.xmatrix",
         "refserver.federation.backoff",
         "refserver.federation.transaction",
+        "refserver.profiles.edu_hold",
         *(
             f"refserver.events.{info.name}"
             for info in pkgutil.iter_modules(refserver.events.__path__)
