@@ -169,7 +169,9 @@ class ProfileEduSender:
                 profile = profile_store.get_profile(conn, local_user)
                 for name in profile:
                     if name not in self._policy.local_only_fields:
-                        edu_store.mark_dirty(conn, [destination], local_user, name, pos, now_ms())
+                        edu_store.mark_dirty(
+                            conn, [destination], local_user, name, pos, now_ms(), due_now=True
+                        )
                 if profile:
                     woken.append(destination)
             return woken
@@ -177,14 +179,16 @@ class ProfileEduSender:
         destinations = await self._db.run(txn)
         if destinations:
             log.info("join-time profile exchange: %s", ", ".join(sorted(destinations)))
-            self._schedule(destinations)
+            # Due at once (no debounce): the joiner holds what arrives during its join, and
+            # one EDU with the whole profile leaves no window in which it looks partial.
+            self._schedule(destinations, at_once=True)
 
-    def _schedule(self, destinations: Sequence[str]) -> None:
+    def _schedule(self, destinations: Sequence[str], *, at_once: bool = False) -> None:
         if not destinations:
             return
         soonest = self._clock() + min(
             [
-                self._policy.default_policy.debounce_s,
+                0.0 if at_once else self._policy.default_policy.debounce_s,
                 *(p.debounce_s for p in self._policy.field_policies.values()),
             ]
         )

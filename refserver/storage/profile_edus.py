@@ -15,15 +15,23 @@ def mark_dirty(
     field: str,
     stream_pos: int,
     now_ms: int,
+    *,
+    due_now: bool = False,
 ) -> int:
     """Mark ``field`` dirty for each destination; returns how many were already dirty
-    (changes that will be merged away: the coalescing counter)."""
+    (changes that will be merged away: the coalescing counter).
+
+    ``due_now`` (the join-time exchange) records the field as owed since time 0, so its
+    maximum delay has passed and it goes out at once, in one EDU with the user's other
+    due fields, instead of after each field's debounce."""
+    first_ms = 0 if due_now else now_ms
     merged = 0
     for destination in destinations:
         cur = conn.execute(
-            "UPDATE profile_edu_dirty SET last_change_ms = ?, stream_pos = MAX(stream_pos, ?)"
+            "UPDATE profile_edu_dirty SET last_change_ms = ?, stream_pos = MAX(stream_pos, ?),"
+            " first_change_ms = MIN(first_change_ms, ?)"
             " WHERE destination = ? AND user_id = ? AND field = ?",
-            (now_ms, stream_pos, destination, user_id, field),
+            (now_ms, stream_pos, first_ms, destination, user_id, field),
         )
         if cur.rowcount:
             merged += 1
@@ -31,7 +39,7 @@ def mark_dirty(
         conn.execute(
             "INSERT INTO profile_edu_dirty (destination, user_id, field, first_change_ms,"
             " last_change_ms, stream_pos) VALUES (?,?,?,?,?,?)",
-            (destination, user_id, field, now_ms, now_ms, stream_pos),
+            (destination, user_id, field, first_ms, now_ms, stream_pos),
         )
     return merged
 
