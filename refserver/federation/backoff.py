@@ -3,7 +3,7 @@
 Spec: server-server API §"Transactions": "The sending server must wait and retry for a 200 OK
 response before sending a transaction with a different ``txnId``". The spec does not say how
 long to wait; this follows Synapse ``util/retryutils.py`` (delay × ``uniform(0.8, 1.4)``,
-capped) and Dendrite ``federationapi/statistics`` (2^n seconds). See STYLE.md sketch (c).
+capped) and Dendrite ``federationapi/statistics`` (2^n seconds).
 
 The randomness comes in as an argument (``rng`` returns a float in ``[0, 1)``), so tests are
 deterministic; the module itself never sleeps and reads no clock. :class:`BackoffState` is the

@@ -1,6 +1,7 @@
 """Server-name resolution: where to connect for a server name, and what to call it there.
 
-Spec: server-server API §"Resolving server names" (digest §1.2), ``wellknown.yaml``. Given a
+Spec: server-server API §"Resolving server names"
+(https://spec.matrix.org/v1.16/server-server-api/#resolving-server-names). Given a
 server name ``hostname[:port]`` the result says which host and port to connect to, what to put
 in the ``Host`` header and which name the TLS certificate must match (sent as SNI unless the
 certificate is for an IP address). Steps, numbered as in the spec:

@@ -1,14 +1,14 @@
 """Federation transactions: building outgoing ones, checking incoming ones (pure).
 
 Spec: server-server API §"Transactions" and ``PUT /_matrix/federation/v1/send/{txnId}``
-(``data/api/server-server/definitions/transaction.yaml``; digest §2.1):
+(https://spec.matrix.org/v1.16/server-server-api/#put_matrixfederationv1sendtxnid):
 
     "Transactions are limited in size; they can have at most 50 PDUs and 100 EDUs."
 
 Request body: ``origin`` (string), ``origin_server_ts`` (integer, ms), ``pdus`` (array, at most
 50) and optionally ``edus`` (array, at most 100, each ``{"edu_type", "content"}``).
 
-Error choices for an incoming transaction (the spec names none; digest §2.1):
+Error choices for an incoming transaction (the spec names none):
 
 * Malformed body, wrong field types or more than 50 PDUs / 100 EDUs: **400 M_BAD_JSON**.
   The limits are ``maxItems`` in the body's schema, so breaking them is a schema violation

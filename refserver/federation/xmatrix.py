@@ -1,6 +1,7 @@
 """The ``X-Matrix`` Authorization header: build, parse and verify (pure).
 
-Spec: server-server API §"Request Authentication" (digest §1.5, §1.6). Every federation
+Spec: server-server API §"Request Authentication"
+(https://spec.matrix.org/v1.16/server-server-api/#request-authentication). Every federation
 request is signed by its origin with the JSON signing algorithm (appendices §"Signing JSON")
 over this object::
 
@@ -12,13 +13,13 @@ and the signature travels in
 ``Authorization: X-Matrix origin="…",destination="…",key="ed25519:…",sig="…"``.
 
 ``uri`` is the request target exactly as sent on the wire (raw path plus ``?`` and the raw
-query string, percent-encoding untouched): see stack-notes.md, "Raw request target". Server
-names are always the pre-delegation names, never what :mod:`refserver.federation.resolver`
-returns.
+query string, percent-encoding untouched; decoding and re-encoding would break the signature,
+as a re-encoding reverse proxy does). Server names are always the pre-delegation names, never
+what :mod:`refserver.federation.resolver` returns.
 
 Errors: every failure raises :class:`XMatrixError`, whose hint is **401 M_UNAUTHORIZED**
 (the spec mandates 401 only for a ``destination`` mismatch; matrix-spec#1570 leaves the rest
-open and Synapse answers 401 ``M_UNAUTHORIZED`` for all of them, digest §1.6).
+open and Synapse answers 401 ``M_UNAUTHORIZED`` for all of them).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ _OWS: Final = " \t"
 class XMatrixError(ValueError):
     """The X-Matrix header is missing, malformed, for another server or badly signed.
 
-    Hint: HTTP 401 ``M_UNAUTHORIZED`` (digest §1.6).
+    Hint: HTTP 401 ``M_UNAUTHORIZED`` (matrix-spec#1570 leaves the code open; Synapse's choice).
     """
 
     errcode = "M_UNAUTHORIZED"
@@ -255,7 +256,7 @@ def verify_request(
 ) -> None:
     """Check a parsed X-Matrix header against the request it came with.
 
-    Receiver procedure (digest §1.5, steps 2 and 4):
+    Receiver procedure (§"Request Authentication"; steps 2 and 4 of the verification):
 
     2. "If the destination is present and does not match the receiving server's name, the
        receiver MUST respond with 401".

@@ -7,7 +7,7 @@ To play a hostile or sloppy remote server, a test signs federation requests itse
 public key from hs3's ``/_matrix/key/v2/server`` like for any peer.
 
 Spec: server-server API §"Retrieving server keys", §"Request Authentication", §"Transactions",
-§"Joining Rooms", §"Leaving Rooms"; digest §1–2 and §5.8.
+§"Joining Rooms", §"Leaving Rooms" (https://spec.matrix.org/v1.16/server-server-api/).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Filters and push rules over real HTTP (CS API "Filtering", "Push Rules: API").
 
-matrix-js-sdk needs both answered before it starts syncing (client-sdk-needs.md §12).
+matrix-js-sdk needs both answered before it starts syncing (its ``startClient`` uploads a filter
+and fetches push rules first).
 """
 
 from __future__ import annotations

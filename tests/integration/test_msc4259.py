@@ -16,7 +16,8 @@ user of ``hs2`` ever sets a profile field, so ``hs2`` never has a profile EDU of
 (:func:`test_an_edu_is_never_forwarded` relies on it). Tests needing other settings or
 restarts get dedicated servers sharing the module's CA (``spawn``).
 
-Spec: MSC4259 (digest §4.1–4.2), MSC4429 (digest §4.2), CS API "Profiles" (digest §3.1).
+Spec: MSC4259 (EDU format, sending and receiving rules), MSC4429 (the ``users`` section of
+/sync), CS API §"Profiles" (https://spec.matrix.org/v1.16/client-server-api/#profiles).
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 mautrix's ``MembershipEventDispatcher`` tells JOIN from PROFILE_CHANGE (and LEAVE from KICK,
 UNBAN, REJECT_INVITE ...) by ``unsigned.prev_content`` on the member event in /sync
-(client-sdk-needs.md §D). The syncs here are single ``client.sync()`` calls fed to
-``client.handle_sync()``; one test runs mautrix's own sync loop.
+(CS API §"Room Events", ``unsigned.prev_content``). The syncs here are single
+``client.sync()`` calls fed to ``client.handle_sync()``; one test runs mautrix's own sync loop.
 """
 
 from __future__ import annotations

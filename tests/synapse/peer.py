@@ -1,7 +1,7 @@
 """A real Synapse homeserver as a federation peer on loopback, and a raw Matrix client.
 
-Everything here follows ``../shared/spec/synapse-peer.md`` (the Synapse settings observed to
-work on this kind of machine):
+The Synapse settings here are the ones observed to work on this kind of machine
+(docs/interop.md, "How the peer is set up"):
 
 - :func:`ensure_synapse` installs ``matrix-synapse`` into a cached virtualenv (default
   ``<repo>/.synapse-venv``, override with ``REFSERVER_SYNAPSE_VENV``) when
@@ -47,7 +47,7 @@ VENV_ENV_VAR = "REFSERVER_SYNAPSE_VENV"
 DEFAULT_VENV = REPO / ".synapse-venv"
 #: pip needs ~16 s on a warm machine; leave room for a slow mirror.
 INSTALL_TIMEOUT_S = 900.0
-#: First start ~3 s, later ones ~1.2 s (synapse-peer.md); a cold CI disk is slower.
+#: First start ~3 s, later ones ~1.2 s (measured); a cold CI disk is slower.
 START_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 15.0
 LOG_TAIL_LINES = 80

@@ -1,4 +1,4 @@
-"""PURE modules import no runtime, HTTP or database library (STYLE.md §2, dependency rule).
+"""PURE modules import no runtime, HTTP or database library (README, "Layout").
 
 Each module is imported in a fresh interpreter so that nothing imported by other tests (or by
 pytest plugins such as pytest-trio) can hide a forbidden import.

@@ -1,4 +1,5 @@
-"""Server-name resolution (digest §1.2): every spec step with fake .well-known and DNS.
+"""Server-name resolution (server-server API §"Resolving server names"): every spec step
+with fake .well-known and DNS.
 
 The default adapters are tested without network too: httpx through ``MockTransport`` and
 dnspython against a tiny DNS server on loopback UDP.

@@ -1,4 +1,7 @@
-"""Transactions: outgoing body, batching limits, incoming envelope checks (digest §2.1)."""
+"""Transactions: outgoing body, batching limits, incoming envelope checks.
+
+Spec: server-server API §"Transactions", ``PUT /_matrix/federation/v1/send/{txnId}``.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""X-Matrix header: spec-derived vectors (digest §6.2), RFC 9110 parsing, verification."""
+"""X-Matrix header: vectors derived from the appendix signing key, RFC 9110 parsing, verification.
+
+Spec: server-server API §"Request Authentication"; appendices §"Cryptographic Test Vectors".
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """MSC4259 profile EDUs: pacing, selection, building and checking (``profiles.edus``, pure).
 
-Spec: MSC4259 "Profile Update EDUs for Federation" (digest §4.1–4.2): only changed fields,
+Spec: MSC4259 "Profile Update EDUs for Federation": only changed fields,
 ``null`` = removed, servers "MAY delay notifications to merge several field changes into one
 EDU", the envelope key is ``edu_type`` (``definitions/edu.yaml``), and an EDU about another
 server's user is never legitimate ("MUST NOT forward").
@@ -49,7 +49,7 @@ def dirty(
 
 
 def test_edus_is_pure() -> None:
-    """STYLE.md §2: a PURE module imports no runtime, HTTP client or database."""
+    """A pure module imports no runtime, HTTP client or database (README, "Layout")."""
     code = (
         "import sys, refserver.profiles.edus\n"
         "bad = [m for m in ('trio', 'httpx', 'sqlite3', 'quart') if m in sys.modules]\n"
