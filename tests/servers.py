@@ -7,6 +7,7 @@ directory on free loopback ports, driven over real HTTP.
 from __future__ import annotations
 
 import os
+import random
 import re
 import signal
 import socket
@@ -23,10 +24,34 @@ REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 30.0
 
 
+#: Test servers listen on ports below Linux's ephemeral range (32768–60999), so no outgoing
+#: connection can take a port between ``free_port()`` and the server's bind. Under
+#: pytest-xdist, worker ``gwN`` of ``W`` only hands out ports with ``port % W == N``, so two
+#: workers never pick the same one. (Not ``bind(("127.0.0.1", 0))``: Linux gives out only odd
+#: ports that way.)
+PORT_RANGE = range(20000, 32768)
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+_WORKER_INDEX = int(_WORKER.removeprefix("gw")) if _WORKER.startswith("gw") else 0
+_WORKER_COUNT = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+_issued: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port nothing listens on, this worker's, and never handed out before by this
+    process (servers get their ports before they bind them)."""
+    for _ in range(1000):
+        port = random.randrange(PORT_RANGE.start, PORT_RANGE.stop)
+        port -= (port - _WORKER_INDEX) % _WORKER_COUNT
+        if port < PORT_RANGE.start or port in _issued:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _issued.add(port)
+        return port
+    raise RuntimeError(f"no free loopback port in {PORT_RANGE}")
 
 
 def set_config_value(text: str, section: str, key: str, literal: str) -> str:

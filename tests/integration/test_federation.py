@@ -1115,9 +1115,9 @@ def test_killed_destination_gets_the_queue_after_restart(make_federation) -> Non
         alice.send_text(room_id, text)
     failed = f"to {hs2.server_name} failed"
     wait_until(lambda: _log_count(hs1, failed) >= 1, timeout=PROMPT_S, what="a failed attempt")
-    # Stay down past the first retry (≤ 2.8 s), so the retries the three sends may have
-    # triggered fail too: from here on only hs1's back-off schedule can deliver.
-    time.sleep(3.0)
+    # Stay down until the first retry (≤ 2.8 s later) has failed too, so the retries the three
+    # sends may have triggered are spent: from here on only hs1's back-off schedule can deliver.
+    wait_until(lambda: _log_count(hs1, failed) >= 2, timeout=PROMPT_S, what="a failed retry")
     hs2.start()
     started = time.monotonic()
     # Nothing from hs2 resets the back-off here, and nothing new is sent.
