@@ -6,7 +6,8 @@ sharing one development CA, and observes them from outside only: ``/sync`` (MSC4
 ``GET /profile``, ``GET /metrics`` and the ``profile EDU ←`` log lines. Helpers come from
 ``test_msc4259``.
 
-Spec: MSC4259 §"Behaviour" (digest §4.1), MSC4429 (digest §4.2); docs/msc4259.md §6.12–6.13.
+Spec: MSC4259 §"Behaviour", MSC4429 (the ``users`` section of /sync); docs/msc4259.md
+§6.12–6.13.
 """
 
 from __future__ import annotations
