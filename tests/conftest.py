@@ -11,15 +11,6 @@ from tests.servers import ServerProcess
 _names = itertools.count()
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under ``--dist loadgroup`` (pyproject addopts), keep each module on one worker unless a
-    test names its own ``xdist_group``: module-scoped servers then start once, and tests of a
-    module run in file order as they do without xdist."""
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
-
-
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One refserver shared by the tests that need nothing special from it."""

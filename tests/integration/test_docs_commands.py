@@ -21,9 +21,9 @@ loopback.
 
 Ports: the blocks use the documented ports (8008/8448 for one instance, 8008/8448 and 8009/8449
 for the demo) verbatim. The test does not move them: if one is already taken it fails at once,
-naming the port, because a command that works only on other ports is not what a reader runs. All
-tests of this module share the xdist group ``documented_ports``, so they never run at the same
-time on two workers; any other test binding these ports must join that group.
+naming the port, because a command that works only on other ports is not what a reader runs.
+Under pytest-xdist this file runs on one worker (``--dist loadfile``), so its instances never
+overlap; no other test binds these ports (the others use ``tests.servers.free_port``).
 """
 
 from __future__ import annotations
@@ -43,8 +43,6 @@ import httpx
 import pytest
 
 from tests.servers import REPO
-
-pytestmark = pytest.mark.xdist_group("documented_ports")
 
 DOCUMENTED_PORTS = (8008, 8448, 8009, 8449)
 #: The demo registers users, creates a room, federates and runs its MSC4259 scene first.

@@ -31,8 +31,8 @@ from tests.synapse.peer import (
     read_sqlite,
 )
 
-# One Synapse for the session: every test using it runs on the same xdist worker.
-pytestmark = [pytest.mark.synapse, pytest.mark.xdist_group("synapse")]
+# One Synapse for the session: this file runs on one xdist worker (--dist loadfile).
+pytestmark = pytest.mark.synapse
 
 #: MSC4259 EDU names refserver sends (both are configured in conftest.REFSERVER_SETTINGS).
 PROFILE_EDU_TYPES = ("uk.tcpip.msc4259.profile", "m.profile")
