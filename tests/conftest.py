@@ -3,12 +3,36 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from xdist.scheduler import LoadFileScheduling
 
 from tests.servers import ServerProcess
 
 _names = itertools.count()
+
+#: Directories whose files share a session-scoped peer that is slow to start (one Synapse):
+#: under ``--dist loadfile`` all their files go to one xdist worker, so it starts once.
+ONE_WORKER_DIRS = ("tests/synapse/",)
+
+
+class _LoadFileKeepingDirsTogether(LoadFileScheduling):
+    def _split_scope(self, nodeid: str) -> str:
+        for directory in ONE_WORKER_DIRS:
+            if nodeid.startswith(directory):
+                return directory
+        return super()._split_scope(nodeid)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadfile`` (pyproject addopts): each test file on one worker, and the files of
+    :data:`ONE_WORKER_DIRS` together. (xdist's own ``loadgroup`` cannot do it under pytest
+    9.2: it regroups by rewriting ``item._nodeid``, which pytest no longer reads.)"""
+    if config.getvalue("dist") == "loadfile":
+        return _LoadFileKeepingDirsTogether(config, log)
+    return None
 
 
 @pytest.fixture(scope="session")

@@ -31,7 +31,7 @@ from tests.synapse.peer import (
     read_sqlite,
 )
 
-# One Synapse for the session: this file runs on one xdist worker (--dist loadfile).
+# One Synapse for the session: tests/conftest.py keeps tests/synapse on one xdist worker.
 pytestmark = pytest.mark.synapse
 
 #: MSC4259 EDU names refserver sends (both are configured in conftest.REFSERVER_SETTINGS).
