@@ -38,11 +38,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
 
-from tests.servers import REPO
+from tests.servers import REPO, ServerProcess
 
 DOCUMENTED_PORTS = (8008, 8448, 8009, 8449)
 #: The demo registers users, creates a room, federates and runs its MSC4259 scene first.
@@ -321,3 +322,39 @@ def test_doc_blocks_run_verbatim(doc: str, tmp_path: Path, backgrounds: list[Bac
             f"stderr:\n{result.stderr}{context}"
         )
         check_output(block, result.stdout)
+
+
+# -- docs/clients.md: what is not implemented ------------------------------------------------
+
+#: One endpoint per row of the table "What a full client (Element and others) would need".
+UNIMPLEMENTED = [
+    ("GET", "/_matrix/client/v3/user/{user}/account_data/m.direct"),
+    ("POST", "/_matrix/client/v3/keys/upload"),
+    ("PUT", "/_matrix/client/v3/sendToDevice/m.test/1"),
+    ("GET", "/_matrix/client/v3/devices"),
+    ("GET", "/_matrix/client/v1/media/config"),
+    ("GET", "/_matrix/media/v3/config"),
+    ("GET", "/_matrix/client/v3/presence/{user}/status"),
+    ("PUT", "/_matrix/client/v3/rooms/{room}/typing/{user}"),
+    ("POST", "/_matrix/client/v3/rooms/{room}/receipt/m.read/$event"),
+    ("GET", "/_matrix/client/v3/pushers"),
+    ("GET", "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync"),
+    ("POST", "/_matrix/client/v3/user_directory/search"),
+]
+
+
+def test_the_areas_clients_md_lists_as_missing_answer_unrecognized(
+    server: ServerProcess, username: str
+) -> None:
+    """docs/clients.md says these endpoints answer 404 M_UNRECOGNIZED and /sync has none of
+    their sections: once one is implemented, this fails and the page needs updating."""
+    user_id, token = server.register(username)
+    headers = {"Authorization": f"Bearer {token}"}
+    room = httpx.post(server.url("/v3/createRoom"), json={}, headers=headers).json()["room_id"]
+    for method, template in UNIMPLEMENTED:
+        path = template.format(user=quote(user_id), room=quote(room))
+        r = httpx.request(method, f"{server.base_url}{path}", json={}, headers=headers)
+        assert (r.status_code, r.json().get("errcode")) == (404, "M_UNRECOGNIZED"), (path, r.text)
+    sync = httpx.get(server.url("/v3/sync"), headers=headers).json()
+    assert sync["account_data"] == {"events": []} and sync["presence"] == {"events": []}
+    assert not {"to_device", "device_lists", "device_one_time_keys_count"} & set(sync)
