@@ -187,7 +187,9 @@ def test_logout_and_logout_all(server: ServerProcess, username: str) -> None:
     }
     t2 = httpx.post(server.url("/v3/login"), json=login).json()["access_token"]
     t3 = httpx.post(server.url("/v3/login"), json=login).json()["access_token"]
-    auth = lambda t: {"Authorization": f"Bearer {t}"}  # noqa: E731
+
+    def auth(token: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"}
 
     # nio: empty body with a JSON content type; js-sdk: no body, no content type.
     r = httpx.post(

@@ -13,6 +13,7 @@ Spec: server-server API §"Retrieving server keys", §"Request Authentication", 
 from __future__ import annotations
 
 import base64
+import functools
 import itertools
 import json
 import re
@@ -999,9 +1000,13 @@ def _shared_room(servers: list[ServerProcess]) -> tuple[list[User], str]:
     for user in users[1:]:
         user.join(room_id, via=servers[0])
     everyone = {u.user_id for u in users}
+
+    def sees_everyone(user: User) -> bool:
+        return user.joined_members(room_id) == everyone
+
     for user in users:
         wait_until(
-            lambda u=user: u.joined_members(room_id) == everyone,
+            functools.partial(sees_everyone, user),
             timeout=PROMPT_S,
             what=f"{user.server.server_name} to see every join",
         )
@@ -1180,7 +1185,9 @@ def test_concurrent_messages_from_both_sides_converge(
         return expected <= set(user.texts(room_id))
 
     for user in (alice, bob):
-        wait_until(lambda u=user: converged(u), timeout=PROMPT_S, what="every message on both")
+        wait_until(
+            functools.partial(converged, user), timeout=PROMPT_S, what="every message on both"
+        )
     ids = [
         {e["event_id"] for e in u.timeline(room_id) if e["type"] == "m.room.message"}
         for u in (alice, bob)
