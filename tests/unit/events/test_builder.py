@@ -15,7 +15,7 @@ from refserver.events.builder import (
     select_auth_events,
 )
 from refserver.events.format import check_pdu_format
-from refserver.events.hashing import compute_event_id, compute_room_id_v12
+from refserver.events.hashing import compute_event_id
 from refserver.events.model import Event
 from refserver.events.room_versions import ROOM_V10, ROOM_V11, ROOM_V12, RoomVersion
 from refserver.events.signing import check_event_content_hash, verify_event_signatures
@@ -269,5 +269,5 @@ def test_v12_create_event_id_gives_the_room_id() -> None:
     )
     event = finalise_pdu(create, ROOM_V12, signing_name="domain", signing_key=spec_signing_key())
     check_pdu_format(event.pdu, ROOM_V12)
-    assert compute_room_id_v12(event.pdu) == "!" + event.event_id[1:]
-    assert event.room_id == compute_room_id_v12(event.pdu)
+    assert event.event_id == compute_event_id(event.pdu, ROOM_V12)
+    assert event.room_id == "!" + event.event_id[1:]
