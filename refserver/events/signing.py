@@ -35,14 +35,6 @@ class EventSignatureError(SignatureError):
     """
 
 
-class ContentHashMismatch(EventSignatureError):
-    """``hashes.sha256`` does not match the event.
-
-    Not a reason to drop the event: §"Validating hashes and signatures on received events"
-    says "the receiving server should use the redacted copy it calculated".
-    """
-
-
 def add_content_hash(pdu: Mapping[str, JsonValue]) -> JsonDict:
     """Return a deep copy of ``pdu`` with ``hashes.sha256`` set to its content hash."""
     hashed: JsonDict = copy.deepcopy(dict(pdu))
@@ -146,12 +138,6 @@ def verify_event_signatures(
             verify_json_for_entity(redacted, server, verify_keys.get(server, {}))
         except SignatureError as exc:
             raise EventSignatureError(f"event signature check failed for {server}: {exc}") from exc
-
-
-def check_event_content_hash(pdu: Mapping[str, JsonValue]) -> None:
-    """Raise :class:`ContentHashMismatch` unless ``hashes.sha256`` matches the event."""
-    if not check_content_hash(pdu):
-        raise ContentHashMismatch("content hash does not match the event")
 
 
 class KeptPdu(NamedTuple):
