@@ -40,6 +40,9 @@ from refserver.events.room_versions import get_room_version
 from refserver.federation.xmatrix import build_authorization_header
 from tests.servers import ServerProcess
 
+#: The ``make_federation`` fixture: starts that many dedicated federating servers.
+MakeFederation = Callable[[int], list[ServerProcess]]
+
 #: How long a federated step may take on loopback before we call it broken.
 PROMPT_S = 10.0
 #: Delivery to a server that was down: first retry after ~2 s, then exponential back-off with
@@ -1039,7 +1042,9 @@ def _check_retries(sender: ServerProcess, destination: ServerProcess) -> None:
         assert 0.8 * base - 0.05 <= delay <= 1.4 * base + 0.05, retries
 
 
-def test_dead_destination_is_backed_off_while_others_keep_receiving(make_federation) -> None:  # type: ignore[no-untyped-def]
+def test_dead_destination_is_backed_off_while_others_keep_receiving(
+    make_federation: MakeFederation,
+) -> None:
     hs1, hs2, hs3 = make_federation(3)
     (alice, bob, carol), room_id = _shared_room([hs1, hs2, hs3])
 
@@ -1108,7 +1113,7 @@ def test_dead_destination_is_backed_off_while_others_keep_receiving(make_federat
 # == 6. crash and restart: the outbox is durable =================================================
 
 
-def test_killed_destination_gets_the_queue_after_restart(make_federation) -> None:  # type: ignore[no-untyped-def]
+def test_killed_destination_gets_the_queue_after_restart(make_federation: MakeFederation) -> None:
     """hs2 crashes (SIGKILL) and comes back; hs1's own retry schedule (2 s, ×2, jitter)
     must deliver what it queued meanwhile, with nothing else waking the queue."""
     hs1, hs2 = make_federation(2)
@@ -1131,7 +1136,7 @@ def test_killed_destination_gets_the_queue_after_restart(make_federation) -> Non
     _check_retries(hs1, hs2)
 
 
-def test_queued_pdus_survive_a_crash_of_the_sender(make_federation) -> None:  # type: ignore[no-untyped-def]
+def test_queued_pdus_survive_a_crash_of_the_sender(make_federation: MakeFederation) -> None:
     """Durable outbox: hs2 is down, hs1 queues for it, hs1 crashes (SIGKILL), both return."""
     hs1, hs2 = make_federation(2)
     (alice, bob), room_id = _shared_room([hs1, hs2])
