@@ -14,7 +14,7 @@ run:
 test *ARGS:
     python3 -m venv {{venv}} && {{venv}}/bin/pip install -q -e '.[test]' && {{venv}}/bin/pytest {{ARGS}}
 
-# ruff + mypy (strict).
+# ruff + mypy (strict), over refserver/ and tests/ (mypy takes both from pyproject.toml).
 lint:
     {{venv}}/bin/ruff check refserver tests
     {{venv}}/bin/ruff format --check refserver tests

@@ -69,6 +69,15 @@ def is_valid_user_id(user_id: object) -> bool:
     return True
 
 
+def room_id_of_create_event(create_event_id: str) -> str:
+    """The room ID of a room whose ID is its create event's hash (room version 12).
+
+    rooms/v12, "Room IDs" (MSC4291): the room ID is the event ID of the ``m.room.create``
+    event with the ``$`` sigil replaced by ``!``; it has no server name.
+    """
+    return "!" + create_event_id[1:]
+
+
 def server_name_of(identifier: str) -> str:
     """The domain part of a ``@user:server`` / ``!room:server`` / ``#alias:server`` ID."""
     if ":" not in identifier:

@@ -7,8 +7,6 @@ wiring builds one :class:`Metrics`, passes it to the services that count things,
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
@@ -98,7 +96,3 @@ class Metrics:
     def set_destination_state(self, destination: str, failures: int, retry_in_s: float) -> None:
         self.destination_failures.labels(destination).set(failures)
         self.destination_retry_in.labels(destination).set(retry_in_s)
-
-
-#: Refreshes gauges right before a scrape (e.g. dirty entries counted in the database).
-BeforeScrape = Callable[[], object]

@@ -62,7 +62,7 @@ from refserver.events.power_levels import (
     get_user_power_level,
 )
 from refserver.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
-from refserver.ids import is_valid_user_id
+from refserver.ids import is_valid_user_id, room_id_of_create_event
 
 __all__ = [
     "AuthError",
@@ -175,7 +175,9 @@ def check_auth(
     # 2. (v12) If the event's room_id is not an event ID for an accepted (not rejected)
     #    m.room.create event, with the sigil ! instead of $, reject.
     if rv.room_id_is_create_event_hash and (
-        create is None or create.rejected or event.room_id != "!" + create.event_id[1:]
+        create is None
+        or create.rejected
+        or event.room_id != room_id_of_create_event(create.event_id)
     ):
         reject(event, "2", "room_id is not the ID of an accepted m.room.create event")
     if create is None:

@@ -16,7 +16,6 @@ client gets there is computed by this server (``age``, ``transaction_id``, ``pre
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
 from typing import Final
 
 from refserver.events.model import Event
@@ -101,22 +100,6 @@ def _copy_redacts(event: Event, out: JsonDict) -> None:
     out["content"].setdefault("redacts", redacts)
 
 
-def federation_event(
-    event: Event, *, unsigned: JsonDict | None = None, now_ms: int | None = None
-) -> JsonDict:
-    """The PDU for ``event_format: federation`` filters: "the raw event as received over
-    federation" (sync_filter.yaml), plus ``event_id`` (not part of v3+ PDUs, but clients
-    need it) and the locally computed ``unsigned``."""
-    out = copy.deepcopy(event.pdu)
-    out["event_id"] = event.event_id
-    extra = _unsigned(event, unsigned, now_ms)
-    if extra:
-        out["unsigned"] = extra
-    else:
-        out.pop("unsigned", None)
-    return out
-
-
 def stripped_state_event(event: Event) -> JsonDict:
     """CS API §"Stripped state": "Stripped state events can only have the ``sender``,
     ``type``, ``state_key`` and ``content`` properties present." Since v1.16 "Servers cannot
@@ -129,12 +112,3 @@ def stripped_state_event(event: Event) -> JsonDict:
         "content": copy.deepcopy(event.content),
         "sender": event.sender,
     }
-
-
-def stripped_state(state_events: Iterable[Event]) -> list[JsonDict]:
-    """Stripped state for the :data:`STRIPPED_STATE_TYPES` among ``state_events`` (those
-    with an empty state key), in the order of :data:`STRIPPED_STATE_TYPES`."""
-    by_type = {
-        e.type: e for e in state_events if e.state_key == "" and e.type in STRIPPED_STATE_TYPES
-    }
-    return [stripped_state_event(by_type[t]) for t in STRIPPED_STATE_TYPES if t in by_type]

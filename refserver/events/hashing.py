@@ -18,7 +18,7 @@ from collections.abc import Mapping
 
 from refserver.crypto.canonical_json import decode_base64, encode_base64, encode_canonical_json
 from refserver.events.redaction import redact
-from refserver.events.room_versions import ROOM_V12, RoomVersion
+from refserver.events.room_versions import RoomVersion
 from refserver.types import JsonValue
 
 # §"Calculating the content hash": "any existing unsigned, signatures, and hashes members are
@@ -85,12 +85,3 @@ def compute_event_id(pdu: Mapping[str, JsonValue], room_version: RoomVersion) ->
     and _ instead of using + and /." Every room version refserver supports (10–12) uses this.
     """
     return "$" + encode_base64(compute_reference_hash(pdu, room_version), urlsafe=True)
-
-
-def compute_room_id_v12(create_pdu: Mapping[str, JsonValue]) -> str:
-    """The room ID of a room version 12 room: ``!`` + the create event's reference hash.
-
-    rooms/v12, "Room IDs" (MSC4291): the room ID is the event ID of the ``m.room.create``
-    event with the ``$`` sigil replaced by ``!``; it has no server name.
-    """
-    return "!" + compute_event_id(create_pdu, ROOM_V12)[1:]

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from refserver.events.room_versions import RoomVersion
+from refserver.ids import room_id_of_create_event
 from refserver.types import JsonDict
 
 
@@ -50,7 +51,7 @@ class Event:
         """The room ID; for a v12 create event it is derived from the event ID."""
         if "room_id" in self.pdu:
             return str(self.pdu["room_id"])
-        return "!" + self.event_id[1:]
+        return room_id_of_create_event(self.event_id)
 
     @property
     def origin_server_ts(self) -> int:

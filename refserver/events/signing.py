@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from typing import NamedTuple
 
 from signedjson.types import SigningKey, VerifyKey
 
@@ -31,14 +32,6 @@ class EventSignatureError(SignatureError):
 
     Server-server API §"Checks performed on receipt of a PDU", step 2: an event that fails
     the signature checks is dropped.
-    """
-
-
-class ContentHashMismatch(EventSignatureError):
-    """``hashes.sha256`` does not match the event.
-
-    Not a reason to drop the event: §"Validating hashes and signatures on received events"
-    says "the receiving server should use the redacted copy it calculated".
     """
 
 
@@ -147,17 +140,18 @@ def verify_event_signatures(
             raise EventSignatureError(f"event signature check failed for {server}: {exc}") from exc
 
 
-def check_event_content_hash(pdu: Mapping[str, JsonValue]) -> None:
-    """Raise :class:`ContentHashMismatch` unless ``hashes.sha256`` matches the event."""
-    if not check_content_hash(pdu):
-        raise ContentHashMismatch("content hash does not match the event")
+class KeptPdu(NamedTuple):
+    """What receipt checks 2 and 3 keep of a PDU."""
+
+    pdu: JsonDict
+    redacted: bool  # the content hash did not match: ``pdu`` is the redacted copy
 
 
 def check_signatures_and_hashes(
     pdu: Mapping[str, JsonValue],
     room_version: RoomVersion,
     verify_keys: Mapping[str, Mapping[str, VerifyKey]],
-) -> JsonDict:
+) -> KeptPdu:
     """Receipt checks 2 and 3 together; returns the PDU to keep.
 
     Server-server API §"Checks performed on receipt of a PDU": "2. Passes signature checks,
@@ -167,5 +161,5 @@ def check_signatures_and_hashes(
     """
     verify_event_signatures(pdu, room_version, verify_keys)
     if check_content_hash(pdu):
-        return copy.deepcopy(dict(pdu))
-    return redact(pdu, room_version)
+        return KeptPdu(copy.deepcopy(dict(pdu)), redacted=False)
+    return KeptPdu(redact(pdu, room_version), redacted=True)

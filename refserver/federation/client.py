@@ -130,7 +130,7 @@ class FederationClient:
         try:
             with trio.fail_after(timeout_s or self._timeout_s):
                 resolved = await self._resolver.resolve(destination)
-                url = f"https://{_host_for_url(resolved.host_for_connect)}:{resolved.port}{uri}"
+                url = f"https://{resolved.authority}{uri}"
                 headers["Host"] = resolved.host_header
                 extensions = {}
                 if (
@@ -192,7 +192,3 @@ def _root_cause(exc: BaseException) -> str:
         parts.append(f"{type(current).__name__}: {text}" if text else type(current).__name__)
         current = current.__cause__ or current.__context__
     return " ← ".join(parts)
-
-
-def _host_for_url(host: str) -> str:
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host

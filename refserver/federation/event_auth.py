@@ -16,11 +16,10 @@ import logging
 from dataclasses import dataclass
 
 from refserver.events.format import InvalidPdu, check_pdu_format
-from refserver.events.hashing import check_content_hash, compute_event_id
+from refserver.events.hashing import compute_event_id
 from refserver.events.model import Event
-from refserver.events.redaction import redact
 from refserver.events.room_versions import RoomVersion
-from refserver.events.signing import EventSignatureError, verify_event_signatures
+from refserver.events.signing import EventSignatureError, check_signatures_and_hashes
 from refserver.federation.keyring import Keyring
 from refserver.types import JsonDict
 
@@ -45,11 +44,10 @@ async def check_pdu(keyring: Keyring, pdu: JsonDict, room_version: RoomVersion) 
         raise DroppedPdu(f"invalid PDU: {exc}") from None
     verify_keys = await keyring.keys_for_event(pdu)
     try:
-        verify_event_signatures(pdu, room_version, verify_keys)
+        kept = check_signatures_and_hashes(pdu, room_version, verify_keys)
     except EventSignatureError as exc:
         raise DroppedPdu(str(exc)) from None
-    redacted = not check_content_hash(pdu)
-    if redacted:
+    if kept.redacted:
         log.warning("content hash mismatch: keeping the redacted form of a PDU")
-        pdu = redact(pdu, room_version)
-    return CheckedPdu(Event(compute_event_id(pdu, room_version), room_version, pdu), redacted)
+    event = Event(compute_event_id(kept.pdu, room_version), room_version, kept.pdu)
+    return CheckedPdu(event, kept.redacted)

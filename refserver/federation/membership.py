@@ -41,7 +41,7 @@ from refserver.federation.handler import (
     auth_and_persist,
 )
 from refserver.federation.keyring import Keyring
-from refserver.ids import server_name_of
+from refserver.ids import room_id_of_create_event, server_name_of
 from refserver.notifier import Notifier
 from refserver.storage import events as event_store
 from refserver.storage import rooms as room_store
@@ -210,7 +210,7 @@ class FederationMembership:
         create_id = state.get(("m.room.create", ""))
         if create_id is None:
             raise MatrixError(502, M_FORBIDDEN, "send_join state has no create event")
-        if rv.room_id_is_create_event_hash and "!" + create_id[1:] != room_id:
+        if rv.room_id_is_create_event_hash and room_id_of_create_event(create_id) != room_id:
             raise MatrixError(502, M_FORBIDDEN, "the create event does not match the room ID")
         join_event = Event(join.event_id, rv, join_pdu)
         result = await self._db.run(_persist_join, join_event, state)

@@ -79,17 +79,6 @@ class Transaction:
         }
 
 
-def take_batch(
-    pdus: Sequence[JsonDict], edus: Sequence[JsonDict]
-) -> tuple[list[JsonDict], list[JsonDict]]:
-    """The oldest ``MAX_PDUS`` PDUs and ``MAX_EDUS`` EDUs, in order, for one transaction.
-
-    Does not modify its arguments: the caller removes ``len(batch)`` items from the front of
-    its queues when it builds the transaction.
-    """
-    return list(pdus[:MAX_PDUS]), list(edus[:MAX_EDUS])
-
-
 @dataclass(frozen=True)
 class ParsedTransaction:
     """An incoming transaction body whose envelope passed :func:`validate_incoming_transaction`."""

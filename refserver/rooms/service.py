@@ -12,7 +12,6 @@ import sqlite3
 import string
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 
 import trio
 
@@ -52,11 +51,6 @@ def auth_error(exc: AuthError) -> MatrixError:
 def pdu_error(exc: InvalidPdu) -> MatrixError:
     status = 413 if exc.errcode == "M_TOO_LARGE" else 400
     return MatrixError(status, exc.errcode, str(exc))
-
-
-@dataclass(frozen=True)
-class SendResult:
-    event_id: str
 
 
 class RoomService:

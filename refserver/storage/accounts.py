@@ -39,10 +39,6 @@ def get_password_hash(conn: sqlite3.Connection, user_id: str) -> str | None:
     return None if row is None else row["password_hash"]
 
 
-def set_password_hash(conn: sqlite3.Connection, user_id: str, password_hash: str) -> None:
-    conn.execute("UPDATE users SET password_hash = ? WHERE user_id = ?", (password_hash, user_id))
-
-
 def upsert_device(
     conn: sqlite3.Connection, user_id: str, device_id: str, display_name: str | None, now_ms: int
 ) -> None:

@@ -172,10 +172,6 @@ def insert_event(
     return cur.lastrowid
 
 
-def promote_outlier(conn: sqlite3.Connection, event_id: str) -> None:
-    conn.execute("UPDATE events SET outlier = 0 WHERE event_id = ?", (event_id,))
-
-
 def mark_redacted(conn: sqlite3.Connection, event_id: str, redaction_id: str) -> None:
     conn.execute(
         "UPDATE events SET redacted_by = ? WHERE event_id = ? AND redacted_by IS NULL",
@@ -231,13 +227,6 @@ def get_room_events(
         (room_id, after, upto, limit),
     )
     return [_row_to_stored(row) for row in rows]
-
-
-def get_stream_ordering(conn: sqlite3.Connection, event_id: str) -> int | None:
-    row = conn.execute(
-        "SELECT stream_ordering FROM events WHERE event_id = ?", (event_id,)
-    ).fetchone()
-    return None if row is None else int(row[0])
 
 
 @dataclass(frozen=True)

@@ -86,11 +86,6 @@ def set_destination(conn: sqlite3.Connection, destination: str, state: Destinati
     )
 
 
-def all_destination_states(conn: sqlite3.Connection) -> dict[str, DestinationState]:
-    rows = conn.execute("SELECT destination, failures, delay_s, retry_at_ms FROM destinations")
-    return {row[0]: DestinationState(row[1], row[2], row[3]) for row in rows}
-
-
 # -- outbox ------------------------------------------------------------------------------
 
 

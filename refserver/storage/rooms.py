@@ -229,14 +229,6 @@ def get_alias(conn: sqlite3.Connection, room_alias: str) -> str | None:
     return None if row is None else str(row[0])
 
 
-def delete_alias(conn: sqlite3.Connection, room_alias: str) -> None:
-    conn.execute("DELETE FROM room_aliases WHERE room_alias = ?", (room_alias,))
-
-
-def room_exists(conn: sqlite3.Connection, room_id: str) -> bool:
-    return conn.execute("SELECT 1 FROM rooms WHERE room_id = ?", (room_id,)).fetchone() is not None
-
-
 def set_room_public(conn: sqlite3.Connection, room_id: str) -> None:
     conn.execute("UPDATE rooms SET is_public = 1 WHERE room_id = ?", (room_id,))
 

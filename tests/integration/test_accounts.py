@@ -3,10 +3,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import httpx
 import pytest
 
 from tests.servers import ServerProcess
+
+#: Builds a /login body from a localpart and the full user ID.
+LoginForm = Callable[[str, str], dict[str, object]]
 
 
 def _error(r: httpx.Response, status: int, errcode: str) -> None:
@@ -91,7 +96,7 @@ def test_guest_registration_is_refused(server: ServerProcess) -> None:
     _error(r, 403, "M_GUEST_ACCESS_FORBIDDEN")
 
 
-def test_registration_can_be_switched_off(make_server) -> None:  # type: ignore[no-untyped-def]
+def test_registration_can_be_switched_off(make_server: Callable[..., ServerProcess]) -> None:
     srv = make_server({("registration", "enabled"): "false"})
     r = httpx.post(
         srv.url("/v3/register"), json={"username": "x", "auth": {"type": "m.login.dummy"}}
@@ -110,7 +115,7 @@ def test_registration_can_be_switched_off(make_server) -> None:  # type: ignore[
     ],
     ids=["localpart", "full-user-id", "legacy-user"],
 )
-def test_login_forms(server: ServerProcess, username: str, form) -> None:  # type: ignore[no-untyped-def]
+def test_login_forms(server: ServerProcess, username: str, form: LoginForm) -> None:
     user_id, _ = server.register(username, "pw-login")
     body = {"type": "m.login.password", "password": "pw-login", **form(username, user_id)}
     # An Authorization header on /login is ignored (js-sdk and mautrix send one).
@@ -187,7 +192,9 @@ def test_logout_and_logout_all(server: ServerProcess, username: str) -> None:
     }
     t2 = httpx.post(server.url("/v3/login"), json=login).json()["access_token"]
     t3 = httpx.post(server.url("/v3/login"), json=login).json()["access_token"]
-    auth = lambda t: {"Authorization": f"Bearer {t}"}  # noqa: E731
+
+    def auth(token: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"}
 
     # nio: empty body with a JSON content type; js-sdk: no body, no content type.
     r = httpx.post(
@@ -219,7 +226,7 @@ def test_tokens(server: ServerProcess, username: str) -> None:
     assert len(token) >= 32  # ≥ 128 random bits, url-safe base64
 
 
-def test_login_and_register_are_rate_limited(make_server) -> None:  # type: ignore[no-untyped-def]
+def test_login_and_register_are_rate_limited(make_server: Callable[..., ServerProcess]) -> None:
     srv = make_server(
         {
             ("rate_limits.login", "burst"): "2",

@@ -13,6 +13,7 @@ Spec: server-server API §"Retrieving server keys", §"Request Authentication", 
 from __future__ import annotations
 
 import base64
+import functools
 import itertools
 import json
 import re
@@ -38,6 +39,9 @@ from refserver.events.model import Event
 from refserver.events.room_versions import get_room_version
 from refserver.federation.xmatrix import build_authorization_header
 from tests.servers import ServerProcess
+
+#: The ``make_federation`` fixture: starts that many dedicated federating servers.
+MakeFederation = Callable[[int], list[ServerProcess]]
 
 #: How long a federated step may take on loopback before we call it broken.
 PROMPT_S = 10.0
@@ -999,9 +1003,13 @@ def _shared_room(servers: list[ServerProcess]) -> tuple[list[User], str]:
     for user in users[1:]:
         user.join(room_id, via=servers[0])
     everyone = {u.user_id for u in users}
+
+    def sees_everyone(user: User) -> bool:
+        return user.joined_members(room_id) == everyone
+
     for user in users:
         wait_until(
-            lambda u=user: u.joined_members(room_id) == everyone,
+            functools.partial(sees_everyone, user),
             timeout=PROMPT_S,
             what=f"{user.server.server_name} to see every join",
         )
@@ -1034,7 +1042,9 @@ def _check_retries(sender: ServerProcess, destination: ServerProcess) -> None:
         assert 0.8 * base - 0.05 <= delay <= 1.4 * base + 0.05, retries
 
 
-def test_dead_destination_is_backed_off_while_others_keep_receiving(make_federation) -> None:  # type: ignore[no-untyped-def]
+def test_dead_destination_is_backed_off_while_others_keep_receiving(
+    make_federation: MakeFederation,
+) -> None:
     hs1, hs2, hs3 = make_federation(3)
     (alice, bob, carol), room_id = _shared_room([hs1, hs2, hs3])
 
@@ -1103,7 +1113,7 @@ def test_dead_destination_is_backed_off_while_others_keep_receiving(make_federat
 # == 6. crash and restart: the outbox is durable =================================================
 
 
-def test_killed_destination_gets_the_queue_after_restart(make_federation) -> None:  # type: ignore[no-untyped-def]
+def test_killed_destination_gets_the_queue_after_restart(make_federation: MakeFederation) -> None:
     """hs2 crashes (SIGKILL) and comes back; hs1's own retry schedule (2 s, ×2, jitter)
     must deliver what it queued meanwhile, with nothing else waking the queue."""
     hs1, hs2 = make_federation(2)
@@ -1126,7 +1136,7 @@ def test_killed_destination_gets_the_queue_after_restart(make_federation) -> Non
     _check_retries(hs1, hs2)
 
 
-def test_queued_pdus_survive_a_crash_of_the_sender(make_federation) -> None:  # type: ignore[no-untyped-def]
+def test_queued_pdus_survive_a_crash_of_the_sender(make_federation: MakeFederation) -> None:
     """Durable outbox: hs2 is down, hs1 queues for it, hs1 crashes (SIGKILL), both return."""
     hs1, hs2 = make_federation(2)
     (alice, bob), room_id = _shared_room([hs1, hs2])
@@ -1180,7 +1190,9 @@ def test_concurrent_messages_from_both_sides_converge(
         return expected <= set(user.texts(room_id))
 
     for user in (alice, bob):
-        wait_until(lambda u=user: converged(u), timeout=PROMPT_S, what="every message on both")
+        wait_until(
+            functools.partial(converged, user), timeout=PROMPT_S, what="every message on both"
+        )
     ids = [
         {e["event_id"] for e in u.timeline(room_id) if e["type"] == "m.room.message"}
         for u in (alice, bob)

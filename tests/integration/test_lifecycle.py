@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -9,7 +10,7 @@ import httpx
 from tests.servers import ServerProcess, refserver_cli
 
 
-def test_restart_keeps_profile_and_tokens(make_server) -> None:  # type: ignore[no-untyped-def]
+def test_restart_keeps_profile_and_tokens(make_server: Callable[..., ServerProcess]) -> None:
     srv: ServerProcess = make_server()
     user_id, token = srv.register("persist")
     auth = {"Authorization": f"Bearer {token}"}
@@ -56,7 +57,9 @@ def test_init_rejects_invalid_server_name(tmp_path: Path) -> None:
     assert not (tmp_path / "d" / "signing.key").exists()
 
 
-def test_register_user_works_with_registration_off(make_server) -> None:  # type: ignore[no-untyped-def]
+def test_register_user_works_with_registration_off(
+    make_server: Callable[..., ServerProcess],
+) -> None:
     srv: ServerProcess = make_server({("registration", "enabled"): "false"})
     out = refserver_cli(
         "register-user", "--data-dir", str(srv.data_dir), "admin", "--password", "s3cret"

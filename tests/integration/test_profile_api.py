@@ -5,6 +5,7 @@ Each error case asserts the status, the errcode, and that the profile did not ch
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from urllib.parse import quote
 
 import httpx
@@ -27,8 +28,8 @@ class Profiles:
         path = f"{self.server.base_url}{prefix}/profile/{quote(user_id or self.user_id, safe='')}"
         return path if key is None else f"{path}/{quote(key, safe='')}"
 
-    def put(self, key: str, body: object, **kw: object) -> httpx.Response:
-        return httpx.put(self.url(key, **kw), json=body, headers=self.headers)  # type: ignore[arg-type]
+    def put(self, key: str, body: object, **kw: str) -> httpx.Response:
+        return httpx.put(self.url(key, **kw), json=body, headers=self.headers)
 
     def put_raw(self, key: str, content: bytes) -> httpx.Response:
         return httpx.put(
@@ -37,16 +38,17 @@ class Profiles:
             headers={**self.headers, "Content-Type": "application/json"},
         )
 
-    def get(self, key: str | None = None, **kw: object) -> httpx.Response:
-        return httpx.get(self.url(key, **kw))  # type: ignore[arg-type]
+    def get(self, key: str | None = None, **kw: str) -> httpx.Response:
+        return httpx.get(self.url(key, **kw))
 
-    def delete(self, key: str, **kw: object) -> httpx.Response:
-        return httpx.delete(self.url(key, **kw), headers=self.headers)  # type: ignore[arg-type]
+    def delete(self, key: str, **kw: str) -> httpx.Response:
+        return httpx.delete(self.url(key, **kw), headers=self.headers)
 
     def snapshot(self) -> dict[str, object]:
         r = self.get()
         assert r.status_code == 200, r.text
-        return r.json()  # type: ignore[no-any-return]
+        profile: dict[str, object] = r.json()
+        return profile
 
 
 @pytest.fixture
@@ -215,7 +217,9 @@ def test_whole_profile_replace_is_not_supported(alice: Profiles) -> None:
     _assert_error(r, 405, "M_UNRECOGNIZED")
 
 
-def test_field_policy_from_config_is_enforced_and_advertised(make_server) -> None:  # type: ignore[no-untyped-def]
+def test_field_policy_from_config_is_enforced_and_advertised(
+    make_server: Callable[..., ServerProcess],
+) -> None:
     srv = make_server({("profile", "disallowed_fields"): '["avatar_url", "org.example.locked"]'})
     user_id, token = srv.register("policy")
     p = Profiles(srv, user_id, token)
@@ -234,7 +238,7 @@ def test_field_policy_from_config_is_enforced_and_advertised(make_server) -> Non
     assert caps["m.set_displayname"] == {"enabled": True}
 
 
-def test_profile_writes_are_rate_limited(make_server) -> None:  # type: ignore[no-untyped-def]
+def test_profile_writes_are_rate_limited(make_server: Callable[..., ServerProcess]) -> None:
     srv = make_server(
         {
             ("rate_limits.profile_write", "burst"): "3",

@@ -7,7 +7,7 @@ import asyncio
 from mautrix.api import HTTPAPI, Method, Path
 from mautrix.client import ClientAPI
 from mautrix.errors import MNotFound
-from mautrix.types import UserID
+from mautrix.types import ContentURI, MatrixUserIdentifier, UserID, UserIdentifier
 
 from tests.servers import ServerProcess
 
@@ -20,7 +20,9 @@ def test_mautrix_get_and_set_displayname(server: ServerProcess, username: str) -
         client = ClientAPI(mxid=UserID(user_id), api=api)
         try:
             login = await client.login(
-                identifier=username, password="mautrix-pw", device_name="mautrix"
+                identifier=UserIdentifier(MatrixUserIdentifier(user=username)),
+                password="mautrix-pw",
+                device_name="mautrix",
             )
             assert login.user_id == user_id and login.device_id
             api.token = login.access_token
@@ -30,7 +32,7 @@ def test_mautrix_get_and_set_displayname(server: ServerProcess, username: str) -
             assert await client.get_displayname(UserID(user_id)) == "Mau Trix"
             # Unchanged name: mautrix skips the PUT (check_current) and must not fail.
             await client.set_displayname("Mau Trix")
-            await client.set_avatar_url("mxc://example.org/mau")
+            await client.set_avatar_url(ContentURI("mxc://example.org/mau"))
             assert await client.get_avatar_url(UserID(user_id)) == "mxc://example.org/mau"
 
             # Extended profile field through a raw request, read back via get_profile.
@@ -46,7 +48,7 @@ def test_mautrix_get_and_set_displayname(server: ServerProcess, username: str) -
                 raise AssertionError("missing field must be 404 M_NOT_FOUND")
 
             # Clearing the display name with null (what mautrix sends for None) removes it.
-            await client.set_displayname(None)  # type: ignore[arg-type]
+            await client.set_displayname(None)
             assert await client.get_displayname(UserID(user_id)) is None
         finally:
             await api.session.close()

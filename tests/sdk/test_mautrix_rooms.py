@@ -17,13 +17,20 @@ import httpx
 from mautrix.client import Client, InternalEventType, MembershipEventDispatcher
 from mautrix.errors import MatrixRequestError
 from mautrix.types import (
+    JSON,
+    Event,
     EventType,
     Membership,
+    MemberStateEventContent,
     MessageEvent,
+    PaginatedMessages,
     PaginationDirection,
     RoomCreatePreset,
     RoomID,
+    RoomNameStateEventContent,
+    RoomTopicStateEventContent,
     StateEvent,
+    SyncToken,
     UserID,
 )
 
@@ -59,7 +66,7 @@ class Watcher:
 
     def __init__(self, client: Client) -> None:
         self.client = client
-        self.since: str | None = None
+        self.since: SyncToken | None = None
         self.seen: asyncio.Queue[tuple[InternalEventType, StateEvent]] = asyncio.Queue()
         client.add_dispatcher(MembershipEventDispatcher)
         for kind in MEMBERSHIP_KINDS:
@@ -71,14 +78,14 @@ class Watcher:
 
         return record
 
-    async def sync(self) -> dict[str, Any]:
+    async def sync(self) -> None:
         """One /sync (a long poll once there is a ``since``), handled like the sync loop."""
-        data: dict[str, Any] = await self.client.sync(
+        data: JSON = await self.client.sync(
             since=self.since, timeout=0 if self.since is None else int(WAIT_S * 1000)
         )
-        self.since = data["next_batch"]
+        assert isinstance(data, dict) and isinstance(data["next_batch"], str), data
+        self.since = SyncToken(data["next_batch"])
         await asyncio.gather(*self.client.handle_sync(data))
-        return data
 
     async def next(self) -> tuple[InternalEventType, StateEvent]:
         return await asyncio.wait_for(self.seen.get(), WAIT_S)
@@ -90,6 +97,13 @@ class Watcher:
         while not self.seen.empty():
             out.append(self.seen.get_nowait()[0])
         return out
+
+
+def _page(messages: PaginatedMessages) -> tuple[list[Event], SyncToken | None]:
+    """The events and ``end`` token of one /messages page."""
+    # mautrix declares PaginatedMessages with NamedTuple's keyword form, which mypy reads as a
+    # tuple without fields; the fields exist at run time.
+    return messages.events, messages.end  # type: ignore[attr-defined]
 
 
 @asynccontextmanager
@@ -123,6 +137,8 @@ def test_displayname_change_fires_profile_change_for_the_other_member(
             kind, evt = await watcher.next()
             assert kind == InternalEventType.PROFILE_CHANGE
             assert evt.room_id == room_id and evt.state_key == bob.mxid
+            assert isinstance(evt.content, MemberStateEventContent)
+            assert isinstance(evt.prev_content, MemberStateEventContent)
             assert evt.content.membership == Membership.JOIN
             assert evt.content.displayname == "Bobby"
             assert evt.prev_content.displayname == "Bob"
@@ -182,21 +198,27 @@ def test_mautrix_room_calls_round_trip(server: ServerProcess, username: str) -> 
             assert set(members) == {alice.mxid, bob.mxid}
             assert members[alice.mxid].displayname == "Alice"
 
-            state = {(e.type, e.state_key): e for e in await bob.get_state(room_id)}
-            assert state[(EventType.ROOM_NAME, "")].content.name == "Mautrix room"
-            assert state[(EventType.ROOM_TOPIC, "")].content.topic == "about things"
+            state = {(e.type, e.state_key): e.content for e in await bob.get_state(room_id)}
+            name = state[(EventType.ROOM_NAME, "")]
+            topic = state[(EventType.ROOM_TOPIC, "")]
+            assert isinstance(name, RoomNameStateEventContent) and name.name == "Mautrix room"
+            assert isinstance(topic, RoomTopicStateEventContent) and topic.topic == "about things"
             member_events = await bob.get_members(room_id, membership=Membership.JOIN)
             assert {e.state_key for e in member_events} == {alice.mxid, bob.mxid}
 
             first = await alice.send_text(room_id, "one")
             second = await alice.send_text(room_id, "two")
-            page = await bob.get_messages(room_id, PaginationDirection.BACKWARD, limit=2)
-            assert [e.event_id for e in page.events] == [second, first]
-            assert all(isinstance(e, MessageEvent) for e in page.events)
-            older = await bob.get_messages(
-                room_id, PaginationDirection.BACKWARD, from_token=page.end, limit=1
+            events, end = _page(
+                await bob.get_messages(room_id, PaginationDirection.BACKWARD, limit=2)
             )
-            assert older.events and older.events[0].event_id not in (first, second)
+            assert [e.event_id for e in events] == [second, first]
+            assert all(isinstance(e, MessageEvent) for e in events)
+            older, _ = _page(
+                await bob.get_messages(
+                    room_id, PaginationDirection.BACKWARD, from_token=end, limit=1
+                )
+            )
+            assert older and older[0].event_id not in (first, second)
 
             event = await bob.get_event(room_id, first)
             assert isinstance(event, MessageEvent) and event.content.body == "one"
@@ -221,9 +243,12 @@ def test_mautrix_reads_and_writes_room_state(server: ServerProcess, username: st
         async with clients(server, username + "alice") as (alice,):
             room_id = await alice.create_room(name="Before")
             name = await alice.get_state_event(room_id, EventType.ROOM_NAME)
-            assert name.name == "Before"
-            await alice.send_state_event(room_id, EventType.ROOM_TOPIC, {"topic": "After"})
-            assert (await alice.get_state_event(room_id, EventType.ROOM_TOPIC)).topic == "After"
+            assert isinstance(name, RoomNameStateEventContent) and name.name == "Before"
+            await alice.send_state_event(
+                room_id, EventType.ROOM_TOPIC, RoomTopicStateEventContent(topic="After")
+            )
+            topic = await alice.get_state_event(room_id, EventType.ROOM_TOPIC)
+            assert isinstance(topic, RoomTopicStateEventContent) and topic.topic == "After"
             whole = await alice.get_state_event(room_id, EventType.ROOM_NAME, format="event")
             assert isinstance(whole, StateEvent) and whole.sender == alice.mxid
 
@@ -265,6 +290,8 @@ def test_mautrix_sync_loop_delivers_messages_and_profile_changes(
                 assert evt.sender == bob.mxid and evt.content.body == "through the loop"
                 await bob.set_displayname("Bobby")
                 rename = await asyncio.wait_for(renames.get(), WAIT_S)
+                assert isinstance(rename.content, MemberStateEventContent)
+                assert isinstance(rename.prev_content, MemberStateEventContent)
                 assert rename.content.displayname == "Bobby"
                 assert rename.prev_content.displayname == "Bob"
             finally:

@@ -186,9 +186,9 @@ def test_v12_event_in_a_room_whose_create_event_was_rejected_is_rejected() -> No
 def test_v12_create_event_is_taken_from_the_argument_when_not_in_the_map() -> None:
     room = standard_room(ROOM_V12)
     event = room.build(MESSAGE, ALICE)
-    auth_state = {(e.type, e.state_key): e for e in map(room.events.get, event.auth_event_ids) if e}
+    auth_state = {e.state_tuple(): e for e in map(room.events.get, event.auth_event_ids) if e}
     assert (CREATE, "") not in auth_state
-    check_auth(event, auth_state, create_event=room.create)  # type: ignore[arg-type]
+    check_auth(event, auth_state, create_event=room.create)
 
 
 @LEGACY

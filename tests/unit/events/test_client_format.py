@@ -1,4 +1,4 @@
-"""refserver.events.client_format: ClientEvent, federation format, stripped state."""
+"""refserver.events.client_format: ClientEvent, stripped state."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ import pytest
 from refserver.events.client_format import (
     STRIPPED_STATE_TYPES,
     client_event,
-    federation_event,
-    stripped_state,
     stripped_state_event,
 )
 from refserver.events.model import Event
@@ -142,15 +140,6 @@ def test_a_redaction_without_a_target_gets_no_redacts_copy() -> None:
     assert out["content"] == {}
 
 
-def test_federation_format_is_the_pdu_with_event_id_and_local_unsigned() -> None:
-    event = _event()
-    out = federation_event(event, now_ms=TS + 3)
-    expected = dict(event.pdu)
-    expected.update(event_id="$ev", unsigned={"age": 3})
-    assert out == expected
-    assert "unsigned" not in federation_event(event)
-
-
 def test_stripped_state_event_has_only_four_keys() -> None:
     event = _event(type="m.room.name", content={"name": "Room"}, state_key="")
     assert stripped_state_event(event) == {
@@ -159,22 +148,6 @@ def test_stripped_state_event_has_only_four_keys() -> None:
         "content": {"name": "Room"},
         "sender": ALICE,
     }
-
-
-def test_stripped_state_picks_the_recommended_types_create_first() -> None:
-    events = [
-        _event(event_id="$t", type="m.room.topic", content={"topic": "t"}, state_key=""),
-        _event(
-            event_id="$m", type="m.room.member", content={"membership": "join"}, state_key=ALICE
-        ),
-        _event(event_id="$p", type="m.room.power_levels", content={}, state_key=""),
-        _event(event_id="$c", type="m.room.create", content={"room_version": "11"}, state_key=""),
-        _event(
-            event_id="$j", type="m.room.join_rules", content={"join_rule": "invite"}, state_key=""
-        ),
-    ]
-    out = stripped_state(events)
-    assert [e["type"] for e in out] == ["m.room.create", "m.room.topic", "m.room.join_rules"]
 
 
 def test_recommended_stripped_state_types_match_the_spec_list() -> None:

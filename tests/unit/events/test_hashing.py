@@ -13,10 +13,10 @@ from refserver.events.hashing import (
     compute_content_hash,
     compute_event_id,
     compute_reference_hash,
-    compute_room_id_v12,
     content_hash_base64,
 )
 from refserver.events.room_versions import ROOM_V10, ROOM_V11, ROOM_V12
+from refserver.ids import room_id_of_create_event
 from tests.unit.spec_vectors import load_vectors
 
 EVENTS = load_vectors("appendix_events")["events"]
@@ -97,10 +97,11 @@ def test_v12_room_id_is_the_create_event_id_with_a_bang() -> None:
         "hashes": {"sha256": "x"},
         "signatures": {},
     }
-    room_id = compute_room_id_v12(create)
-    assert room_id == "!" + compute_event_id(create, ROOM_V12)[1:]
+    event_id = compute_event_id(create, ROOM_V12)
+    room_id = room_id_of_create_event(event_id)
+    assert room_id == "!" + event_id[1:]
     assert URLSAFE_ID.match(room_id)
     assert ":" not in room_id
     # Create content is fully protected in v12, so it changes the room ID.
     other = {**create, "content": {"room_version": "12", "additional_creators": ["@b:x"]}}
-    assert compute_room_id_v12(other) != room_id
+    assert room_id_of_create_event(compute_event_id(other, ROOM_V12)) != room_id

@@ -67,8 +67,9 @@ async def test_a_fan_out_is_spread_at_wakeups_per_second(tmp_path: Path) -> None
     async with open_database(tmp_path / "db.sqlite") as db:
         sender = FederationSender(
             db,
-            client,
-            origin="origin.test",  # type: ignore[arg-type]
+            # FakeClient stands in for FederationClient's one method the sender calls.
+            client,  # type: ignore[arg-type]
+            origin="origin.test",
             config=SenderConfig(wakeups_per_second=20.0, idle_timeout_s=0.5),
             edu_sources=[OneEduEach(destinations)],
         )
@@ -87,8 +88,9 @@ async def test_a_dead_destination_does_not_delay_the_others(tmp_path: Path) -> N
     async with open_database(tmp_path / "db.sqlite") as db:
         sender = FederationSender(
             db,
-            client,
-            origin="origin.test",  # type: ignore[arg-type]
+            # FakeClient stands in for FederationClient's one method the sender calls.
+            client,  # type: ignore[arg-type]
+            origin="origin.test",
             config=SenderConfig(wakeups_per_second=1000.0, retry_initial_s=0.2, retry_max_s=0.4),
             edu_sources=[OneEduEach(["dead.test", "alive.test"])],
         )

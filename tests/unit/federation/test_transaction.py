@@ -15,7 +15,6 @@ from refserver.federation.transaction import (
     ParsedTransaction,
     Transaction,
     TransactionError,
-    take_batch,
     validate_incoming_transaction,
 )
 
@@ -69,24 +68,6 @@ def test_outgoing_transaction_round_trips_through_incoming_validation() -> None:
 def test_transaction_refuses_more_than_the_limits(pdus: int, edus: int) -> None:
     with pytest.raises(ValueError):
         Transaction("a", "b", "t", 0, _pdus(pdus), _edus(edus))
-
-
-def test_take_batch_takes_the_oldest_items_up_to_the_limits() -> None:
-    pdus, edus = _pdus(120), _edus(230)
-    pdu_batch, edu_batch = take_batch(pdus, edus)
-    assert pdu_batch == pdus[:MAX_PDUS]
-    assert edu_batch == edus[:MAX_EDUS]
-
-
-def test_take_batch_takes_everything_when_under_the_limits() -> None:
-    assert take_batch(_pdus(3), []) == (_pdus(3), [])
-
-
-def test_take_batch_leaves_its_arguments_alone() -> None:
-    pdus, edus = _pdus(60), _edus(2)
-    pdu_batch, _ = take_batch(pdus, edus)
-    pdu_batch.clear()
-    assert len(pdus) == 60 and len(edus) == 2
 
 
 # --- incoming --------------------------------------------------------------------------------
