@@ -17,12 +17,13 @@ _names = itertools.count()
 ONE_WORKER_DIRS = ("tests/synapse/",)
 
 
-class _LoadFileKeepingDirsTogether(LoadFileScheduling):
+class _LoadFileKeepingDirsTogether(LoadFileScheduling):  # type: ignore[misc]  # xdist is untyped
     def _split_scope(self, nodeid: str) -> str:
         for directory in ONE_WORKER_DIRS:
             if nodeid.startswith(directory):
                 return directory
-        return super()._split_scope(nodeid)
+        scope: str = super()._split_scope(nodeid)
+        return scope
 
 
 @pytest.hookimpl(optionalhook=True)
