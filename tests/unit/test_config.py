@@ -16,8 +16,8 @@ from refserver.app.config import (
     RateLimit,
     ServerSection,
     parse_config,
-    render_config,
 )
+from refserver.app.config_render import render_config
 
 
 def test_rendered_config_matches_dataclass_defaults() -> None:
@@ -67,7 +67,6 @@ def test_relative_paths_resolve_against_the_config_directory() -> None:
 
 
 def test_per_field_msc4259_policies_parse_and_reach_the_edu_policy() -> None:
-    from refserver.app.config import render_config
     from refserver.app.wiring import edu_policy
     from refserver.profiles.edus import FieldPolicy
 
@@ -88,6 +87,7 @@ def test_per_field_msc4259_policies_parse_and_reach_the_edu_policy() -> None:
 #: (MSC4259 policy); end an idle destination queue task at once.
 ZERO_ALLOWED = [
     ("federation", "idle_timeout_s"),
+    ("msc4259", "join_fetch_grace_s"),
     ("msc4259", "debounce_s"),
     ("msc4259", "max_delay_s"),
     ("msc4259", "min_interval_s"),
