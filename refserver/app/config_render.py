@@ -87,6 +87,8 @@ def _toml_keys(cls: type[Any], name: str, defaults: Any, chosen: dict[str, Any])
         lines += _comment(f.metadata["doc"])
         if is_policy_table(field_types(cls)[f.name]):
             field_name, example = _POLICY_EXAMPLE
+            for key in settings_of(FieldPolicyConfig):
+                lines += _comment(f"{key.name}: {key.metadata['doc']}")
             lines.append(f'# [{name}.{f.name}."{field_name}"]')
             lines += [f"# {k} = {_toml_value(v)}" for k, v in dataclasses.asdict(example).items()]
             continue
