@@ -433,7 +433,7 @@ def _build(cls: type[Any], data: Any, where: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
     unknown = set(data) - names
     if unknown:
-        place = f"[{where}]" if where else "the top level"
+        place = f"[{where}]" if where else "the top level of the file"
         raise ConfigError(f"unknown setting(s) in {place}: {', '.join(sorted(unknown))}")
     kwargs = {}
     for name, value in data.items():
@@ -500,7 +500,8 @@ def parse_config(text: str, *, base_dir: Path) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"invalid TOML: {exc}") from None
-    if "server" not in data or "server_name" not in data.get("server", {}):
+    server = data.get("server")
+    if not isinstance(server, dict) or "server_name" not in server:
         raise ConfigError("[server] server_name is required")
     config: Config = _build(Config, data, "")
     # The one rule across sections.

@@ -37,6 +37,7 @@ def test_rendered_config_matches_dataclass_defaults() -> None:
     ("text", "message"),
     [
         ("[server]\n", "server_name is required"),
+        ("server = 1\n", "server_name is required"),
         ('[server]\nserver_name = "a b"\n', "invalid server_name"),
         ('[server]\nserver_name = "hs"\ntypo = 1\n', "unknown setting"),
         ('[server]\nserver_name = "hs"\n[client]\nport = "80"\n', "must be an integer"),
