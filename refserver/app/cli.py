@@ -15,7 +15,8 @@ from pathlib import Path
 import trio
 
 from refserver.accounts.service import AccountService
-from refserver.app.config import Config, ConfigError, load_config, parse_config, render_config
+from refserver.app.config import Config, ConfigError, load_config, parse_config
+from refserver.app.config_render import render_config
 from refserver.crypto.keys import (
     KeyFileError,
     generate_key_file,

@@ -1,15 +1,22 @@
-"""refserver configuration: one TOML file, every setting documented (docs/configuration.md).
+"""refserver configuration: one TOML file, described once, by the dataclasses below.
 
-``refserver init`` writes :func:`render_config` — every setting, commented, with its default —
-and :func:`load_config` reads it back into frozen dataclasses. Unknown keys are errors, so a
+Every setting is a dataclass field declared with :func:`setting`: its default, its allowed
+range and a one-line description; a section's docstring describes the section. Everything
+else is generated from them: the checks of :func:`parse_config` here, and in
+:mod:`refserver.app.config_render` the commented file ``refserver init`` writes
+(``render_config``) and the settings tables in docs/configuration.md (``python -m
+refserver.app.config_render --write-docs``).
+
+:func:`load_config` reads the file into frozen dataclasses. Unknown keys are errors, so a
 typo never silently falls back to a default.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import tomllib
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,119 +28,330 @@ class ConfigError(Exception):
     """The configuration file is missing, malformed or inconsistent."""
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+EDU_TYPE_NAMES = ("uk.tcpip.msc4259.profile", "m.profile")
+
+
+def setting(
+    default: Any = dataclasses.MISSING,
+    *,
+    doc: str,
+    gt: float | None = None,
+    ge: float | None = None,
+    le: float | None = None,
+    ge_setting: str | None = None,
+    choices: tuple[str, ...] = (),
+    choice_name: str = "value",
+    ignore_case: bool = False,
+    non_empty: bool = False,
+    valid: tuple[Callable[[str], bool], str] | None = None,
+    default_doc: str | None = None,
+) -> Any:
+    """A config setting: a dataclass field whose metadata holds its doc and allowed range.
+
+    ``doc`` is the one-line description (TOML comment and docs table). Numbers: ``gt`` /
+    ``ge`` / ``le`` bound the value, ``ge_setting`` names a setting of the same section the
+    value may not be below. Decimal settings are never negative, whatever else they allow.
+    Strings and lists of strings: ``choices`` (named ``choice_name`` in errors),
+    ``non_empty``, or ``valid = (predicate, "what a valid value is")``. ``default_doc``
+    replaces the default in the docs table.
+    """
+    rules = {
+        "doc": doc,
+        "gt": gt,
+        "ge": ge,
+        "le": le,
+        "ge_setting": ge_setting,
+        "choices": choices,
+        "choice_name": choice_name,
+        "ignore_case": ignore_case,
+        "non_empty": non_empty,
+        "valid": valid,
+        "default_doc": default_doc,
+    }
+    return field(default=default, metadata=rules)
+
+
 @dataclass(frozen=True)
 class RateLimit:
     """A token bucket: ``burst`` actions at once, refilled at ``per_second``."""
 
-    per_second: float
-    burst: int
+    per_second: float = setting(doc="Tokens added back per second.", gt=0)
+    burst: int = setting(doc="Requests let through at once (the bucket's size).", ge=1)
 
 
 @dataclass(frozen=True)
 class ServerSection:
-    server_name: str
-    #: Base URL clients use (well-known). Empty: derived from the client listener.
-    public_baseurl: str = ""
-    signing_key_path: str = "signing.key"
-    database_path: str = "refserver.db"
-    log_level: str = "INFO"
+    """The server's identity, its files and its logging."""
+
+    server_name: str = setting(
+        doc="The server name: the domain part of user IDs (`@alice:<server_name>`) and the"
+        " name other servers reach this one by. With an explicit port, peers connect straight"
+        " to that host and port (no `.well-known`, no SRV). Never change it once users exist.",
+        valid=(is_valid_server_name, "a host name or IP literal, optionally with :port"),
+        default_doc="(required; `init` uses `localhost:<federation-port>`)",
+    )
+    public_baseurl: str = setting(
+        "",
+        doc="Base URL clients use, served in `/.well-known/matrix/client`."
+        " Empty: `http://<client.bind>:<client.port>`.",
+    )
+    signing_key_path: str = setting(
+        "signing.key",
+        doc="ed25519 signing key in Synapse's format (`ed25519 <version> <seed>`). Generated"
+        " by `init`, replaced by `rotate-key`; never commit it.",
+    )
+    database_path: str = setting(
+        "refserver.db", doc="SQLite database (WAL mode). Schema migrations run at start-up."
+    )
+    log_level: str = setting(
+        "INFO",
+        doc="Python logging level.",
+        choices=LOG_LEVELS,
+        choice_name="logging level",
+        ignore_case=True,
+    )
 
 
 @dataclass(frozen=True)
 class ClientListener:
-    bind: str = "127.0.0.1"
-    port: int = 8008
-    #: Request bodies above this size are refused with 413 M_TOO_LARGE.
-    max_request_body_bytes: int = 1024 * 1024
+    """Client-server API listener (plain HTTP; put a TLS proxy in front for anything public)."""
+
+    bind: str = setting("127.0.0.1", doc="Listen address.")
+    port: int = setting(
+        8008, doc="Listen port. This listener also serves `GET /metrics`.", ge=0, le=65535
+    )
+    max_request_body_bytes: int = setting(
+        1024 * 1024, doc="Larger request bodies get 413 `M_TOO_LARGE`."
+    )
 
 
 @dataclass(frozen=True)
 class FederationListener:
-    bind: str = "127.0.0.1"
-    port: int = 8448
-    #: TLS certificate chain and key the federation listener presents (PEM).
-    tls_certificate_path: str = "tls.crt"
-    tls_private_key_path: str = "tls.key"
-    #: Extra CA / certificate PEMs to trust for outbound federation (e.g. the dev CA).
-    trusted_ca_files: tuple[str, ...] = ()
-    #: false: do not verify peers' certificates. A development switch, loudly logged.
-    verify_tls: bool = True
-    #: Old signing keys ("ed25519 <version> <expired_ts> <verify key>"), served as
-    #: old_verify_keys. Written by `refserver rotate-key`.
-    old_signing_keys_path: str = "old_signing.keys"
-    #: Outbound request timeout (seconds): a slow peer never delays any other.
-    request_timeout_s: float = 20.0
-    #: Retry back-off per destination: first delay, multiplier, cap (seconds).
-    retry_initial_s: float = 2.0
-    retry_multiplier: float = 2.0
-    retry_max_s: float = 600.0
-    #: Destination queues woken per second when one event fans out to many servers.
-    wakeups_per_second: float = 100.0
-    #: A destination queue with nothing to send ends after this many seconds.
-    idle_timeout_s: float = 60.0
+    """Server-server API listener (TLS), outbound federation and the per-destination sender."""
+
+    bind: str = setting("127.0.0.1", doc="Listen address.")
+    port: int = setting(8448, doc="Listen port (TLS).", ge=0, le=65535)
+    tls_certificate_path: str = setting(
+        "tls.crt",
+        doc="PEM certificate chain the listener presents. `init` issues it from the"
+        " development CA (valid for `localhost`, `127.0.0.1`, `::1` and the server name's host).",
+    )
+    tls_private_key_path: str = setting(
+        "tls.key", doc="PEM private key of that certificate (mode 0600)."
+    )
+    trusted_ca_files: tuple[str, ...] = setting(
+        (),
+        doc="Extra CA or certificate PEM files trusted for outbound federation, in addition to"
+        " the system store: the shared development CA, a Synapse's self-signed certificate, …",
+        default_doc="`[]` (`init` writes the absolute path of `<ca-dir>/ca.pem`)",
+    )
+    verify_tls: bool = setting(
+        True,
+        doc="`false` turns off certificate verification for every outbound federation"
+        " request. A development switch: logged as a warning at start-up.",
+    )
+    old_signing_keys_path: str = setting(
+        "old_signing.keys",
+        doc="Retired signing keys, one per line `ed25519 <version> <expired_ts> <verify key>`,"
+        " published as `old_verify_keys`. Written by `refserver rotate-key`; a missing file"
+        " means no old keys.",
+    )
+    request_timeout_s: float = setting(
+        20.0,
+        doc="Time limit in seconds for one outbound request, server-name resolution included."
+        " A slow or dead peer never delays requests to any other.",
+        gt=0,
+    )
+    retry_initial_s: float = setting(
+        2.0, doc="First retry delay (seconds) after a failed transaction to a destination.", gt=0
+    )
+    retry_multiplier: float = setting(
+        2.0, doc="Factor applied to the retry delay after each further failure.", ge=1
+    )
+    retry_max_s: float = setting(
+        600.0,
+        doc="Cap on the retry delay (seconds). Every delay is jittered by ×0.8–1.4 (never"
+        " above the cap).",
+        ge_setting="retry_initial_s",
+    )
+    wakeups_per_second: float = setting(
+        100.0,
+        doc="Destination queues woken per second when one event or profile change fans out"
+        " to many servers.",
+        gt=0,
+    )
+    idle_timeout_s: float = setting(
+        60.0,
+        doc="A destination queue task with nothing to send ends after this many seconds; the"
+        " next wake-up starts a new one. `0`: it ends as soon as it has nothing to send.",
+        ge=0,
+    )
 
 
 @dataclass(frozen=True)
 class RegistrationSection:
-    #: Open registration through POST /register. ``register-user`` works regardless.
-    enabled: bool = True
+    """Who may create an account."""
+
+    enabled: bool = setting(
+        True,
+        doc="Open registration through `POST /register` (one `m.login.dummy` stage). `false`:"
+        " `/register` answers 403 `M_FORBIDDEN`; `refserver register-user` still works.",
+    )
 
 
 @dataclass(frozen=True)
 class ProfileSection:
-    #: false: users may not change any profile field (m.profile_fields.enabled).
-    enabled: bool = True
-    #: If non-empty, only these fields may be changed; ``disallowed_fields`` is then ignored.
-    allowed_fields: tuple[str, ...] = ()
-    #: Fields users may not change.
-    disallowed_fields: tuple[str, ...] = ()
+    """Which profile fields users may change (capability `m.profile_fields`)."""
+
+    enabled: bool = setting(True, doc="`false`: no field may be changed.")
+    allowed_fields: tuple[str, ...] = setting(
+        (),
+        doc="If non-empty, only these fields may be set or deleted; `disallowed_fields` is"
+        " then ignored (as in the spec).",
+    )
+    disallowed_fields: tuple[str, ...] = setting(
+        (), doc='Fields that may not be set or deleted, e.g. `["avatar_url"]`.'
+    )
+
+
+_LOGIN_LIMIT = RateLimit(per_second=10.0, burst=100)
+_REGISTER_LIMIT = RateLimit(per_second=10.0, burst=100)
+_PROFILE_WRITE_LIMIT = RateLimit(per_second=20.0, burst=200)
 
 
 @dataclass(frozen=True)
 class RateLimitSection:
-    login: RateLimit = RateLimit(per_second=10.0, burst=100)
-    register: RateLimit = RateLimit(per_second=10.0, burst=100)
-    profile_write: RateLimit = RateLimit(per_second=20.0, burst=200)
+    """Token buckets: `burst` requests at once, refilled at `per_second`.
+
+    Over the limit: 429 `M_LIMIT_EXCEEDED` with `Retry-After`. A `[rate_limits.<name>]`
+    table must give both keys.
+    """
+
+    # setting() returns a dataclasses.field, and RateLimit is frozen: no shared mutable default.
+    login: RateLimit = setting(  # noqa: RUF009
+        _LOGIN_LIMIT, doc="`POST /login`, keyed by client address."
+    )
+    register: RateLimit = setting(  # noqa: RUF009
+        _REGISTER_LIMIT,
+        doc="`POST /register` and `/register/available`, keyed by client address.",
+    )
+    profile_write: RateLimit = setting(  # noqa: RUF009
+        _PROFILE_WRITE_LIMIT,
+        doc="PUT/DELETE of profile fields, keyed by user.",
+    )
 
 
 @dataclass(frozen=True)
 class FieldPolicyConfig:
     """Per-field MSC4259 sending policy (see profiles/edus.py FieldPolicy)."""
 
-    debounce_s: float
-    max_delay_s: float
-    min_interval_s: float
+    debounce_s: float = setting(
+        doc="Wait this long after the latest change for more changes to merge.", ge=0
+    )
+    max_delay_s: float = setting(doc="Upper bound on the postponement caused by debouncing.", ge=0)
+    min_interval_s: float = setting(
+        doc="Minimum time between EDUs about this field of the same user, per destination.",
+        ge=0,
+    )
 
 
 @dataclass(frozen=True)
 class Msc4259Section:
-    #: Send MSC4259 profile EDUs at all (receiving is always on).
-    enabled: bool = True
-    #: EDU types to send: "uk.tcpip.msc4259.profile" (unstable), "m.profile", or both.
-    edu_types: tuple[str, ...] = ("uk.tcpip.msc4259.profile",)
-    #: Fields never federated as EDUs.
-    local_only_fields: tuple[str, ...] = ()
-    #: Ignore EDUs about users who share no room with any local user.
-    accept_only_shared_users: bool = True
-    #: Policy for displayname, avatar_url and m.tz.
-    debounce_s: float = 0.5
-    max_delay_s: float = 5.0
-    min_interval_s: float = 1.0
-    #: Policy for every other (custom) field.
-    custom_debounce_s: float = 1.0
-    custom_max_delay_s: float = 10.0
-    custom_min_interval_s: float = 5.0
-    #: Remote profile cache freshness: default, and for servers that send us EDUs.
-    remote_cache_ttl_s: float = 86400.0
-    remote_cache_ttl_edu_s: float = 604800.0
-    #: How often the refresher looks for stale cached profiles, and its fetch rate.
-    refresh_interval_s: float = 300.0
-    refresh_per_second: float = 2.0
-    #: When a remote user starts sharing a room with a local user, query their full profile
-    #: this long after, unless an MSC4259 EDU from their server delivered it meanwhile.
-    join_fetch_grace_s: float = 2.0
-    #: Per-field overrides: [msc4259.fields."m.call"] debounce_s = …, max_delay_s = …, …
-    fields: tuple[tuple[str, FieldPolicyConfig], ...] = ()
+    """MSC4259 profile update EDUs (docs/msc4259.md). Receiving is always on."""
+
+    enabled: bool = setting(
+        True,
+        doc="Send profile EDUs for local profile changes and do the join-time exchange."
+        " `false`: nothing is marked dirty and no profile EDU is sent; updates already"
+        " pending stay in the database until it is `true` again. Incoming EDUs of both types"
+        " are still accepted.",
+    )
+    edu_types: tuple[str, ...] = setting(
+        ("uk.tcpip.msc4259.profile",),
+        doc="EDU types to send: `uk.tcpip.msc4259.profile` (MSC4259's unstable prefix),"
+        " `m.profile` (the name the MSC proposes), or both; with both, each update is sent"
+        " once per type.",
+        choices=EDU_TYPE_NAMES,
+        choice_name="EDU type",
+        non_empty=True,
+    )
+    local_only_fields: tuple[str, ...] = setting(
+        (),
+        doc='Fields never sent as EDUs, e.g. `["org.example.private"]`. They remain readable'
+        " through `GET /_matrix/federation/v1/query/profile`.",
+    )
+    accept_only_shared_users: bool = setting(
+        True,
+        doc="Drop incoming EDUs about users who share no room with any local user (counted as"
+        " `no_shared_room`). `false`: cache every valid EDU.",
+    )
+    debounce_s: float = setting(
+        0.5,
+        doc="For `displayname`, `avatar_url` and `m.tz`: wait this long after the latest"
+        " change for more changes to merge into the same EDU. `0`: a change is ready at once.",
+        ge=0,
+    )
+    max_delay_s: float = setting(
+        5.0,
+        doc="… but never postpone a change more than this after its first unsent change. `0`:"
+        " never postpone (no debouncing).",
+        ge=0,
+    )
+    min_interval_s: float = setting(
+        1.0,
+        doc="… and send at most one EDU about the same user's field per this interval, per"
+        " destination. `0`: no minimum interval.",
+        ge=0,
+    )
+    custom_debounce_s: float = setting(
+        1.0, doc="`debounce_s` for every other (custom) field.", ge=0
+    )
+    custom_max_delay_s: float = setting(
+        10.0, doc="`max_delay_s` for every other (custom) field.", ge=0
+    )
+    custom_min_interval_s: float = setting(
+        5.0, doc="`min_interval_s` for every other (custom) field.", ge=0
+    )
+    remote_cache_ttl_s: float = setting(
+        86400.0,
+        doc="A cached remote profile is fresh for this long after it became complete: its"
+        " last full `query/profile` answer, or the first MSC4259 EDU from the user's server"
+        " (docs/msc4259.md §6.12; 24 h: MSC4133's bound). When its server fails, a stale copy"
+        " still answers (stale-if-error, docs/msc4259.md §6.15).",
+        gt=0,
+    )
+    remote_cache_ttl_edu_s: float = setting(
+        604800.0,
+        doc="Freshness for users of servers that have sent this server at least one valid"
+        " profile EDU (7 days).",
+        gt=0,
+    )
+    refresh_interval_s: float = setting(
+        300.0,
+        doc="How often the background refresher looks for stale cached profiles of remote"
+        " users who share a room with a local user.",
+        gt=0,
+    )
+    refresh_per_second: float = setting(
+        2.0,
+        doc="Rate of the refresher's `query/profile` requests, and of the join fetches.",
+        gt=0,
+    )
+    join_fetch_grace_s: float = setting(
+        2.0,
+        doc="When a remote user starts sharing a room with a local user and nothing is cached"
+        " about them, their `displayname`/`avatar_url` are taken from their `m.room.member`"
+        " event and their full profile is queried (`query/profile`) this many seconds later,"
+        " unless an MSC4259 EDU from their server delivered it meanwhile (docs/msc4259.md"
+        " §6.14). Long enough for a join-time exchange to arrive; `0` queries at once.",
+        ge=0,
+    )
+    fields: tuple[tuple[str, FieldPolicyConfig], ...] = setting(
+        (),
+        doc='Per-field policy overrides, one `[msc4259.fields."<field>"]` table each (all'
+        " three keys required).",
+    )
 
 
 @dataclass(frozen=True)
@@ -146,7 +364,7 @@ class Config:
     rate_limits: RateLimitSection = field(default_factory=RateLimitSection)
     msc4259: Msc4259Section = field(default_factory=Msc4259Section)
     #: Directory relative paths are resolved against (the config file's directory).
-    base_dir: Path = Path(".")
+    base_dir: Path = field(default=Path("."), metadata={"internal": True})
 
     def resolve(self, relative: str) -> Path:
         path = Path(relative)
@@ -160,73 +378,121 @@ class Config:
         return f"http://{host}:{self.client.port}"
 
 
-def _build(cls: type[Any], data: dict[str, Any], where: str) -> Any:
-    """Build dataclass ``cls`` from a TOML table, checking names and types."""
+# -- reading -------------------------------------------------------------------------------
+
+#: The TOML sections, in file order: the fields of :class:`Config` but ``base_dir``.
+SECTIONS = tuple(f.name for f in dataclasses.fields(Config) if not f.metadata.get("internal"))
+
+
+def field_types(cls: type[Any]) -> dict[str, Any]:
+    """Field name → its type (the annotations are postponed strings)."""
+    return typing.get_type_hints(cls)
+
+
+def settings_of(cls: type[Any]) -> list[dataclasses.Field[Any]]:
+    """The settings of a section dataclass, in declaration order."""
+    return [f for f in dataclasses.fields(cls) if "doc" in f.metadata]
+
+
+def is_policy_table(ftype: Any) -> bool:
+    return bool(ftype == tuple[tuple[str, FieldPolicyConfig], ...])
+
+
+def _convert(ftype: Any, value: Any, key: str) -> Any:
+    """Check a TOML value against the field type; decimals also against being negative."""
+    if dataclasses.is_dataclass(ftype):
+        return _build(typing.cast(type[Any], ftype), value, key)
+    if ftype == tuple[str, ...]:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key} must be a list of strings")
+        return tuple(value)
+    if ftype is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false")
+        return value
+    if ftype is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer")
+        return value
+    if ftype is float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ConfigError(f"{key} must be a number, not negative")
+        return float(value)
+    if ftype is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string")
+        return value
+    raise ConfigError(f"{key}: unsupported type {ftype}")  # pragma: no cover - new type
+
+
+def _build(cls: type[Any], data: Any, where: str) -> Any:
+    """Build dataclass ``cls`` from a TOML table, checking names, types and ranges."""
     if not isinstance(data, dict):
         raise ConfigError(f"[{where}] must be a table")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "base_dir"}
-    unknown = set(data) - set(fields)
+    types = field_types(cls)
+    names = {f.name for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    unknown = set(data) - names
     if unknown:
-        raise ConfigError(f"unknown setting(s) in [{where}]: {', '.join(sorted(unknown))}")
-    kwargs: dict[str, Any] = {}
+        place = f"[{where}]" if where else "the top level of the file"
+        raise ConfigError(f"unknown setting(s) in {place}: {', '.join(sorted(unknown))}")
+    kwargs = {}
     for name, value in data.items():
-        ftype = str(fields[name].type)  # a string: annotations are postponed
-        key = f"{where}.{name}"
-        if dataclasses.is_dataclass(_SECTION_TYPES.get(ftype)):
-            kwargs[name] = _build(_SECTION_TYPES[ftype], value, key)
-        elif ftype == "tuple[str, ...]":
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise ConfigError(f"{key} must be a list of strings")
-            kwargs[name] = tuple(value)
-        elif ftype == "bool":
-            if not isinstance(value, bool):
-                raise ConfigError(f"{key} must be true or false")
-            kwargs[name] = value
-        elif ftype == "int":
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"{key} must be an integer")
-            kwargs[name] = value
-        elif ftype == "float":
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise ConfigError(f"{key} must be a number, not negative")
-            kwargs[name] = float(value)
-        elif ftype == "str":
-            if not isinstance(value, str):
-                raise ConfigError(f"{key} must be a string")
-            kwargs[name] = value
-        else:  # pragma: no cover - a new field type was added without a branch here
-            raise ConfigError(f"{key}: unsupported type {ftype}")
+        key = f"{where}.{name}" if where else name
+        if is_policy_table(types[name]):
+            kwargs[name] = _policy_tables(value, key)
+        else:
+            kwargs[name] = _convert(types[name], value, key)
     try:
-        return cls(**kwargs)
+        built = cls(**kwargs)
     except TypeError as exc:
         raise ConfigError(f"[{where}]: {exc}") from None
+    _check_rules(built, where)
+    return built
 
 
-_SECTION_TYPES: dict[str, type[Any]] = {
-    "RateLimit": RateLimit,
-    "ServerSection": ServerSection,
-    "ClientListener": ClientListener,
-    "FederationListener": FederationListener,
-    "RegistrationSection": RegistrationSection,
-    "ProfileSection": ProfileSection,
-    "RateLimitSection": RateLimitSection,
-    "Msc4259Section": Msc4259Section,
-    "FieldPolicyConfig": FieldPolicyConfig,
-}
-
-EDU_TYPE_NAMES = ("uk.tcpip.msc4259.profile", "m.profile")
-
-
-def _field_policies(data: dict[str, Any]) -> tuple[tuple[str, FieldPolicyConfig], ...]:
-    fields = (
-        data.get("msc4259", {}).pop("fields", {}) if isinstance(data.get("msc4259"), dict) else {}
-    )
-    if not isinstance(fields, dict):
-        raise ConfigError("[msc4259.fields] must be a table of per-field tables")
+def _policy_tables(value: Any, key: str) -> tuple[tuple[str, FieldPolicyConfig], ...]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"[{key}] must be a table of per-field tables")
     return tuple(
-        (name, _build(FieldPolicyConfig, table, f"msc4259.fields.{name}"))
-        for name, table in sorted(fields.items())
+        (name, _build(FieldPolicyConfig, table, f"{key}.{name}"))
+        for name, table in sorted(value.items())
     )
+
+
+def _check_rules(section: Any, where: str) -> None:
+    """The allowed range of each setting of a built section, from its field metadata."""
+    for f in settings_of(type(section)):
+        _check_value(section, f, getattr(section, f.name), f"{where}.{f.name}")
+
+
+def _check_value(section: Any, f: dataclasses.Field[Any], value: Any, key: str) -> None:
+    m = f.metadata
+    if m["gt"] is not None and not value > m["gt"]:
+        raise ConfigError(
+            f"{key} must be positive" if m["gt"] == 0 else f"{key} must be above {m['gt']:g}"
+        )
+    if m["ge"] is not None and m["le"] is not None and not m["ge"] <= value <= m["le"]:
+        raise ConfigError(f"{key} must be from {m['ge']:g} to {m['le']:g}, not {value}")
+    if m["ge"] is not None and not value >= m["ge"]:
+        raise ConfigError(f"{key} must be at least {m['ge']:g}")
+    if m["ge_setting"] is not None and value < getattr(section, m["ge_setting"]):
+        where = key.rsplit(".", 1)[0]
+        raise ConfigError(f"{key} must be at least {where}.{m['ge_setting']}")
+    if m["valid"] is not None and not m["valid"][0](value):
+        raise ConfigError(f"invalid {f.name} {value!r}: expected {m['valid'][1]}")
+    if m["choices"]:
+        fold: Callable[[str], str] = str.upper if m["ignore_case"] else str
+        known = ", ".join(m["choices"])
+        if isinstance(value, tuple):
+            for item in value:
+                if item not in m["choices"]:
+                    raise ConfigError(
+                        f"{key}: unknown {m['choice_name']} {item!r} (known: {known})"
+                    )
+        elif fold(value) not in m["choices"]:
+            raise ConfigError(f"{key} {value!r} is not a {m['choice_name']} ({known})")
+    if m["non_empty"] and not value:
+        raise ConfigError(f"{key} must name at least one {m['choice_name']}")
 
 
 def parse_config(text: str, *, base_dir: Path) -> Config:
@@ -234,71 +500,17 @@ def parse_config(text: str, *, base_dir: Path) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"invalid TOML: {exc}") from None
-    if "server" not in data or "server_name" not in data.get("server", {}):
+    server = data.get("server")
+    if not isinstance(server, dict) or "server_name" not in server:
         raise ConfigError("[server] server_name is required")
-    field_policies = _field_policies(data)
-    config: Config = _build(Config, data, "config")
-    config = dataclasses.replace(
-        config,
-        base_dir=base_dir,
-        msc4259=dataclasses.replace(config.msc4259, fields=field_policies),
-    )
-    _check_ranges(config)
-    for edu_type in config.msc4259.edu_types:
-        if edu_type not in EDU_TYPE_NAMES:
-            raise ConfigError(f"msc4259.edu_types: unknown EDU type {edu_type!r}")
-    if not config.msc4259.edu_types:
-        raise ConfigError("msc4259.edu_types must name at least one EDU type")
-    if not is_valid_server_name(config.server.server_name):
-        raise ConfigError(f"invalid server_name {config.server.server_name!r}")
-    for port in (config.client.port, config.federation.port):
-        if not 0 <= port < 65536:
-            raise ConfigError(f"invalid port {port}")
+    config: Config = _build(Config, data, "")
+    # The one rule across sections.
     if config.client.port == config.federation.port != 0:
         raise ConfigError(
             f"[client] port and [federation] port are both {config.client.port};"
             " each listener needs its own port"
         )
-    return config
-
-
-def _check_ranges(config: Config) -> None:
-    """Values that parse but would break the server later.
-
-    Every decimal setting is already non-negative (``_build``). ``0`` stays allowed where it
-    means something: the MSC4259 timing policy (debounce 0 = send at once, max delay 0 =
-    never postpone, min interval 0 = no per-field limit) and ``federation.idle_timeout_s``
-    (0 = a queue task ends as soon as it has nothing to send). For the settings below 0
-    would break the server (every request timing out, a back-off ``Backoff`` refuses, a
-    busy loop, a division by zero) or defeat the setting (a cache that is never fresh), so
-    they must be > 0.
-    """
-    positive = {
-        "federation.request_timeout_s": config.federation.request_timeout_s,
-        "federation.retry_initial_s": config.federation.retry_initial_s,
-        "federation.wakeups_per_second": config.federation.wakeups_per_second,
-        "msc4259.remote_cache_ttl_s": config.msc4259.remote_cache_ttl_s,
-        "msc4259.remote_cache_ttl_edu_s": config.msc4259.remote_cache_ttl_edu_s,
-        "msc4259.refresh_interval_s": config.msc4259.refresh_interval_s,
-        "msc4259.refresh_per_second": config.msc4259.refresh_per_second,
-        **{
-            f"rate_limits.{name}.per_second": getattr(config.rate_limits, name).per_second
-            for name in ("login", "register", "profile_write")
-        },
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{key} must be positive")
-    for name in ("login", "register", "profile_write"):
-        if getattr(config.rate_limits, name).burst < 1:
-            raise ConfigError(f"rate_limits.{name}.burst must be at least 1")
-    fed = config.federation
-    if fed.retry_multiplier < 1:
-        raise ConfigError("federation.retry_multiplier must be at least 1")
-    if fed.retry_max_s < fed.retry_initial_s:
-        raise ConfigError("federation.retry_max_s must be at least federation.retry_initial_s")
-    if config.server.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-        raise ConfigError(f"server.log_level {config.server.log_level!r} is not a logging level")
+    return dataclasses.replace(config, base_dir=base_dir)
 
 
 def load_config(path: Path) -> Config:
@@ -314,131 +526,3 @@ def load_config(path: Path) -> Config:
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     return parse_config(text, base_dir=path.resolve().parent)
-
-
-def render_config(
-    *,
-    server_name: str,
-    bind: str = "127.0.0.1",
-    client_port: int = 8008,
-    federation_port: int = 8448,
-    trusted_ca_files: tuple[str, ...] = (),
-) -> str:
-    """The commented config file ``refserver init`` writes: every setting with its default."""
-    d = RateLimitSection()
-    f = FederationListener()
-    m = Msc4259Section()
-    trusted_ca_files_toml = json.dumps(list(trusted_ca_files))
-    return f'''\
-# refserver configuration. Every setting is listed with its default; see docs/configuration.md.
-# Relative paths are resolved against the directory holding this file.
-
-[server]
-# The server name: the domain part of user IDs (@alice:{server_name}). Never change it later.
-server_name = "{server_name}"
-# Base URL clients should use (served in /.well-known/matrix/client). Empty: http://bind:port.
-public_baseurl = ""
-# ed25519 signing key in Synapse's format ("ed25519 <version> <seed>"). Never commit it.
-signing_key_path = "signing.key"
-# SQLite database (WAL mode; schema migrations run at start-up).
-database_path = "refserver.db"
-# Python logging level: DEBUG, INFO, WARNING, ERROR.
-log_level = "INFO"
-
-[client]
-# Client-server API listener (plain HTTP; put a TLS proxy in front for anything public).
-bind = "{bind}"
-port = {client_port}
-# Larger request bodies get 413 M_TOO_LARGE.
-max_request_body_bytes = {ClientListener.max_request_body_bytes}
-
-[federation]
-# Server-server API listener (TLS). With a server name that carries an explicit port
-# ("localhost:{federation_port}"), peers connect straight to that host and port.
-bind = "{bind}"
-port = {federation_port}
-# Certificate and key the listener presents (PEM), issued by `refserver init`.
-tls_certificate_path = "tls.crt"
-tls_private_key_path = "tls.key"
-# Extra CA / certificate PEMs trusted for outbound requests (the shared dev CA, a Synapse's
-# self-signed certificate, ...), in addition to the system store.
-trusted_ca_files = {trusted_ca_files_toml}
-# false disables certificate verification for outbound federation. Development only.
-verify_tls = true
-# Previous signing keys, served as old_verify_keys (written by `refserver rotate-key`).
-old_signing_keys_path = "old_signing.keys"
-# Outbound request timeout, seconds. A slow or dead peer never delays any other.
-request_timeout_s = {f.request_timeout_s}
-# Per-destination retry back-off: first delay, multiplier, cap (seconds, jittered x0.8-1.4).
-retry_initial_s = {f.retry_initial_s}
-retry_multiplier = {f.retry_multiplier}
-retry_max_s = {f.retry_max_s}
-# Destination queues woken per second when one event fans out to many servers.
-wakeups_per_second = {f.wakeups_per_second}
-# An idle destination queue task ends after this many seconds.
-idle_timeout_s = {f.idle_timeout_s}
-
-[registration]
-# Open registration via POST /_matrix/client/v3/register (m.login.dummy).
-# `refserver register-user` creates users even when this is false.
-enabled = true
-
-[profile]
-# false: users may not change any profile field (capability m.profile_fields.enabled).
-enabled = true
-# If non-empty, only these fields may be set or deleted; disallowed_fields is then ignored.
-allowed_fields = []
-# Fields users may not set or delete, e.g. ["avatar_url"].
-disallowed_fields = []
-
-# Token buckets: `burst` requests at once, refilled at `per_second`. Over the limit: 429
-# M_LIMIT_EXCEEDED with Retry-After. Login and register are keyed by client address,
-# profile writes by user.
-[rate_limits.login]
-per_second = {d.login.per_second}
-burst = {d.login.burst}
-
-[rate_limits.register]
-per_second = {d.register.per_second}
-burst = {d.register.burst}
-
-[rate_limits.profile_write]
-per_second = {d.profile_write.per_second}
-burst = {d.profile_write.burst}
-
-# MSC4259 profile update EDUs (docs/msc4259.md).
-[msc4259]
-# Send profile EDUs to servers sharing a room with the user (receiving is always on).
-enabled = true
-# "uk.tcpip.msc4259.profile" (unstable), "m.profile" (stable name), or both.
-edu_types = ["uk.tcpip.msc4259.profile"]
-# Fields never sent as EDUs, e.g. ["org.example.private"].
-local_only_fields = []
-# Ignore EDUs about users sharing no room with any local user.
-accept_only_shared_users = true
-# displayname, avatar_url, m.tz: wait debounce_s after the latest change for more changes to
-# merge, but never longer than max_delay_s; at most one EDU per user and field per
-# min_interval_s, per destination.
-debounce_s = {m.debounce_s}
-max_delay_s = {m.max_delay_s}
-min_interval_s = {m.min_interval_s}
-# The same for every other (custom) field.
-custom_debounce_s = {m.custom_debounce_s}
-custom_max_delay_s = {m.custom_max_delay_s}
-custom_min_interval_s = {m.custom_min_interval_s}
-# Remote profile cache: fresh for remote_cache_ttl_s (MSC4133's 24 h), or for
-# remote_cache_ttl_edu_s when the user's server sends MSC4259 EDUs.
-remote_cache_ttl_s = {m.remote_cache_ttl_s}
-remote_cache_ttl_edu_s = {m.remote_cache_ttl_edu_s}
-# The refresher re-fetches stale profiles of users sharing rooms with local users.
-refresh_interval_s = {m.refresh_interval_s}
-refresh_per_second = {m.refresh_per_second}
-# When a remote user starts sharing a room with a local user, query their full profile this
-# long after (rate: refresh_per_second), unless their server sent it as MSC4259 EDUs.
-join_fetch_grace_s = {m.join_fetch_grace_s}
-# Per-field overrides, e.g. a fast-changing field:
-# [msc4259.fields."m.call"]
-# debounce_s = 5.0
-# max_delay_s = 30.0
-# min_interval_s = 60.0
-'''

@@ -13,7 +13,8 @@ import dataclasses
 import socket
 from pathlib import Path
 
-from refserver.app.config import Config, ConfigError, load_config, parse_config, render_config
+from refserver.app.config import Config, ConfigError, load_config, parse_config
+from refserver.app.config_render import render_config
 from refserver.crypto.keys import generate_key_file
 from refserver.federation.tls import CA_CERT, issue_certificate, load_or_create_ca
 

@@ -168,11 +168,7 @@ def build_services(
         db,
         RemoteProfiles(client),
         server_name=server_name,
-        ttl_s=config.msc4259.remote_cache_ttl_s,
-        ttl_edu_s=config.msc4259.remote_cache_ttl_edu_s,
-        refresh_interval_s=config.msc4259.refresh_interval_s,
-        refresh_per_second=config.msc4259.refresh_per_second,
-        fetch_grace_s=config.msc4259.join_fetch_grace_s,
+        config=config.msc4259,
         metrics=metrics,
         notifier=notifier,
     )
@@ -279,7 +275,7 @@ def build_services(
         db,
         remote_profiles,
         server_name=server_name,
-        edu_server_window_s=config.msc4259.remote_cache_ttl_edu_s,
+        config=config.msc4259,
         notifier=notifier,
     )
     rooms.add_listener(member_feed.on_membership)

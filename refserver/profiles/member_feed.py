@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
+from typing import TYPE_CHECKING
 
 from refserver.events.model import Event
 from refserver.ids import server_name_of
@@ -39,6 +40,9 @@ from refserver.storage import remote_profiles as cache_store
 from refserver.storage import rooms as room_store
 from refserver.storage.database import Database
 from refserver.types import JsonDict, JsonValue
+
+if TYPE_CHECKING:  # the [msc4259] section, read only at construction
+    from refserver.app.config import Msc4259Section
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +70,14 @@ class MemberProfileFeed:
         cache: RemoteProfileCache,
         *,
         server_name: str,
-        edu_server_window_s: float,
+        config: Msc4259Section,
         notifier: Notifier,
     ) -> None:
         self._db = db
         self._cache = cache
         self._server_name = server_name
-        self._edu_window_ms = int(edu_server_window_s * 1000)
+        # A server counts as sending EDUs for as long as its users' profiles stay fresh.
+        self._edu_window_ms = int(config.remote_cache_ttl_edu_s * 1000)
         self._notifier = notifier
 
     async def on_membership(self, event: Event, _stream_ordering: int = 0) -> None:

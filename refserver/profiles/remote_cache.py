@@ -5,15 +5,15 @@
   when sharing starts and every change after; docs/msc4259.md §6.12). EDUs then keep it
   current field by field; for servers without MSC4259, ``m.room.member`` events keep
   ``displayname`` and ``avatar_url`` current (:mod:`refserver.profiles.member_feed`).
-- Freshness: ``ttl_s`` (24 h by default — MSC4133: remote profiles "SHOULD NOT be cached
-  for more than 24 hours"), or the longer ``ttl_edu_s`` for servers that send us MSC4259
-  EDUs (MSC4259: receivers may "keep cached profiles longer").
+- Freshness: ``remote_cache_ttl_s`` (24 h by default — MSC4133: remote profiles "SHOULD NOT
+  be cached for more than 24 hours"), or the longer ``remote_cache_ttl_edu_s`` for servers
+  that send us MSC4259 EDUs (MSC4259: receivers may "keep cached profiles longer").
 - stale-if-error (RFC 5861 §4): when the user's server cannot be reached or fails, any
   cached copy, even stale or incomplete, answers instead of a 502.
 - Two tasks in the root nursery (:meth:`run`): the refresher re-fetches stale profiles of
   remote users who share a room with a local user, spread out at ``refresh_per_second`` —
   MSC4259's periodic re-fetch, the safety net for lost EDUs; the join fetcher queries the
-  full profile of a user who starts sharing a room with a local user, ``fetch_grace_s``
+  full profile of a user who starts sharing a room with a local user, ``join_fetch_grace_s``
   later unless an EDU made the cached copy complete meanwhile (MSC4429: the initial sync
   "MUST" have all current values, whatever the peer).
 """
@@ -24,6 +24,7 @@ import logging
 import sqlite3
 import time
 from functools import partial
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -36,6 +37,9 @@ from refserver.profiles.remote import RemoteProfiles
 from refserver.storage import remote_profiles as cache_store
 from refserver.storage.database import Database
 from refserver.types import JsonDict
+
+if TYPE_CHECKING:  # the [msc4259] section, read only at construction
+    from refserver.app.config import Msc4259Section
 
 log = logging.getLogger(__name__)
 
@@ -54,22 +58,18 @@ class RemoteProfileCache:
         remote: RemoteProfiles,
         *,
         server_name: str,
-        ttl_s: float,
-        ttl_edu_s: float,
-        refresh_interval_s: float,
-        refresh_per_second: float,
-        fetch_grace_s: float,
+        config: Msc4259Section,
         metrics: Metrics,
         notifier: Notifier,
     ) -> None:
         self._db = db
         self._remote = remote
         self._server_name = server_name
-        self._ttl_ms = int(ttl_s * 1000)
-        self._ttl_edu_ms = int(ttl_edu_s * 1000)
-        self._refresh_interval_s = refresh_interval_s
-        self._refresh_per_second = refresh_per_second
-        self._fetch_grace_s = fetch_grace_s
+        self._ttl_ms = int(config.remote_cache_ttl_s * 1000)
+        self._ttl_edu_ms = int(config.remote_cache_ttl_edu_s * 1000)
+        self._refresh_interval_s = config.refresh_interval_s
+        self._refresh_per_second = config.refresh_per_second
+        self._fetch_grace_s = config.join_fetch_grace_s
         self._metrics = metrics
         self._notifier = notifier
         #: Users waiting for their join fetch → when it is due (trio clock). The grace is

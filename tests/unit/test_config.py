@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
 
 from refserver.app.config import (
+    SECTIONS,
     Config,
     ConfigError,
     FederationListener,
@@ -15,9 +17,12 @@ from refserver.app.config import (
     Msc4259Section,
     RateLimit,
     ServerSection,
+    field_types,
     parse_config,
-    render_config,
+    settings_of,
 )
+from refserver.app.config_render import DOCS_PATH, render_config, update_docs
+from tests.servers import set_config_value
 
 
 def test_rendered_config_matches_dataclass_defaults() -> None:
@@ -32,6 +37,7 @@ def test_rendered_config_matches_dataclass_defaults() -> None:
     ("text", "message"),
     [
         ("[server]\n", "server_name is required"),
+        ("server = 1\n", "server_name is required"),
         ('[server]\nserver_name = "a b"\n', "invalid server_name"),
         ('[server]\nserver_name = "hs"\ntypo = 1\n', "unknown setting"),
         ('[server]\nserver_name = "hs"\n[client]\nport = "80"\n', "must be an integer"),
@@ -67,7 +73,6 @@ def test_relative_paths_resolve_against_the_config_directory() -> None:
 
 
 def test_per_field_msc4259_policies_parse_and_reach_the_edu_policy() -> None:
-    from refserver.app.config import render_config
     from refserver.app.wiring import edu_policy
     from refserver.profiles.edus import FieldPolicy
 
@@ -88,6 +93,7 @@ def test_per_field_msc4259_policies_parse_and_reach_the_edu_policy() -> None:
 #: (MSC4259 policy); end an idle destination queue task at once.
 ZERO_ALLOWED = [
     ("federation", "idle_timeout_s"),
+    ("msc4259", "join_fetch_grace_s"),
     ("msc4259", "debounce_s"),
     ("msc4259", "max_delay_s"),
     ("msc4259", "min_interval_s"),
@@ -185,3 +191,121 @@ def test_retry_multiplier_is_at_least_one_and_retry_max_at_least_retry_initial()
         ConfigError, match=r"retry_max_s must be at least federation\.retry_initial"
     ):
         parse_config(base + "retry_max_s = 4.5\n", base_dir=Path("."))
+
+
+# -- one source: docs, the rendered file and the checks come from the field metadata ----------
+
+
+def _sections() -> list[tuple[str, type[object]]]:
+    """Every TOML table name with its dataclass, e.g. ("rate_limits.login", RateLimit)."""
+    tables: list[tuple[str, type[object]]] = []
+    for name in SECTIONS:
+        cls = field_types(Config)[name]
+        sub = field_types(cls)
+        if all(dataclasses.is_dataclass(sub[f.name]) for f in settings_of(cls)):
+            tables += [(f"{name}.{f.name}", sub[f.name]) for f in settings_of(cls)]
+        else:
+            tables.append((name, cls))
+    return [*tables, ("msc4259.fields.<field>", FieldPolicyConfig)]
+
+
+def test_every_setting_and_section_has_a_doc() -> None:
+    for name, cls in [*_sections(), *((s, field_types(Config)[s]) for s in SECTIONS)]:
+        assert cls.__doc__ and not cls.__doc__.startswith(cls.__name__ + "("), name
+        public = [f for f in dataclasses.fields(cls) if not f.metadata.get("internal")]
+        for f in public:
+            doc = f.metadata.get("doc", "")
+            assert doc.strip().endswith((".", "…")), f"{name}.{f.name} has no one-line doc"
+
+
+def test_every_decimal_setting_declares_the_range_the_rule_lists_give() -> None:
+    """The field metadata agrees with the lists above, which the parse tests exercise."""
+    for section, cls in _sections():
+        for f in settings_of(cls):
+            if f.type != "float":
+                continue
+            m = f.metadata
+            key = (section, f.name)
+            if key in MUST_BE_POSITIVE:
+                assert m["gt"] == 0, key
+            elif key in OTHER_RULES:
+                assert m["ge"] == 1 or m["ge_setting"] is not None, key
+            else:
+                assert m["ge"] == 0 and m["gt"] is None, key
+
+
+def test_docs_tables_are_the_ones_generated_from_the_dataclasses() -> None:
+    text = DOCS_PATH.read_text()
+    assert update_docs(text) == text, (
+        "docs/configuration.md is stale: run python -m refserver.app.config_render --write-docs"
+    )
+
+
+def test_a_stale_docs_table_is_noticed() -> None:
+    text = DOCS_PATH.read_text()
+    stale = text.replace("| `retry_max_s` | `600.0` |", "| `retry_max_s` | `3600.0` |")
+    assert stale != text
+    assert update_docs(stale) == text
+    with pytest.raises(ConfigError, match="no <!-- BEGIN GENERATED"):
+        update_docs(text.replace("<!-- BEGIN GENERATED: msc4259 -->", ""))
+
+
+def test_the_rendered_file_holds_every_setting_under_its_section_with_its_doc() -> None:
+    """``set_config_value`` (tests/servers.py) finds every key, and every doc is a comment."""
+    text = render_config(server_name="hs.test")
+    comments = " ".join(line[2:] for line in text.splitlines() if line.startswith("# "))
+    for section, cls in _sections():
+        for f in settings_of(cls):
+            assert " ".join(f.metadata["doc"].split()) in comments, f"{section}.{f.name}"
+            if section.startswith("msc4259.fields") or f.name == "fields":
+                continue  # tables of their own, shown as a commented example
+            value = _value(Config(server=ServerSection("hs.test")), section, f.name)
+            edited = set_config_value(text, section, f.name, _toml_literal(value))
+            assert edited == text, f"{section}.{f.name} is not at its default"
+
+
+def _toml_literal(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return json.dumps(list(value))
+    return json.dumps(value)
+
+
+def test_init_values_replace_the_defaults_in_the_rendered_file() -> None:
+    text = render_config(
+        server_name="localhost:9448",
+        bind="::1",
+        client_port=9008,
+        federation_port=9448,
+        trusted_ca_files=("/ca/ca.pem",),
+    )
+    config = parse_config(text, base_dir=Path("."))
+    assert config.server.server_name == "localhost:9448"
+    assert (config.client.bind, config.client.port) == ("::1", 9008)
+    assert (config.federation.bind, config.federation.port) == ("::1", 9448)
+    assert config.federation.trusted_ca_files == ("/ca/ca.pem",)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[server]\nserver_name = "hs"\n[client]\nport = 65536\n', "client.port must be from 0"),
+        ('[server]\nserver_name = "hs"\n[federation]\nport = -1\n', "federation.port must be fr"),
+        (
+            '[server]\nserver_name = "hs"\n[rate_limits.login]\nper_second = 1\nburst = 0\n',
+            r"^rate_limits\.login\.burst must be at least 1$",
+        ),
+        ('[server]\nserver_name = "hs"\n[msc4259]\nedu_types = []\n', "at least one EDU type"),
+        ('[server]\nserver_name = "hs"\n[msc4259.fields]\n"m.call" = 1\n', "must be a table"),
+        ('nonsense = 1\n[server]\nserver_name = "hs"\n', "unknown setting.*nonsense"),
+    ],
+)
+def test_ranges_declared_on_the_fields_are_enforced(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config(text, base_dir=Path("."))
+
+
+def test_log_level_is_any_case() -> None:
+    config = parse_config('[server]\nserver_name = "hs"\nlog_level = "debug"\n', base_dir=Path("."))
+    assert config.server.log_level == "debug"
