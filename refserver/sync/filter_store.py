@@ -1,8 +1,8 @@
 """Uploaded filters and the /sync ``filter`` parameter (CS API "Filtering").
 
 The service validates with :func:`refserver.sync.filter.parse_filter` before anything is
-stored, so every stored filter parses; pure :class:`FilterError` hints become 400
-:class:`MatrixError`s here.
+stored, so every stored filter parses. A :class:`FilterError` carries its own 400 errcode
+and reaches the client through the HTTP edge's one error mapping.
 """
 
 from __future__ import annotations
