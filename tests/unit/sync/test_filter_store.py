@@ -110,4 +110,6 @@ async def test_resolve_errors_are_400(service: FilterService, param: str, errcod
     # the client as the same 400 through the one mapping at the HTTP edge.
     with pytest.raises((MatrixError, ProtocolError)) as info:
         await service.resolve(ALICE, param)
-    assert (info.value.status, info.value.errcode) == (400, errcode)
+    error = info.value
+    assert isinstance(error, (MatrixError, ProtocolError))
+    assert (error.status, error.errcode) == (400, errcode)
