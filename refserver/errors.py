@@ -1,8 +1,31 @@
-"""The one client-facing error type.
+"""Client-facing errors: :class:`MatrixError` and the :class:`ProtocolError` base.
 
 Client-server API, "Standard error response": every error is ``{"errcode", "error"}`` with a
-meaningful HTTP status. Pure code raises its own small errors carrying an errcode hint; the
-service layer decides what reaches a client as a :class:`MatrixError`.
+meaningful HTTP status. Two kinds of exception carry one:
+
+- :class:`MatrixError`: made by a service or route for one situation (status, errcode and
+  message given per instance, plus optional extra keys, headers or a whole body).
+- :class:`ProtocolError`: the base of the small domain errors raised by pure code and storage
+  (``InvalidId``, ``InvalidPdu``, ``AuthError``, ``FilterError``, …). Each subclass carries
+  the status and errcode a client sees, as h11's ``ProtocolError.error_status_hint`` does.
+
+The HTTP edge (``refserver.app.http``) maps both to the JSON body in one place, so a service
+lets a domain error propagate unless it deliberately changes its meaning (for example a
+remote server's failure becomes 502, never the remote's own error).
+
+::
+
+    Exception
+    ├── MatrixError
+    └── ProtocolError
+        ├── InvalidId, InvalidToken              (ids, streams)
+        ├── CanonicalJsonError                   (crypto)
+        ├── InvalidPdu, AuthError, UnsupportedRoomVersion   (events)
+        ├── ProfileFieldError                    (profiles.fields)
+        ├── FilterError                          (sync.filter)
+        ├── XMatrixError, TransactionError       (federation, pure)
+        ├── UserExists                           (storage)
+        └── DroppedPdu, PduRejected              (federation services)
 """
 
 from __future__ import annotations
@@ -62,6 +85,34 @@ class MatrixError(Exception):
         if self.body is not None:
             return self.body
         return {"errcode": self.errcode, "error": self.error, **self.extra}
+
+
+class ProtocolError(Exception):
+    """A domain error that carries what a client should see.
+
+    Subclasses set ``errcode`` and ``status`` as class attributes; an instance may override
+    them (``errcode=``, ``status=``) where one class covers several errcodes (profile
+    fields, filters, PDUs). :attr:`error` is the human-readable message.
+    """
+
+    errcode: str = M_UNKNOWN
+    status: int = 400
+
+    def __init__(
+        self, message: str, *, errcode: str | None = None, status: int | None = None
+    ) -> None:
+        super().__init__(message)
+        if errcode is not None:
+            self.errcode = errcode
+        if status is not None:
+            self.status = status
+
+    @property
+    def error(self) -> str:
+        return str(self)
+
+    def to_json(self) -> JsonDict:
+        return {"errcode": self.errcode, "error": self.error}
 
 
 def bad_json(error: str) -> MatrixError:

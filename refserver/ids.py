@@ -8,6 +8,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from refserver.errors import M_INVALID_PARAM, ProtocolError
+
 # Appendices §"Server Name": hostname [":" port]; hostname = IPv4 / "[" IPv6 "]" / dns-name.
 _SERVER_NAME_RE = re.compile(
     r"^(?:\d{1,3}(?:\.\d{1,3}){3}|\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9.\-]{1,255})(?::\d{1,5})?$"
@@ -20,8 +22,11 @@ _HISTORICAL_LOCALPART_RE = re.compile(r"^[\x21-\x39\x3b-\x7e]+$")
 MAX_ID_BYTES = 255
 
 
-class InvalidId(ValueError):
-    """An identifier does not match the spec grammar."""
+class InvalidId(ProtocolError, ValueError):
+    """An identifier does not match the spec grammar (appendices, "Identifier Grammar")."""
+
+    errcode = M_INVALID_PARAM
+    status = 400
 
 
 def is_valid_server_name(name: str) -> bool:

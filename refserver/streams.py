@@ -9,9 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from refserver.errors import M_INVALID_PARAM, ProtocolError
 
-class InvalidToken(ValueError):
-    """errcode hint: M_INVALID_PARAM."""
+
+class InvalidToken(ProtocolError, ValueError):
+    """A ``since``/``from`` stream token this server did not issue."""
+
+    errcode = M_INVALID_PARAM
+    status = 400
 
 
 @dataclass(frozen=True, order=True)

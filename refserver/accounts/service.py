@@ -142,8 +142,8 @@ class AccountService:
                     store.insert_user, str(candidate), candidate.localpart, pw_hash, now_ms()
                 )
             except store.UserExists:
-                if user is not None:  # lost a race with another registration
-                    raise MatrixError(400, M_USER_IN_USE, "user ID already taken") from None
+                if user is not None:  # lost a race with another registration: M_USER_IN_USE
+                    raise
                 continue
             return str(candidate)
         raise MatrixError(500, M_UNKNOWN, "could not generate a free user ID")

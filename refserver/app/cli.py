@@ -24,7 +24,7 @@ from refserver.crypto.keys import (
     read_key_file,
     verify_key_base64,
 )
-from refserver.errors import MatrixError
+from refserver.errors import MatrixError, ProtocolError
 from refserver.federation.tls import CA_CERT, issue_certificate, load_or_create_ca
 from refserver.storage.database import open_database
 
@@ -159,7 +159,7 @@ def register_user(config: Config, username: str, password: str) -> int:
 
     try:
         user_id = trio.run(create)
-    except MatrixError as exc:
+    except (MatrixError, ProtocolError) as exc:
         print(f"error: {exc.errcode}: {exc.error}", file=sys.stderr)
         return 1
     print(f"created {user_id}")

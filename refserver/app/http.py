@@ -15,7 +15,14 @@ from quart import Blueprint, Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
-from refserver.errors import M_NOT_JSON, M_TOO_LARGE, M_UNKNOWN, M_UNRECOGNIZED, MatrixError
+from refserver.errors import (
+    M_NOT_JSON,
+    M_TOO_LARGE,
+    M_UNKNOWN,
+    M_UNRECOGNIZED,
+    MatrixError,
+    ProtocolError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +33,13 @@ CORS_HEADERS = {
 }
 
 
-def _json_error(error: MatrixError) -> Response:
+def _json_error(error: MatrixError | ProtocolError) -> Response:
+    """The one mapping from an error to CS API "Standard error response" JSON."""
     response = Response(
         _dumps(error.to_json()), status=error.status, content_type="application/json"
     )
-    response.headers.update(error.headers)
+    if isinstance(error, MatrixError):
+        response.headers.update(error.headers)
     return response
 
 
@@ -59,7 +68,10 @@ def create_app(
         response.headers.update(CORS_HEADERS)
         return response
 
-    async def on_matrix_error(error: MatrixError) -> Response:
+    # One handler for both client-facing kinds. quart-trio's handle_user_exception unwraps
+    # an ExceptionGroup (an error raised inside a nursery) before looking handlers up, so a
+    # domain error from a child task still answers with its own status and errcode.
+    async def on_client_error(error: MatrixError | ProtocolError) -> Response:
         return _json_error(error)
 
     async def on_http_exception(error: HTTPException) -> Response:
@@ -81,7 +93,8 @@ def create_app(
         log.exception("unhandled error on %s %s", request.method, request.path, exc_info=error)
         return _json_error(MatrixError(500, M_UNKNOWN, "internal server error"))
 
-    app.register_error_handler(MatrixError, on_matrix_error)
+    app.register_error_handler(MatrixError, on_client_error)
+    app.register_error_handler(ProtocolError, on_client_error)
     app.register_error_handler(HTTPException, on_http_exception)
     app.register_error_handler(Exception, on_unexpected)
     return app

@@ -12,8 +12,8 @@ from quart import Blueprint, request
 
 from refserver.client.auth import R0, V3, Authenticator
 from refserver.errors import M_UNRECOGNIZED, MatrixError
-from refserver.profiles.fields import ProfileFieldError, parse_put_body
-from refserver.profiles.service import ProfileService, field_error
+from refserver.profiles.fields import parse_put_body
+from refserver.profiles.service import ProfileService
 from refserver.types import JsonDict
 from refserver.web import raw_path_segments, read_json_object
 
@@ -53,10 +53,7 @@ def profile_routes(profiles: ProfileService, auth: Authenticator) -> Blueprint:
             raise MatrixError(405, M_UNRECOGNIZED, "replacing a whole profile is not supported")
         requester = await auth.require_user(request)
         body = await read_json_object(request, allow_empty=False)
-        try:
-            put = parse_put_body(key_name, body)
-        except ProfileFieldError as exc:
-            raise field_error(exc) from None
+        put = parse_put_body(key_name, body)
         await profiles.set_field(requester, user_id, put)
         return {}
 

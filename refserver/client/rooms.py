@@ -12,12 +12,11 @@ from quart import Blueprint, request
 
 from refserver.client.auth import R0, V3, Authenticator
 from refserver.errors import M_INVALID_PARAM, M_NOT_FOUND, MatrixError, bad_json
-from refserver.events.format import InvalidPdu, check_client_event_content
+from refserver.events.format import check_client_event_content
 from refserver.rooms.creation import RoomCreator
 from refserver.rooms.membership import MembershipService
 from refserver.rooms.reads import RoomReader
-from refserver.rooms.service import RoomService, pdu_error
-from refserver.streams import InvalidToken
+from refserver.rooms.service import RoomService
 from refserver.types import JsonDict
 from refserver.web import F, read_json_object
 from refserver.web import route as web_route
@@ -40,10 +39,7 @@ def _user_id(body: JsonDict) -> str:
 
 
 def _check_content(event_type: str, state_key: str | None, content: JsonDict) -> None:
-    try:
-        check_client_event_content(event_type, state_key, content)
-    except InvalidPdu as exc:
-        raise pdu_error(exc) from None
+    check_client_event_content(event_type, state_key, content)  # InvalidPdu: 400/413
 
 
 def room_routes(
@@ -214,17 +210,14 @@ def room_routes(
             raise MatrixError(400, M_INVALID_PARAM, "limit must be an integer") from None
         if limit < 0:
             raise MatrixError(400, M_INVALID_PARAM, "limit must not be negative")
-        try:
-            page = await reader.get_messages(
-                requester,
-                room_id,
-                from_token=request.args.get("from"),
-                to_token=request.args.get("to"),
-                direction=direction,
-                limit=min(limit, 1000),
-            )
-        except InvalidToken as exc:
-            raise MatrixError(400, M_INVALID_PARAM, str(exc)) from None
+        page = await reader.get_messages(
+            requester,
+            room_id,
+            from_token=request.args.get("from"),
+            to_token=request.args.get("to"),
+            direction=direction,
+            limit=min(limit, 1000),
+        )
         out: JsonDict = {"chunk": page.chunk, "start": page.start}
         if page.end is not None:
             out["end"] = page.end

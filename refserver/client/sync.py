@@ -8,7 +8,7 @@ from quart import Blueprint, request
 
 from refserver.client.auth import R0, V3, Authenticator
 from refserver.errors import M_INVALID_PARAM, MatrixError
-from refserver.streams import InvalidToken, StreamToken
+from refserver.streams import StreamToken
 from refserver.sync.filter import Filter
 from refserver.sync.service import SyncRequest, SyncService
 from refserver.types import JsonDict
@@ -27,10 +27,7 @@ def sync_routes(sync: SyncService, resolve_filter: ResolveFilter, auth: Authenti
         ``set_presence``, ``_cacheBuster`` and ``use_state_after`` are accepted and ignored."""
         requester = await auth.require_user(request)
         args = request.args
-        try:
-            since = StreamToken.parse(args["since"]) if args.get("since") else None
-        except InvalidToken as exc:
-            raise MatrixError(400, M_INVALID_PARAM, str(exc)) from None
+        since = StreamToken.parse(args["since"]) if args.get("since") else None
         try:
             timeout_ms = int(args.get("timeout", "0"))
         except ValueError:

@@ -20,6 +20,7 @@ import re
 
 import canonicaljson
 
+from refserver.errors import M_BAD_JSON, ProtocolError
 from refserver.types import JsonValue
 
 #: Appendices §"Canonical JSON": integers must lie in [-(2**53)+1, (2**53)-1].
@@ -32,10 +33,11 @@ _SURROGATE_RE = re.compile("[\ud800-\udfff]")
 _BASE64_RE = re.compile(r"^[A-Za-z0-9+/_-]*$")
 
 
-class CanonicalJsonError(ValueError):
-    """A value cannot be represented in (strict) canonical JSON. errcode hint: M_BAD_JSON."""
+class CanonicalJsonError(ProtocolError, ValueError):
+    """A value cannot be represented in (strict) canonical JSON."""
 
-    errcode = "M_BAD_JSON"
+    errcode = M_BAD_JSON
+    status = 400
 
 
 def encode_canonical_json(value: JsonValue) -> bytes:

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import NoReturn
 
+from refserver.errors import M_FORBIDDEN, ProtocolError
 from refserver.events.model import Event
 from refserver.events.power_levels import (
     PowerLevel,
@@ -37,19 +38,25 @@ JOIN_RULES_KEY: StateKey = (JOIN_RULES, "")
 AUTHORISING_USER = "join_authorised_via_users_server"
 
 
-class AuthError(Exception):
-    """An event fails the authorisation rules. errcode hint: ``M_FORBIDDEN``.
+class AuthError(ProtocolError):
+    """An event fails the authorisation rules: 403 ``M_FORBIDDEN``.
 
     ``rule`` is the number of the failed rule on the spec page of the event's room version
     (for example ``"5.3.3"`` in v12 is ``"4.3.3"`` in v11).
     """
 
-    errcode = "M_FORBIDDEN"
+    errcode = M_FORBIDDEN
+    status = 403
 
     def __init__(self, rule: str, message: str) -> None:
         super().__init__(f"auth rule {rule}: {message}")
         self.rule = rule
         self.message = message
+
+    @property
+    def error(self) -> str:
+        # Clients see the rule's message; the rule number is for logs.
+        return self.message
 
 
 def rule_number(room_version: RoomVersion, v12_number: str) -> str:

@@ -8,7 +8,7 @@ Server-server API §"Checks performed on receipt of a PDU", step 1: "Is a valid 
 otherwise it is dropped. For an event to be valid, it must contain a room_id, and it must
 comply with the event format of that room version." The same checks guard events that this
 server builds for its own clients, where a failure becomes 400 ``M_BAD_JSON`` or
-413 ``M_TOO_LARGE`` (the service layer maps :attr:`InvalidPdu.errcode`).
+413 ``M_TOO_LARGE`` (carried by :class:`InvalidPdu`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from refserver.crypto.canonical_json import (
     check_canonical_values,
     encode_canonical_json,
 )
+from refserver.errors import ProtocolError
 from refserver.events.room_versions import RoomVersion
 from refserver.ids import MAX_ID_BYTES, InvalidId, UserId
 from refserver.types import JsonValue
@@ -42,15 +43,17 @@ M_BAD_JSON = "M_BAD_JSON"
 M_TOO_LARGE = "M_TOO_LARGE"
 
 
-class InvalidPdu(ValueError):
+class InvalidPdu(ProtocolError, ValueError):
     """A PDU (or client event) does not have the room version's format.
 
-    ``errcode`` is a hint for the service layer: ``M_BAD_JSON`` or ``M_TOO_LARGE``.
+    ``errcode`` is ``M_BAD_JSON`` (400) or ``M_TOO_LARGE`` (413).
     """
 
+    errcode = M_BAD_JSON
+    status = 400
+
     def __init__(self, message: str, *, errcode: str = M_BAD_JSON) -> None:
-        super().__init__(message)
-        self.errcode = errcode
+        super().__init__(message, errcode=errcode, status=413 if errcode == M_TOO_LARGE else 400)
 
 
 def check_pdu_format(pdu: JsonValue, room_version: RoomVersion) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+from refserver.errors import M_UNSUPPORTED_ROOM_VERSION, ProtocolError
+
 
 class StateResAlgorithm(Enum):
     V2 = "v2"  # rooms/fragments/v2-state-res.md (room versions 2–11)
@@ -75,8 +77,11 @@ KNOWN_ROOM_VERSIONS: dict[str, RoomVersion] = {
 DEFAULT_ROOM_VERSION = ROOM_V12
 
 
-class UnsupportedRoomVersion(ValueError):
-    """errcode hint: M_UNSUPPORTED_ROOM_VERSION."""
+class UnsupportedRoomVersion(ProtocolError, ValueError):
+    """A room version this server does not implement (CS API "Room versions")."""
+
+    errcode = M_UNSUPPORTED_ROOM_VERSION
+    status = 400
 
 
 def get_room_version(identifier: str) -> RoomVersion:

@@ -13,17 +13,13 @@ from collections.abc import Callable
 
 from quart import Request
 
-from refserver.errors import M_UNAUTHORIZED, MatrixError
+from refserver.errors import MatrixError
 from refserver.federation.keyring import KeyNotFound, Keyring
 from refserver.federation.xmatrix import XMatrixError, parse_authorization_header, verify_request
 from refserver.types import JsonDict
 from refserver.web import parse_json
 
 log = logging.getLogger(__name__)
-
-
-def unauthorized(message: str) -> MatrixError:
-    return MatrixError(401, M_UNAUTHORIZED, message)
 
 
 def raw_request_target(request: Request) -> str:
@@ -46,7 +42,7 @@ class FederationAuthenticator:
             h for h in request.headers.getlist("Authorization") if h.lower().startswith("x-matrix")
         ]
         if not headers:
-            raise unauthorized("missing X-Matrix Authorization header")
+            raise XMatrixError("missing X-Matrix Authorization header")
         data = await request.get_data(cache=True, as_text=False)
         assert isinstance(data, bytes)
         body: JsonDict | None = None
@@ -55,25 +51,21 @@ class FederationAuthenticator:
             if not isinstance(parsed, dict):
                 raise MatrixError(400, "M_BAD_JSON", "request body must be a JSON object")
             body = parsed
-        try:
-            creds = parse_authorization_header(headers[0])
-        except XMatrixError as exc:
-            raise unauthorized(f"malformed X-Matrix header: {exc}") from None
+        # XMatrixError (malformed header, bad signature) answers 401 M_UNAUTHORIZED itself.
+        creds = parse_authorization_header(headers[0])
         try:
             verify_key = await self._keyring.get_verify_key(creds.origin, creds.key_id)
         except KeyNotFound as exc:
-            raise unauthorized(f"cannot verify signature: {exc}") from None
-        try:
-            verify_request(
-                creds,
-                method=request.method,
-                uri=raw_request_target(request),
-                our_server_name=self._keyring.server_name,
-                content=body,
-                verify_key=verify_key,
-            )
-        except XMatrixError as exc:
-            raise unauthorized(str(exc)) from None
+            # Deliberate: an unknown or unfetchable key means the request is not authenticated.
+            raise XMatrixError(f"cannot verify signature: {exc}") from None
+        verify_request(
+            creds,
+            method=request.method,
+            uri=raw_request_target(request),
+            our_server_name=self._keyring.server_name,
+            content=body,
+            verify_key=verify_key,
+        )
         if self._on_authenticated is not None:
             # A peer that can talk to us is up: reset its back-off and flush its queue.
             self._on_authenticated(creds.origin)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from refserver.errors import M_INVALID_PARAM, ProtocolError
 from refserver.events.format import InvalidPdu, check_pdu_format
 from refserver.events.hashing import compute_event_id
 from refserver.events.model import Event
@@ -26,8 +27,15 @@ from refserver.types import JsonDict
 log = logging.getLogger(__name__)
 
 
-class DroppedPdu(Exception):
-    """Failed step 1 or 2: the PDU is dropped, never stored."""
+class DroppedPdu(ProtocolError):
+    """Failed step 1 or 2: the PDU is dropped, never stored.
+
+    Where a peer sent the PDU as a request body (``/send_join``, ``/invite``), that request
+    is refused with 400 ``M_INVALID_PARAM``.
+    """
+
+    errcode = M_INVALID_PARAM
+    status = 400
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import sqlite3
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
+from refserver.errors import M_FORBIDDEN, ProtocolError
 from refserver.events.auth_rules import check_auth, check_auth_events_selection
 from refserver.events.auth_state import AuthError
 from refserver.events.hashing import compute_event_id
@@ -44,8 +45,15 @@ MISSING_EVENTS_LIMIT = 20
 EventPersisted = Callable[[Event, int], Awaitable[None]]
 
 
-class PduRejected(Exception):
-    """The PDU was stored as rejected (or dropped); the message goes into the txn result."""
+class PduRejected(ProtocolError):
+    """The PDU was stored as rejected (or dropped); the message goes into the txn result.
+
+    Where a peer sent the PDU as a request body (``/send_join``, ``/send_leave``), that
+    request is refused with 403 ``M_FORBIDDEN``.
+    """
+
+    errcode = M_FORBIDDEN
+    status = 403
 
     def __init__(self, message: str, event_id: str | None = None) -> None:
         super().__init__(message)

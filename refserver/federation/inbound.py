@@ -16,9 +16,8 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from refserver.errors import MatrixError
 from refserver.federation.handler import FederationEventHandler, PduRejected
-from refserver.federation.transaction import TransactionError, validate_incoming_transaction
+from refserver.federation.transaction import validate_incoming_transaction
 from refserver.storage import federation as fed_store
 from refserver.storage.database import Database
 from refserver.types import JsonDict, JsonValue
@@ -41,10 +40,7 @@ class TransactionHandler:
         self._edu_handlers[edu_type] = handler
 
     async def on_send(self, origin: str, txn_id: str, body: JsonValue) -> JsonDict:
-        try:
-            txn = validate_incoming_transaction(body, origin_from_header=origin)
-        except TransactionError as exc:
-            raise MatrixError(exc.status, exc.errcode, str(exc)) from None
+        txn = validate_incoming_transaction(body, origin_from_header=origin)  # TransactionError
         async with self._origin_locks.setdefault(origin, trio.Lock()):
             cached = await self._db.run(fed_store.get_received_transaction, origin, txn_id)
             if cached is not None:

@@ -19,11 +19,11 @@ from refserver.crypto.keys import SigningKey
 from refserver.errors import (
     M_FORBIDDEN,
     M_INCOMPATIBLE_ROOM_VERSION,
-    M_INVALID_PARAM,
     M_MISSING_PARAM,
     M_NOT_FOUND,
     M_UNKNOWN,
     MatrixError,
+    ProtocolError,
 )
 from refserver.events.builder import build_pdu, finalise_pdu
 from refserver.events.hashing import compute_event_id
@@ -54,10 +54,6 @@ MEMBER = "m.room.member"
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def bad_param(message: str) -> MatrixError:
-    return MatrixError(400, M_INVALID_PARAM, message)
 
 
 #: Seconds the end-of-join bookkeeping may take even when the join itself was cancelled.
@@ -130,7 +126,9 @@ class FederationMembership:
                 # The exception names the server (and for TLS, the fix).
                 log.info("join of %s via %s failed: %s", room_id, server, exc)
                 errors.append(str(exc))
-            except (FederationError, MatrixError) as exc:
+            except (FederationError, MatrixError, ProtocolError) as exc:
+                # ProtocolError: the server's answer failed our own checks (say, a template
+                # that is not a valid PDU); that server refused in effect, try the next.
                 log.info("join of %s via %s failed: %s", room_id, server, exc)
                 errors.append(f"{server}: {exc}")
                 refused = True

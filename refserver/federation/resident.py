@@ -15,13 +15,13 @@ from refserver.crypto.keys import SigningKey
 from refserver.errors import (
     M_FORBIDDEN,
     M_INCOMPATIBLE_ROOM_VERSION,
+    M_INVALID_PARAM,
     M_MISSING_PARAM,
     M_NOT_FOUND,
     M_UNABLE_TO_AUTHORISE_JOIN,
     MatrixError,
 )
 from refserver.events.auth_rules import check_auth
-from refserver.events.auth_state import AuthError
 from refserver.events.builder import build_pdu, next_depth, select_auth_events
 from refserver.events.hashing import compute_event_id
 from refserver.events.model import Event
@@ -31,13 +31,12 @@ from refserver.events.signing import sign_event
 from refserver.federation.event_auth import DroppedPdu, check_pdu
 from refserver.federation.handler import (
     FederationEventHandler,
-    PduRejected,
     auth_and_persist,
 )
 from refserver.federation.keyring import Keyring
-from refserver.federation.membership import MEMBER, bad_param, now_ms
+from refserver.federation.membership import MEMBER, now_ms
 from refserver.federation.sender import FederationSender
-from refserver.ids import InvalidId, UserId, server_name_of
+from refserver.ids import UserId, server_name_of
 from refserver.notifier import Notifier
 from refserver.rooms import store as room_tx
 from refserver.rooms.builder import RoomView
@@ -90,11 +89,7 @@ class ResidentMembership:
         versions: Sequence[str] | None,
     ) -> JsonDict:
         """GET /make_join and /make_leave: a template the joining server signs."""
-        try:
-            user_server = UserId.parse(user_id).server_name
-        except InvalidId:
-            raise bad_param("invalid user ID") from None
-        if user_server != origin:
+        if UserId.parse(user_id).server_name != origin:  # InvalidId: 400 M_INVALID_PARAM
             raise MatrixError(403, M_FORBIDDEN, "the user is not on the requesting server")
         view = await self._resident_view(room_id)
         rv = view.room_version
@@ -125,12 +120,7 @@ class ResidentMembership:
             origin_server_ts=now_ms(),
         )
         probe = Event("$probe", rv, template)
-        try:
-            check_auth(probe, state_events, create_event=view.create_event)
-        except AuthError as exc:
-            raise MatrixError(
-                403, M_FORBIDDEN, f"you may not {membership}: {exc.message}"
-            ) from None
+        check_auth(probe, state_events, create_event=view.create_event)  # AuthError: 403
         template["origin"] = self.server_name
         return {"room_version": rv.identifier, "event": template}
 
@@ -179,7 +169,7 @@ class ResidentMembership:
         view = await self._resident_view(room_id)
         rv = view.room_version
         if not isinstance(pdu, dict):
-            raise bad_param("body must be the signed membership event")
+            raise MatrixError(400, M_INVALID_PARAM, "body must be the signed membership event")
         self._check_membership_pdu(
             pdu, origin=origin, room_id=room_id, event_id=event_id, rv=rv, membership=membership
         )
@@ -188,10 +178,7 @@ class ResidentMembership:
         ):
             # Restricted join: the resident co-signs (rooms v8+, rule 5.2).
             pdu = sign_event(pdu, rv, signing_name=self.server_name, signing_key=self._signing_key)
-        try:
-            await self._handler.receive_pdu(origin, pdu)
-        except PduRejected as exc:
-            raise MatrixError(403, M_FORBIDDEN, f"{membership} not allowed: {exc}") from None
+        await self._handler.receive_pdu(origin, pdu)  # PduRejected: 403 M_FORBIDDEN
         stored = await self._db.run(event_store.get_stored_events, [event_id])
         if event_id in stored and not stored[event_id].soft_failed:
             servers = await self._db.run(room_store.get_joined_servers, room_id)
@@ -212,23 +199,22 @@ class ResidentMembership:
             or not isinstance(content, dict)
             or content.get("membership") != membership
         ):
-            raise bad_param(f"not an m.room.member {membership} event")
+            raise MatrixError(400, M_INVALID_PARAM, f"not an m.room.member {membership} event")
         sender = pdu.get("sender")
         if not isinstance(sender, str) or pdu.get("state_key") != sender:
-            raise bad_param("state_key must equal sender")
-        try:
-            if UserId.parse(sender).server_name != origin:
-                raise bad_param("the sender is not on the requesting server")
-        except InvalidId:
-            raise bad_param("invalid sender") from None
+            raise MatrixError(400, M_INVALID_PARAM, "state_key must equal sender")
+        if UserId.parse(sender).server_name != origin:  # InvalidId: 400 M_INVALID_PARAM
+            raise MatrixError(400, M_INVALID_PARAM, "the sender is not on the requesting server")
         if pdu.get("room_id") != room_id:
-            raise bad_param("room_id does not match the path")
+            raise MatrixError(400, M_INVALID_PARAM, "room_id does not match the path")
         try:
             computed = compute_event_id(pdu, rv)
         except Exception:
-            raise bad_param("malformed event") from None
+            raise MatrixError(400, M_INVALID_PARAM, "malformed event") from None
         if computed != event_id:
-            raise bad_param(f"event ID {event_id} does not match the event ({computed})")
+            raise MatrixError(
+                400, M_INVALID_PARAM, f"event ID {event_id} does not match the event ({computed})"
+            )
 
     async def on_invite(
         self, origin: str, room_id: str, event_id: str, body: JsonValue
@@ -236,7 +222,7 @@ class ResidentMembership:
         """PUT /_matrix/federation/v2/invite/{roomId}/{eventId}: co-sign an invite for a
         local user and remember it with its stripped state."""
         if not isinstance(body, dict) or not isinstance(body.get("event"), dict):
-            raise bad_param("body must hold room_version and event")
+            raise MatrixError(400, M_INVALID_PARAM, "body must hold room_version and event")
         rv_id = body.get("room_version")
         if rv_id not in KNOWN_ROOM_VERSIONS:
             raise MatrixError(
@@ -253,23 +239,20 @@ class ResidentMembership:
             or not isinstance(content, dict)
             or content.get("membership") != "invite"
         ):
-            raise bad_param("not an invite event")
+            raise MatrixError(400, M_INVALID_PARAM, "not an invite event")
         if pdu.get("room_id") != room_id:
-            raise bad_param("room_id does not match the path")
+            raise MatrixError(400, M_INVALID_PARAM, "room_id does not match the path")
         target = pdu.get("state_key")
         sender = pdu.get("sender")
         if not isinstance(target, str) or server_name_of(target) != self.server_name:
-            raise bad_param("the invitee is not on this server")
+            raise MatrixError(400, M_INVALID_PARAM, "the invitee is not on this server")
         if not isinstance(sender, str) or server_name_of(sender) != origin:
-            raise bad_param("the inviter is not on the requesting server")
+            raise MatrixError(400, M_INVALID_PARAM, "the inviter is not on the requesting server")
         if not await self._db.run(_user_exists, target):
             raise MatrixError(404, M_NOT_FOUND, "no such user")
-        try:
-            checked = await check_pdu(self._keyring, pdu, rv)
-        except DroppedPdu as exc:
-            raise bad_param(str(exc)) from None
+        checked = await check_pdu(self._keyring, pdu, rv)  # DroppedPdu: 400 M_INVALID_PARAM
         if checked.event.event_id != event_id:
-            raise bad_param("event ID does not match the event")
+            raise MatrixError(400, M_INVALID_PARAM, "event ID does not match the event")
         signed = sign_event(pdu, rv, signing_name=self.server_name, signing_key=self._signing_key)
         invite_state = [s for s in body.get("invite_room_state", []) if isinstance(s, dict)]
         stripped = [
@@ -293,6 +276,7 @@ class ResidentMembership:
         try:
             checked = await check_pdu(self._keyring, creates[0], rv)
         except DroppedPdu as exc:
+            # MSC4311 names the errcode for this case: M_MISSING_PARAM, not DroppedPdu's own.
             raise MatrixError(
                 400, M_MISSING_PARAM, f"the create event in invite_room_state is invalid: {exc}"
             ) from None

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from refserver.errors import M_BAD_JSON, ProtocolError
 from refserver.types import JsonDict, JsonValue
 
 #: Spec §"Transactions": at most 50 PDUs per transaction.
@@ -37,14 +38,15 @@ MAX_PDUS: Final = 50
 MAX_EDUS: Final = 100
 
 
-class TransactionError(ValueError):
+class TransactionError(ProtocolError, ValueError):
     """An incoming transaction body is rejected as a whole; carries its HTTP status + errcode."""
 
+    errcode = M_BAD_JSON
+    status = 400
+
     def __init__(self, errcode: str, message: str, status: int = 400) -> None:
-        super().__init__(f"{errcode}: {message}")
-        self.errcode = errcode
+        super().__init__(f"{errcode}: {message}", errcode=errcode, status=status)
         self.message = message
-        self.status = status
 
 
 @dataclass(frozen=True)

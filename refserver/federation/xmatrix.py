@@ -32,6 +32,7 @@ from signedjson.types import SigningKey, VerifyKey
 
 from refserver.crypto.canonical_json import CanonicalJsonError
 from refserver.crypto.signing import SignatureError, key_id_of, sign_json, verify_signed_json
+from refserver.errors import M_UNAUTHORIZED, ProtocolError
 from refserver.ids import is_valid_server_name
 from refserver.types import JsonDict
 
@@ -47,13 +48,13 @@ _UNQUOTED_VALUE_CHARS: Final = _TCHAR | {":"}
 _OWS: Final = " \t"
 
 
-class XMatrixError(ValueError):
+class XMatrixError(ProtocolError, ValueError):
     """The X-Matrix header is missing, malformed, for another server or badly signed.
 
     Hint: HTTP 401 ``M_UNAUTHORIZED`` (matrix-spec#1570 leaves the code open; Synapse's choice).
     """
 
-    errcode = "M_UNAUTHORIZED"
+    errcode = M_UNAUTHORIZED
     status = 401
 
 

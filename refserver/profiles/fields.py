@@ -13,6 +13,7 @@ from refserver.crypto.canonical_json import (
     check_canonical_values,
     encode_canonical_json,
 )
+from refserver.errors import M_BAD_JSON, ProtocolError
 from refserver.types import JsonDict, JsonValue
 
 DISPLAYNAME = "displayname"
@@ -31,12 +32,14 @@ MAX_PROFILE_BYTES = 65536
 MXC_RE = re.compile(r"^mxc://[A-Za-z0-9.\-:\[\]]+/[A-Za-z0-9_\-]+$")
 
 
-class ProfileFieldError(ValueError):
-    """A profile key or value breaks the rules; ``errcode`` is the CS API error code."""
+class ProfileFieldError(ProtocolError, ValueError):
+    """A profile key or value breaks the rules: 400 with the instance's CS API errcode."""
+
+    errcode = M_BAD_JSON
+    status = 400
 
     def __init__(self, errcode: str, message: str) -> None:
-        super().__init__(message)
-        self.errcode = errcode
+        super().__init__(message, errcode=errcode)
 
 
 def check_key_name(key_name: str) -> None:

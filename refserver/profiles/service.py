@@ -13,12 +13,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from refserver.accounts.service import Requester, now_ms
-from refserver.errors import MatrixError, forbidden, limit_exceeded, not_found
+from refserver.errors import forbidden, limit_exceeded, not_found
 from refserver.ids import InvalidId, UserId
 from refserver.notifier import Notifier
 from refserver.profiles.fields import (
     FieldPolicy,
-    ProfileFieldError,
     PutField,
     check_key_name,
     check_profile_size,
@@ -45,10 +44,6 @@ class ProfileChange:
 
 ProfileListener = Callable[[ProfileChange], Awaitable[None]]
 ProfileTxnHook = Callable[[sqlite3.Connection, ProfileChange], None]
-
-
-def field_error(exc: ProfileFieldError) -> MatrixError:
-    return MatrixError(400, exc.errcode, str(exc))
 
 
 class ProfileService:
@@ -81,10 +76,7 @@ class ProfileService:
             return False
 
     def _parse_user(self, user_id: str) -> UserId:
-        try:
-            return UserId.parse(user_id)
-        except InvalidId as exc:
-            raise MatrixError(400, "M_INVALID_PARAM", str(exc)) from None
+        return UserId.parse(user_id)
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -108,10 +100,7 @@ class ProfileService:
 
     async def get_field(self, user_id: str, key_name: str) -> JsonDict:
         """GET /profile/{userId}/{keyName} → ``{keyName: value}``, 404 if unset."""
-        try:
-            check_key_name(key_name)
-        except ProfileFieldError as exc:
-            raise field_error(exc) from None
+        check_key_name(key_name)
         if not self.is_mine(user_id) and self._remote is not None:
             self._parse_user(user_id)
             return await self._remote.get_field(user_id, key_name)
@@ -149,19 +138,13 @@ class ProfileService:
             self._run_txn_hooks(conn, ProfileChange(user_id, put.key_name, put.value, False, pos))
             return pos
 
-        try:
-            pos = await self._db.run(txn)
-        except ProfileFieldError as exc:
-            raise field_error(exc) from None
+        pos = await self._db.run(txn)
         if pos is not None:
             await self._notify(ProfileChange(user_id, put.key_name, put.value, False, pos))
 
     async def delete_field(self, requester: Requester, user_id: str, key_name: str) -> None:
         """DELETE /profile/{userId}/{keyName}: 200 ``{}`` whether or not the field existed."""
-        try:
-            check_key_name(key_name)
-        except ProfileFieldError as exc:
-            raise field_error(exc) from None
+        check_key_name(key_name)
         self._parse_user(user_id)
         self._check_may_write(requester, user_id, key_name)
 

@@ -8,6 +8,7 @@ over federation (:class:`~refserver.federation.membership.FederationMembership`)
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Sequence
 
@@ -16,12 +17,13 @@ from refserver.errors import (
     M_NOT_FOUND,
     M_UNKNOWN,
     MatrixError,
+    ProtocolError,
     forbidden,
 )
 from refserver.events.client_format import STRIPPED_STATE_TYPES
 from refserver.events.model import Event
 from refserver.federation.membership import FederationMembership
-from refserver.ids import InvalidId, UserId, server_name_of
+from refserver.ids import UserId, server_name_of
 from refserver.notifier import Notifier
 from refserver.profiles.service import ProfileChange, ProfileService
 from refserver.rooms import store
@@ -33,6 +35,8 @@ from refserver.storage.database import Database
 from refserver.types import JsonDict
 
 MEMBER = "m.room.member"
+
+log = logging.getLogger(__name__)
 
 
 class MembershipService:
@@ -59,11 +63,17 @@ class MembershipService:
     # -- membership ----------------------------------------------------------------------
 
     async def profile_for_member_event(self, user_id: str) -> JsonDict:
+        """displayname/avatar_url to copy into a member event (CS API "m.room.member")."""
         if not self.is_mine(user_id):
             return {}
         try:
             return await self._profiles.get_profile(user_id)
-        except MatrixError:
+        except MatrixError as exc:
+            # Only "no such local user" (404) is expected here: an invite of an unregistered
+            # local ID carries no profile. Anything else is a real failure and propagates.
+            if exc.status != 404:
+                raise
+            log.debug("no profile for the member event of %s: %s", user_id, exc.error)
             return {}
 
     async def set_membership(
@@ -266,9 +276,19 @@ class MembershipService:
                     content=content,
                     state_key=change.user_id,
                 )
-            except MatrixError:
-                # The user may lack permission in some room (e.g. after a power change);
-                # the profile itself was stored and other rooms still get the update.
+            except (MatrixError, ProtocolError) as exc:
+                # The user may lack permission in some room (e.g. after a power change): that
+                # room keeps the old member event. Not re-raised, because the profile itself
+                # is stored and the other rooms must still get the update; logged so the
+                # skipped room is visible.
+                log.info(
+                    "profile change of %s (%s) not sent to %s: %s %s",
+                    change.user_id,
+                    change.field,
+                    membership.room_id,
+                    exc.errcode,
+                    exc.error,
+                )
                 continue
 
 
@@ -283,7 +303,4 @@ def _invite_room_state(conn: sqlite3.Connection, room_id: str) -> list[JsonDict]
 
 
 def _check_user_id(user_id: object) -> None:
-    try:
-        UserId.parse(user_id)  # type: ignore[arg-type]
-    except InvalidId:
-        raise MatrixError(400, "M_INVALID_PARAM", f"invalid user ID {user_id!r}") from None
+    UserId.parse(user_id)  # type: ignore[arg-type]  # InvalidId: 400 M_INVALID_PARAM

@@ -18,12 +18,9 @@ import trio
 from refserver.accounts.service import Requester
 from refserver.errors import (
     M_BAD_JSON,
-    M_FORBIDDEN,
     MatrixError,
     forbidden,
 )
-from refserver.events.auth_state import AuthError
-from refserver.events.format import InvalidPdu
 from refserver.events.model import Event
 from refserver.events.power_levels import get_named_level, get_user_power_level
 from refserver.notifier import Notifier
@@ -42,15 +39,6 @@ EventPersisted = Callable[[Event, int], Awaitable[None]]
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def auth_error(exc: AuthError) -> MatrixError:
-    return MatrixError(403, M_FORBIDDEN, exc.message)
-
-
-def pdu_error(exc: InvalidPdu) -> MatrixError:
-    status = 413 if exc.errcode == "M_TOO_LARGE" else 400
-    return MatrixError(status, exc.errcode, str(exc))
 
 
 class RoomService:
@@ -130,20 +118,16 @@ class RoomService:
         async with self._lock(room_id):
             view = await self._view(room_id)
             state_before = dict(view.state)
-            try:
-                event = self._builder.build(
-                    view,
-                    sender=sender,
-                    event_type=event_type,
-                    content=content,
-                    state_key=state_key,
-                    redacts=redacts,
-                    now_ms=now_ms(),
-                )
-            except AuthError as exc:
-                raise auth_error(exc) from None
-            except InvalidPdu as exc:
-                raise pdu_error(exc) from None
+            # AuthError (403) and InvalidPdu (400/413) reach the client as they are.
+            event = self._builder.build(
+                view,
+                sender=sender,
+                event_type=event_type,
+                content=content,
+                state_key=state_key,
+                redacts=redacts,
+                now_ms=now_ms(),
+            )
             if before_persist is not None:
                 event = await before_persist(event)
                 view.built[-1] = event

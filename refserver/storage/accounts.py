@@ -5,6 +5,8 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 
+from refserver.errors import M_USER_IN_USE, ProtocolError
+
 
 @dataclass(frozen=True)
 class TokenOwner:
@@ -12,8 +14,11 @@ class TokenOwner:
     device_id: str
 
 
-class UserExists(Exception):
-    """The localpart is already taken."""
+class UserExists(ProtocolError):
+    """The localpart is already taken (CS API ``/register``: 400 ``M_USER_IN_USE``)."""
+
+    errcode = M_USER_IN_USE
+    status = 400
 
 
 def insert_user(
@@ -25,7 +30,7 @@ def insert_user(
             (user_id, localpart, password_hash, now_ms),
         )
     except sqlite3.IntegrityError:
-        raise UserExists(user_id) from None
+        raise UserExists("user ID already taken") from None
 
 
 def user_exists(conn: sqlite3.Connection, user_id: str) -> bool:

@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias
 
-from refserver.errors import M_BAD_JSON, M_INVALID_PARAM, M_NOT_JSON
+from refserver.errors import M_BAD_JSON, M_INVALID_PARAM, M_NOT_JSON, ProtocolError
 from refserver.events.model import Event
 from refserver.sync.event_fields import apply_event_fields, split_property_path
 from refserver.types import JsonDict, JsonValue
@@ -69,12 +69,14 @@ UNSTABLE_UNREAD_THREAD_NOTIFICATIONS: Final = "org.matrix.msc3773.unread_thread_
 EventLike: TypeAlias = Event | Mapping[str, Any]
 
 
-class FilterError(ValueError):
-    """The filter JSON is invalid. ``errcode`` hint: M_BAD_JSON, M_INVALID_PARAM, M_NOT_JSON."""
+class FilterError(ProtocolError, ValueError):
+    """The filter JSON is invalid: 400 ``M_BAD_JSON``, ``M_INVALID_PARAM`` or ``M_NOT_JSON``."""
+
+    errcode = M_BAD_JSON
+    status = 400
 
     def __init__(self, message: str, *, errcode: str = M_BAD_JSON) -> None:
-        super().__init__(message)
-        self.errcode = errcode
+        super().__init__(message, errcode=errcode)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """Uploaded filters and the /sync ``filter`` parameter (CS API "Filtering").
 
 The service validates with :func:`refserver.sync.filter.parse_filter` before anything is
-stored, so every stored filter parses; pure :class:`FilterError` hints become 400
-:class:`MatrixError`s here.
+stored, so every stored filter parses. A :class:`FilterError` carries its own 400 errcode
+and reaches the client through the HTTP edge's one error mapping.
 """
 
 from __future__ import annotations
@@ -16,15 +16,10 @@ from refserver.storage.database import Database
 from refserver.sync.filter import (
     DEFAULT_FILTER,
     Filter,
-    FilterError,
     parse_filter,
     parse_filter_text,
 )
 from refserver.types import JsonValue
-
-
-def filter_error(exc: FilterError) -> MatrixError:
-    return MatrixError(400, exc.errcode, str(exc))
 
 
 class FilterService:
@@ -33,10 +28,7 @@ class FilterService:
 
     async def add(self, user_id: str, filter_json: JsonValue) -> str:
         """POST /user/{userId}/filter: validate, store, return the new filter ID."""
-        try:
-            parse_filter(filter_json)
-        except FilterError as exc:
-            raise filter_error(exc) from None
+        parse_filter(filter_json)  # FilterError: 400 with its errcode
         text = encode_canonical_json(filter_json).decode()
         return await self._db.run(store.add_filter, user_id, text)
 
@@ -61,10 +53,7 @@ class FilterService:
         if filter_param is None or filter_param == "":
             return DEFAULT_FILTER
         if filter_param.startswith("{"):
-            try:
-                return parse_filter_text(filter_param)
-            except FilterError as exc:
-                raise filter_error(exc) from None
+            return parse_filter_text(filter_param)
         found = await self.get(user_id, filter_param)
         if found is None:
             raise MatrixError(400, M_INVALID_PARAM, f"no such filter: {filter_param!r}")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ssl
+from urllib.parse import quote
+
 import httpx
 import pytest
 
@@ -109,3 +112,43 @@ def test_empty_successes_are_exactly_empty_objects(server: ServerProcess, userna
         headers={"Authorization": f"Bearer {token}"},
     )
     assert r.content.strip() == b"{}" and r.headers["content-type"].startswith("application/json")
+
+
+def test_domain_errors_answer_their_own_status_and_errcode(
+    server: ServerProcess, username: str
+) -> None:
+    """Errors raised by pure code (InvalidToken, FilterError, InvalidId, UnsupportedRoomVersion,
+    InvalidPdu, ProfileFieldError, XMatrixError) reach clients through the one mapping at the
+    HTTP edge with the status and errcode of CS API "Standard error response"."""
+    user_id, token = server.register(username)
+    auth = {"Authorization": f"Bearer {token}"}
+    r = httpx.post(server.url("/v3/createRoom"), json={}, headers=auth)
+    assert r.status_code == 200, r.text
+    room = quote(r.json()["room_id"], safe="")
+    cases: list[tuple[str, httpx.Response, int, str]] = [
+        ("stream token", httpx.get(server.url("/v3/sync?since=bogus"), headers=auth), 400,
+         "M_INVALID_PARAM"),
+        ("inline filter", httpx.get(server.url("/v3/sync"), params={"filter": "{nope"},
+         headers=auth), 400, "M_NOT_JSON"),
+        ("messages token", httpx.get(server.url(f"/v3/rooms/{room}/messages?from=bogus"),
+         headers=auth), 400, "M_INVALID_PARAM"),
+        ("invitee user ID", httpx.post(server.url(f"/v3/rooms/{room}/invite"),
+         json={"user_id": "bob"}, headers=auth), 400, "M_INVALID_PARAM"),
+        ("room version", httpx.post(server.url("/v3/createRoom"), json={"room_version": "99"},
+         headers=auth), 400, "M_UNSUPPORTED_ROOM_VERSION"),
+        ("event size", httpx.put(server.url(f"/v3/rooms/{room}/state/m.room.topic"),
+         json={"topic": "x" * 70000}, headers=auth), 413, "M_TOO_LARGE"),
+        ("profile key", httpx.put(server.url(f"/v3/profile/{quote(user_id)}/Bad.Key"),
+         json={"Bad.Key": 1}, headers=auth), 400, "M_INVALID_PARAM"),
+        ("federation auth", httpx.get(
+            f"{server.federation_url}/_matrix/federation/v1/query/profile",
+            params={"user_id": user_id},
+            verify=ssl.create_default_context(cafile=str(server.ca_pem)),
+        ), 401, "M_UNAUTHORIZED"),
+    ]  # fmt: skip
+    for what, response, status, errcode in cases:
+        assert response.status_code == status, f"{what}: {response.status_code} {response.text}"
+        assert response.headers["content-type"].startswith("application/json"), what
+        body = response.json()
+        assert body["errcode"] == errcode, f"{what}: expected {errcode}, got {body}"
+        assert isinstance(body["error"], str) and body["error"], f"{what}: {body}"

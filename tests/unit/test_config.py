@@ -100,7 +100,6 @@ ZERO_ALLOWED = [
     ("msc4259", "custom_debounce_s"),
     ("msc4259", "custom_max_delay_s"),
     ("msc4259", "custom_min_interval_s"),
-    ("msc4259", "join_fetch_grace_s"),
 ]
 #: Timeouts, delays, rates, intervals and freshness periods that 0 would break.
 MUST_BE_POSITIVE = [

@@ -8,7 +8,7 @@ from quart import Blueprint, request
 from refserver.errors import M_INVALID_PARAM, M_MISSING_PARAM, M_NOT_FOUND, MatrixError
 from refserver.federation.auth import FederationAuthenticator
 from refserver.federation.reads import MAX_EVENTS, FederationReads
-from refserver.ids import InvalidId, UserId
+from refserver.ids import UserId
 from refserver.profiles.service import ProfileService
 from refserver.types import JsonDict
 
@@ -72,10 +72,7 @@ def event_routes(
         user_id = request.args.get("user_id")
         if not user_id:
             raise MatrixError(400, M_MISSING_PARAM, "user_id is required")
-        try:
-            UserId.parse(user_id)
-        except InvalidId:
-            raise MatrixError(400, M_INVALID_PARAM, "invalid user_id") from None
+        UserId.parse(user_id)  # InvalidId: 400 M_INVALID_PARAM
         if not profiles.is_mine(user_id):
             raise MatrixError(404, M_NOT_FOUND, "that user is not on this server")
         field = request.args.get("field")
