@@ -39,7 +39,7 @@ from refserver.storage.database import Database
 from refserver.types import JsonDict
 
 if TYPE_CHECKING:  # the [msc4259] section, read only at construction
-    from refserver.app.config import Msc4259Section
+    from refserver.settings import Msc4259Section
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,386 @@
+"""The configuration schema: every setting of ``refserver.toml``, described once.
+
+Each section is a frozen dataclass and each setting a field declared with :func:`setting`:
+its default, its allowed range and a one-line description; a section's docstring describes
+the section. Services take their section as a constructor argument, so this module sits at
+the bottom of the layers (no I/O); reading and checking the file is
+:mod:`refserver.app.config`, rendering it and its docs is :mod:`refserver.app.config_render`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from refserver.ids import is_valid_server_name
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+EDU_TYPE_NAMES = ("uk.tcpip.msc4259.profile", "m.profile")
+
+
+def setting(
+    default: Any = dataclasses.MISSING,
+    *,
+    doc: str,
+    gt: float | None = None,
+    ge: float | None = None,
+    le: float | None = None,
+    ge_setting: str | None = None,
+    choices: tuple[str, ...] = (),
+    choice_name: str = "value",
+    ignore_case: bool = False,
+    non_empty: bool = False,
+    valid: tuple[Callable[[str], bool], str] | None = None,
+    default_doc: str | None = None,
+) -> Any:
+    """A config setting: a dataclass field whose metadata holds its doc and allowed range.
+
+    ``doc`` is the one-line description (TOML comment and docs table). Numbers: ``gt`` /
+    ``ge`` / ``le`` bound the value, ``ge_setting`` names a setting of the same section the
+    value may not be below. Decimal settings are never negative, whatever else they allow.
+    Strings and lists of strings: ``choices`` (named ``choice_name`` in errors),
+    ``non_empty``, or ``valid = (predicate, "what a valid value is")``. ``default_doc``
+    replaces the default in the docs table.
+    """
+    rules = {
+        "doc": doc,
+        "gt": gt,
+        "ge": ge,
+        "le": le,
+        "ge_setting": ge_setting,
+        "choices": choices,
+        "choice_name": choice_name,
+        "ignore_case": ignore_case,
+        "non_empty": non_empty,
+        "valid": valid,
+        "default_doc": default_doc,
+    }
+    return field(default=default, metadata=rules)
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """A token bucket: ``burst`` actions at once, refilled at ``per_second``."""
+
+    per_second: float = setting(doc="Tokens added back per second.", gt=0)
+    burst: int = setting(doc="Requests let through at once (the bucket's size).", ge=1)
+
+
+@dataclass(frozen=True)
+class ServerSection:
+    """The server's identity, its files and its logging."""
+
+    server_name: str = setting(
+        doc="The server name: the domain part of user IDs (`@alice:<server_name>`) and the"
+        " name other servers reach this one by. With an explicit port, peers connect straight"
+        " to that host and port (no `.well-known`, no SRV). Never change it once users exist.",
+        valid=(is_valid_server_name, "a host name or IP literal, optionally with :port"),
+        default_doc="(required; `init` uses `localhost:<federation-port>`)",
+    )
+    public_baseurl: str = setting(
+        "",
+        doc="Base URL clients use, served in `/.well-known/matrix/client`."
+        " Empty: `http://<client.bind>:<client.port>`.",
+    )
+    signing_key_path: str = setting(
+        "signing.key",
+        doc="ed25519 signing key in Synapse's format (`ed25519 <version> <seed>`). Generated"
+        " by `init`, replaced by `rotate-key`; never commit it.",
+    )
+    database_path: str = setting(
+        "refserver.db", doc="SQLite database (WAL mode). Schema migrations run at start-up."
+    )
+    log_level: str = setting(
+        "INFO",
+        doc="Python logging level.",
+        choices=LOG_LEVELS,
+        choice_name="logging level",
+        ignore_case=True,
+    )
+
+
+@dataclass(frozen=True)
+class ClientListener:
+    """Client-server API listener (plain HTTP; put a TLS proxy in front for anything public)."""
+
+    bind: str = setting("127.0.0.1", doc="Listen address.")
+    port: int = setting(
+        8008, doc="Listen port. This listener also serves `GET /metrics`.", ge=0, le=65535
+    )
+    max_request_body_bytes: int = setting(
+        1024 * 1024, doc="Larger request bodies get 413 `M_TOO_LARGE`."
+    )
+
+
+@dataclass(frozen=True)
+class FederationListener:
+    """Server-server API listener (TLS), outbound federation and the per-destination sender."""
+
+    bind: str = setting("127.0.0.1", doc="Listen address.")
+    port: int = setting(8448, doc="Listen port (TLS).", ge=0, le=65535)
+    tls_certificate_path: str = setting(
+        "tls.crt",
+        doc="PEM certificate chain the listener presents. `init` issues it from the"
+        " development CA (valid for `localhost`, `127.0.0.1`, `::1` and the server name's host).",
+    )
+    tls_private_key_path: str = setting(
+        "tls.key", doc="PEM private key of that certificate (mode 0600)."
+    )
+    trusted_ca_files: tuple[str, ...] = setting(
+        (),
+        doc="Extra CA or certificate PEM files trusted for outbound federation, in addition to"
+        " the system store: the shared development CA, a Synapse's self-signed certificate, …",
+        default_doc="`[]` (`init` writes the absolute path of `<ca-dir>/ca.pem`)",
+    )
+    verify_tls: bool = setting(
+        True,
+        doc="`false` turns off certificate verification for every outbound federation"
+        " request. A development switch: logged as a warning at start-up.",
+    )
+    old_signing_keys_path: str = setting(
+        "old_signing.keys",
+        doc="Retired signing keys, one per line `ed25519 <version> <expired_ts> <verify key>`,"
+        " published as `old_verify_keys`. Written by `refserver rotate-key`; a missing file"
+        " means no old keys.",
+    )
+    request_timeout_s: float = setting(
+        20.0,
+        doc="Time limit in seconds for one outbound request, server-name resolution included."
+        " A slow or dead peer never delays requests to any other.",
+        gt=0,
+    )
+    retry_initial_s: float = setting(
+        2.0, doc="First retry delay (seconds) after a failed transaction to a destination.", gt=0
+    )
+    retry_multiplier: float = setting(
+        2.0, doc="Factor applied to the retry delay after each further failure.", ge=1
+    )
+    retry_max_s: float = setting(
+        600.0,
+        doc="Cap on the retry delay (seconds). Every delay is jittered by ×0.8–1.4 (never"
+        " above the cap).",
+        ge_setting="retry_initial_s",
+    )
+    wakeups_per_second: float = setting(
+        100.0,
+        doc="Destination queues woken per second when one event or profile change fans out"
+        " to many servers.",
+        gt=0,
+    )
+    idle_timeout_s: float = setting(
+        60.0,
+        doc="A destination queue task with nothing to send ends after this many seconds; the"
+        " next wake-up starts a new one. `0`: it ends as soon as it has nothing to send.",
+        ge=0,
+    )
+
+
+@dataclass(frozen=True)
+class RegistrationSection:
+    """Who may create an account."""
+
+    enabled: bool = setting(
+        True,
+        doc="Open registration through `POST /register` (one `m.login.dummy` stage). `false`:"
+        " `/register` answers 403 `M_FORBIDDEN`; `refserver register-user` still works.",
+    )
+
+
+@dataclass(frozen=True)
+class ProfileSection:
+    """Which profile fields users may change (capability `m.profile_fields`)."""
+
+    enabled: bool = setting(True, doc="`false`: no field may be changed.")
+    allowed_fields: tuple[str, ...] = setting(
+        (),
+        doc="If non-empty, only these fields may be set or deleted; `disallowed_fields` is"
+        " then ignored (as in the spec).",
+    )
+    disallowed_fields: tuple[str, ...] = setting(
+        (), doc='Fields that may not be set or deleted, e.g. `["avatar_url"]`.'
+    )
+
+
+_LOGIN_LIMIT = RateLimit(per_second=10.0, burst=100)
+_REGISTER_LIMIT = RateLimit(per_second=10.0, burst=100)
+_PROFILE_WRITE_LIMIT = RateLimit(per_second=20.0, burst=200)
+
+
+@dataclass(frozen=True)
+class RateLimitSection:
+    """Token buckets: `burst` requests at once, refilled at `per_second`.
+
+    Over the limit: 429 `M_LIMIT_EXCEEDED` with `Retry-After`. A `[rate_limits.<name>]`
+    table must give both keys.
+    """
+
+    # setting() returns a dataclasses.field, and RateLimit is frozen: no shared mutable default.
+    login: RateLimit = setting(  # noqa: RUF009
+        _LOGIN_LIMIT, doc="`POST /login`, keyed by client address."
+    )
+    register: RateLimit = setting(  # noqa: RUF009
+        _REGISTER_LIMIT,
+        doc="`POST /register` and `/register/available`, keyed by client address.",
+    )
+    profile_write: RateLimit = setting(  # noqa: RUF009
+        _PROFILE_WRITE_LIMIT,
+        doc="PUT/DELETE of profile fields, keyed by user.",
+    )
+
+
+@dataclass(frozen=True)
+class FieldPolicyConfig:
+    """Per-field MSC4259 sending policy (see profiles/edus.py FieldPolicy)."""
+
+    debounce_s: float = setting(
+        doc="Wait this long after the latest change for more changes to merge.", ge=0
+    )
+    max_delay_s: float = setting(doc="Upper bound on the postponement caused by debouncing.", ge=0)
+    min_interval_s: float = setting(
+        doc="Minimum time between EDUs about this field of the same user, per destination.",
+        ge=0,
+    )
+
+
+@dataclass(frozen=True)
+class Msc4259Section:
+    """MSC4259 profile update EDUs (docs/msc4259.md). Receiving is always on."""
+
+    enabled: bool = setting(
+        True,
+        doc="Send profile EDUs for local profile changes and do the join-time exchange."
+        " `false`: nothing is marked dirty and no profile EDU is sent; updates already"
+        " pending stay in the database until it is `true` again. Incoming EDUs of both types"
+        " are still accepted.",
+    )
+    edu_types: tuple[str, ...] = setting(
+        ("uk.tcpip.msc4259.profile",),
+        doc="EDU types to send: `uk.tcpip.msc4259.profile` (MSC4259's unstable prefix),"
+        " `m.profile` (the name the MSC proposes), or both; with both, each update is sent"
+        " once per type.",
+        choices=EDU_TYPE_NAMES,
+        choice_name="EDU type",
+        non_empty=True,
+    )
+    local_only_fields: tuple[str, ...] = setting(
+        (),
+        doc='Fields never sent as EDUs, e.g. `["org.example.private"]`. They remain readable'
+        " through `GET /_matrix/federation/v1/query/profile`.",
+    )
+    accept_only_shared_users: bool = setting(
+        True,
+        doc="Drop incoming EDUs about users who share no room with any local user (counted as"
+        " `no_shared_room`). `false`: cache every valid EDU.",
+    )
+    debounce_s: float = setting(
+        0.5,
+        doc="For `displayname`, `avatar_url` and `m.tz`: wait this long after the latest"
+        " change for more changes to merge into the same EDU. `0`: a change is ready at once.",
+        ge=0,
+    )
+    max_delay_s: float = setting(
+        5.0,
+        doc="… but never postpone a change more than this after its first unsent change. `0`:"
+        " never postpone (no debouncing).",
+        ge=0,
+    )
+    min_interval_s: float = setting(
+        1.0,
+        doc="… and send at most one EDU about the same user's field per this interval, per"
+        " destination. `0`: no minimum interval.",
+        ge=0,
+    )
+    custom_debounce_s: float = setting(
+        1.0, doc="`debounce_s` for every other (custom) field.", ge=0
+    )
+    custom_max_delay_s: float = setting(
+        10.0, doc="`max_delay_s` for every other (custom) field.", ge=0
+    )
+    custom_min_interval_s: float = setting(
+        5.0, doc="`min_interval_s` for every other (custom) field.", ge=0
+    )
+    remote_cache_ttl_s: float = setting(
+        86400.0,
+        doc="A cached remote profile is fresh for this long after it became complete: its"
+        " last full `query/profile` answer, or the first MSC4259 EDU from the user's server"
+        " (docs/msc4259.md §6.12; 24 h: MSC4133's bound). When its server fails, a stale copy"
+        " still answers (stale-if-error, docs/msc4259.md §6.15).",
+        gt=0,
+    )
+    remote_cache_ttl_edu_s: float = setting(
+        604800.0,
+        doc="Freshness for users of servers that have sent this server at least one valid"
+        " profile EDU (7 days).",
+        gt=0,
+    )
+    refresh_interval_s: float = setting(
+        300.0,
+        doc="How often the background refresher looks for stale cached profiles of remote"
+        " users who share a room with a local user.",
+        gt=0,
+    )
+    refresh_per_second: float = setting(
+        2.0,
+        doc="Rate of the refresher's `query/profile` requests, and of the join fetches.",
+        gt=0,
+    )
+    join_fetch_grace_s: float = setting(
+        2.0,
+        doc="When a remote user starts sharing a room with a local user and nothing is cached"
+        " about them, their `displayname`/`avatar_url` are taken from their `m.room.member`"
+        " event and their full profile is queried (`query/profile`) this many seconds later,"
+        " unless an MSC4259 EDU from their server delivered it meanwhile (docs/msc4259.md"
+        " §6.14). Long enough for a join-time exchange to arrive; `0` queries at once.",
+        ge=0,
+    )
+    fields: tuple[tuple[str, FieldPolicyConfig], ...] = setting(
+        (),
+        doc='Per-field policy overrides, one `[msc4259.fields."<field>"]` table each (all'
+        " three keys required).",
+    )
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerSection
+    client: ClientListener = field(default_factory=ClientListener)
+    federation: FederationListener = field(default_factory=FederationListener)
+    registration: RegistrationSection = field(default_factory=RegistrationSection)
+    profile: ProfileSection = field(default_factory=ProfileSection)
+    rate_limits: RateLimitSection = field(default_factory=RateLimitSection)
+    msc4259: Msc4259Section = field(default_factory=Msc4259Section)
+    #: Directory relative paths are resolved against (the config file's directory).
+    base_dir: Path = field(default=Path("."), metadata={"internal": True})
+
+    def resolve(self, relative: str) -> Path:
+        path = Path(relative)
+        return path if path.is_absolute() else self.base_dir / path
+
+    @property
+    def client_base_url(self) -> str:
+        if self.server.public_baseurl:
+            return self.server.public_baseurl.rstrip("/")
+        host = f"[{self.client.bind}]" if ":" in self.client.bind else self.client.bind
+        return f"http://{host}:{self.client.port}"
+
+
+#: The TOML sections, in file order: the fields of :class:`Config` but ``base_dir``.
+SECTIONS = tuple(f.name for f in dataclasses.fields(Config) if not f.metadata.get("internal"))
+
+
+def field_types(cls: type[Any]) -> dict[str, Any]:
+    """Field name → its type (the annotations are postponed strings)."""
+    return typing.get_type_hints(cls)
+
+
+def settings_of(cls: type[Any]) -> list[dataclasses.Field[Any]]:
+    """The settings of a section dataclass, in declaration order."""
+    return [f for f in dataclasses.fields(cls) if "doc" in f.metadata]
+
+
+def is_policy_table(ftype: Any) -> bool:
+    return bool(ftype == tuple[tuple[str, FieldPolicyConfig], ...])
