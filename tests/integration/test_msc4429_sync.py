@@ -124,6 +124,49 @@ def test_only_someone_who_shared_no_room_before_is_announced_on_joining(
     assert [who for who, _ in watcher.seen] == [carol.user_id], watcher.seen
 
 
+# -- MSC4429 "MUST only return profile fields which the client explicitly asks for" ---------------
+
+
+def test_fields_the_filter_does_not_ask_for_stay_out_of_sync(
+    hs1: ServerProcess, hs2: ServerProcess
+) -> None:
+    alice, bob = register(hs1, "alice"), register(hs2, "bob")
+    alice.put_field("displayname", "Alice 0")
+    alice.put_field("m.tz", "Europe/Paris")
+    share_room(alice, bob)
+    wait_until(
+        lambda: (
+            bob.get_profile(alice.user_id) == {"displayname": "Alice 0", "m.tz": "Europe/Paris"}
+        ),
+        what="alice's whole profile cached on hs2",
+    )
+    only = ("displayname",)
+    initial = users_section(bob.sync(fields=only))
+    assert initial[alice.user_id] == {"profile_updates": {"displayname": "Alice 0"}}, initial
+
+    since = bob.sync(fields=only)["next_batch"]
+    alice.put_field("m.tz", "Asia/Tokyo")  # not asked for
+    alice.put_field("displayname", "Alice 1")
+    seen: list[Any] = []
+
+    def arrived() -> bool:
+        nonlocal since
+        response = bob.sync(since=since, timeout_ms=1000, fields=only)
+        since = response["next_batch"]
+        entry = users_section(response).get(alice.user_id)
+        if entry is not None:
+            seen.append(entry["profile_updates"])
+        return any(u and u.get("displayname") == "Alice 1" for u in seen)
+
+    wait_until(arrived, what="displayname 'Alice 1' in bob's /sync")
+    wait_until(
+        lambda: bob.get_profile(alice.user_id).get("m.tz") == "Asia/Tokyo",
+        what="m.tz 'Asia/Tokyo' cached on hs2 (it arrived, and /sync must still leave it out)",
+    )
+    arrived()
+    assert all(u is not None and set(u) == {"displayname"} for u in seen), seen
+
+
 # -- item 6: no update skipped after a flood of unrelated writes ---------------------------------
 
 
