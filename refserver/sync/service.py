@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import trio
 
-from refserver.accounts.service import Requester
 from refserver.events.client_format import STRIPPED_STATE_TYPES, stripped_state_event
 from refserver.notifier import Notifier
+from refserver.requester import Requester
 from refserver.rooms.reads import format_events, visible_to
 from refserver.storage import events as event_store
 from refserver.storage import federation as fed_store
