@@ -230,16 +230,6 @@ class FederationSender:
         (``storage.persist.persist_event``); wake those servers' queues."""
         self.wake_many(persisted.destinations)
 
-    async def send_pdu(
-        self, event_id: str, stream_ordering: int, destinations: Sequence[str]
-    ) -> None:
-        """Owe ``event_id`` to ``destinations`` (durably), then wake their queues."""
-        targets = sorted(d for d in set(destinations) if d != self._origin)
-        if not targets:
-            return
-        await self._db.run(fed_store.enqueue_pdu, targets, stream_ordering, event_id)
-        self.wake_many(targets)
-
     # -- one destination --------------------------------------------------------------------
 
     async def _run_queue(self, queue: DestinationQueue) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from refserver.errors import M_NOT_FOUND, MatrixError, forbidden
 from refserver.events.client_format import client_event
-from refserver.events.model import Event
+from refserver.events.model import MEMBER, Event
 from refserver.events.redaction import redact
 from refserver.events.visibility import history_visibility_of, is_visible
 from refserver.requester import Requester
@@ -24,8 +24,6 @@ from refserver.storage.database import Database
 from refserver.storage.events import StateMap, StoredEvent
 from refserver.streams import StreamToken
 from refserver.types import JsonDict
-
-MEMBER = "m.room.member"
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,6 @@ from refserver.sync.filter import Filter
 from refserver.sync.profiles import profile_updates
 from refserver.types import JsonDict
 
-MEMBER = "m.room.member"
 #: Longest long-poll honoured, whatever the client asks for.
 MAX_TIMEOUT_S = 300.0
 
