@@ -29,6 +29,7 @@ from refserver.errors import (
     bad_json,
 )
 from refserver.ids import MAX_ID_BYTES, InvalidId, UserId, is_valid_localpart
+from refserver.requester import Requester
 from refserver.storage import accounts as store
 from refserver.storage.database import Database
 from refserver.types import JsonDict, JsonValue
@@ -36,14 +37,6 @@ from refserver.types import JsonDict, JsonValue
 #: Longest password accepted (Synapse uses the same bound); argon2 cost stays predictable.
 MAX_PASSWORD_LENGTH = 512
 _DEVICE_ID_ALPHABET = string.ascii_uppercase
-
-
-@dataclass(frozen=True)
-class Requester:
-    """The authenticated user behind a client request."""
-
-    user_id: str
-    device_id: str
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,7 @@ from refserver.ratelimit import RateLimiter
 from refserver.rooms.builder import EventBuilder
 from refserver.rooms.creation import RoomCreator
 from refserver.rooms.membership import MembershipService
+from refserver.rooms.persisted import EventsPersisted
 from refserver.rooms.reads import RoomReader
 from refserver.rooms.service import RoomService
 from refserver.storage.database import Database
@@ -209,7 +210,11 @@ def build_services(
         ),
         metrics=metrics,
     )
-    handler = FederationEventHandler(db, keyring, client, notifier=notifier)
+    # One listener list for every event persisted here, local or received.
+    persisted = EventsPersisted(notifier)
+    handler = FederationEventHandler(
+        db, keyring, client, persisted=persisted, server_name=server_name
+    )
     # MSC4259 receiving: EDUs feed the remote profile cache; while one of our joins is in
     # progress, EDUs about users not sharing a room yet are held, not dropped (§6.13).
     msc4259 = edu_policy(config)
@@ -227,6 +232,7 @@ def build_services(
         keyring,
         handler,
         notifier,
+        persisted=persisted,
         server_name=server_name,
         signing_key=signing_key,
         join_observer=receiver,
@@ -235,7 +241,6 @@ def build_services(
         db,
         keyring,
         handler,
-        sender,
         notifier,
         server_name=server_name,
         signing_key=signing_key,
@@ -245,7 +250,7 @@ def build_services(
         db,
         server_name=server_name,
         builder=builder,
-        notifier=notifier,
+        persisted=persisted,
     )
     members = MembershipService(
         db,
@@ -256,7 +261,7 @@ def build_services(
         federation=membership,
     )
     profiles.add_listener(members.on_profile_change)
-    rooms.add_listener(sender.send_room_event)
+    persisted.add_listener(sender.send_room_event)
     # MSC4259 sending: local changes become EDUs.
     profile_edus = ProfileEduSender(
         db, server_name=server_name, policy=msc4259, metrics=metrics, wake=sender.wake_many
@@ -265,11 +270,9 @@ def build_services(
         sender.add_edu_source(profile_edus)
         profiles.add_txn_hook(profile_edus.mark_dirty_in_txn)
         profiles.add_listener(profile_edus.on_profile_change)
-        rooms.add_listener(profile_edus.on_membership)
-        handler.add_listener(profile_edus.on_membership)
+        persisted.add_listener(profile_edus.on_membership)
     transactions = TransactionHandler(db, handler)
-    rooms.add_listener(receiver.on_membership)
-    handler.add_listener(receiver.on_membership)
+    persisted.add_listener(receiver.on_membership)
     # Any peer, MSC4259 or not: member events and a join fetch feed the cache (§6.14).
     member_feed = MemberProfileFeed(
         db,
@@ -278,8 +281,7 @@ def build_services(
         config=config.msc4259,
         notifier=notifier,
     )
-    rooms.add_listener(member_feed.on_membership)
-    handler.add_listener(member_feed.on_membership)
+    persisted.add_listener(member_feed.on_membership)
     for edu_type in EDU_TYPES:
         transactions.register_edu_handler(edu_type, receiver.on_edu)
     return Services(

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from quart import Request
 
-from refserver.accounts.service import AccountService, Requester
+from refserver.accounts.service import AccountService
 from refserver.errors import M_MISSING_TOKEN, MatrixError
+from refserver.requester import Requester
 
 #: Prefixes under which the client API is served. r0 aliases exist for endpoints the
 #: spec had before v1.1; v3 is current.

@@ -14,6 +14,14 @@ from refserver.events.room_versions import RoomVersion
 from refserver.ids import room_id_of_create_event
 from refserver.types import JsonDict
 
+#: Client-server API, "m.room.member": the event type and its ``membership`` values.
+MEMBER = "m.room.member"
+JOIN = "join"
+INVITE = "invite"
+KNOCK = "knock"
+LEAVE = "leave"
+BAN = "ban"
+
 
 @dataclass(frozen=True)
 class Event:

@@ -34,10 +34,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
-from refserver.events.model import Event
+from refserver.events.model import MEMBER, Event
 
 HISTORY_VISIBILITY = "m.room.history_visibility"
-MEMBER = "m.room.member"
 
 WORLD_READABLE: Final = "world_readable"
 SHARED: Final = "shared"

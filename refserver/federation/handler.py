@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from refserver.errors import M_FORBIDDEN, ProtocolError
@@ -18,7 +18,6 @@ from refserver.events.auth_rules import check_auth, check_auth_events_selection
 from refserver.events.auth_state import AuthError
 from refserver.events.hashing import compute_event_id
 from refserver.events.model import Event
-from refserver.events.power_levels import get_named_level, get_user_power_level
 from refserver.events.room_versions import RoomVersion, get_room_version
 from refserver.federation.client import (
     FederationClient,
@@ -28,21 +27,19 @@ from refserver.federation.client import (
 )
 from refserver.federation.event_auth import DroppedPdu, check_pdu
 from refserver.federation.keyring import Keyring
-from refserver.ids import server_name_of
-from refserver.notifier import Notifier
-from refserver.rooms import store as room_tx
+from refserver.rooms.persisted import EventsPersisted
 from refserver.storage import events as event_store
 from refserver.storage import rooms as room_store
 from refserver.storage.database import Database
 from refserver.storage.events import StateMap
+from refserver.storage.persist import Persisted, persist_event, state_events_of
+from refserver.storage.room_state import state_after_events
 from refserver.types import JsonDict, JsonValue
 
 log = logging.getLogger(__name__)
 
 #: How many missing prev_events we try to fetch before falling back to /state_ids.
 MISSING_EVENTS_LIMIT = 20
-
-EventPersisted = Callable[[Event, int], Awaitable[None]]
 
 
 class PduRejected(ProtocolError):
@@ -60,13 +57,6 @@ class PduRejected(ProtocolError):
         self.event_id = event_id
 
 
-@dataclass(frozen=True)
-class StoredResult:
-    stream_ordering: int
-    rejected: str | None
-    soft_failed: bool
-
-
 def _event_id_or_none(pdu: JsonDict, rv: RoomVersion) -> str | None:
     try:
         return compute_event_id(pdu, rv)
@@ -74,18 +64,27 @@ def _event_id_or_none(pdu: JsonDict, rv: RoomVersion) -> str | None:
         return None
 
 
-def _state_events(conn: sqlite3.Connection, state: StateMap) -> dict[tuple[str, str], Event]:
-    events = event_store.get_events(conn, state.values())
-    return {key: events[eid] for key, eid in state.items() if eid in events}
+@dataclass(frozen=True)
+class Checked:
+    """A received event after steps 4–6, and how persisting it went."""
+
+    persisted: Persisted
+    #: Why the auth rules rejected it (None: not rejected).
+    rejected: str | None
 
 
 def auth_and_persist(
-    conn: sqlite3.Connection, event: Event, state_before: StateMap | None
-) -> StoredResult:
-    """Steps 4–6 and storage, in one transaction."""
+    conn: sqlite3.Connection,
+    event: Event,
+    state_before: StateMap | None,
+    *,
+    owe_except: Collection[str] | None = None,
+) -> Checked:
+    """Steps 4–6 and storage, in one transaction. With ``owe_except``, an accepted event is
+    owed to the room's servers except those (a resident relays a send_join/send_leave)."""
     rv = event.room_version
     if state_before is None:
-        state_before = room_tx.state_after_events(conn, rv, event.prev_event_ids)
+        state_before = state_after_events(conn, rv, event.prev_event_ids)
     rejected: str | None = None
     soft_failed = False
     auth_events = event_store.get_events(conn, event.auth_event_ids)
@@ -100,43 +99,26 @@ def auth_and_persist(
         check_auth(event, {e.state_tuple(): e for e in listed}, create_event=create)
         # 5. Against the state before the event.
         if state_before is not None:
-            check_auth(event, _state_events(conn, state_before), create_event=create)
+            check_auth(event, state_events_of(conn, state_before), create_event=create)
     except AuthError as exc:
         rejected = exc.message
     if rejected is None:
         # 6. Against the current state: failing here only soft-fails the event.
         current = room_store.get_current_state(conn, event.room_id)
         try:
-            check_auth(event, _state_events(conn, current), create_event=create)
+            check_auth(event, state_events_of(conn, current), create_event=create)
         except AuthError as exc:
             soft_failed = True
             log.info("soft-failing %s: %s", event.event_id, exc.message)
     stored_event = Event(event.event_id, rv, event.pdu, rejected=rejected is not None)
-    ordering = event_store.insert_event(
-        conn, stored_event, state_before=state_before, soft_failed=soft_failed
+    persisted = persist_event(
+        conn,
+        stored_event,
+        state_before=state_before,
+        soft_failed=soft_failed,
+        owe_except=owe_except,
     )
-    if rejected is None and not soft_failed:
-        event_store.update_forward_extremities(conn, event)
-        room_tx.recompute_current_state(conn, event.room_id, rv)
-        _maybe_apply_redaction(conn, event, state_before or {})
-    return StoredResult(ordering, rejected, soft_failed)
-
-
-def _maybe_apply_redaction(conn: sqlite3.Connection, event: Event, state: StateMap) -> None:
-    """rooms/fragments/v3-handling-redactions: apply when the redaction's sender has the
-    redact level, or is on the same server as the redacted event's sender."""
-    if event.type != "m.room.redaction" or not event.redacts:
-        return
-    target = event_store.get_events(conn, [event.redacts]).get(event.redacts)
-    if target is None or target.room_id != event.room_id:
-        return
-    state_events = _state_events(conn, state)
-    allowed = server_name_of(target.sender) == server_name_of(event.sender) or (
-        get_user_power_level(event.sender, state_events, event.room_version)
-        >= get_named_level(state_events, "redact")
-    )
-    if allowed:
-        event_store.mark_redacted(conn, event.redacts, event.event_id)
+    return Checked(persisted, rejected)
 
 
 class FederationEventHandler:
@@ -146,16 +128,14 @@ class FederationEventHandler:
         keyring: Keyring,
         client: FederationClient,
         *,
-        notifier: Notifier,
+        persisted: EventsPersisted,
+        server_name: str,
     ) -> None:
         self._db = db
         self._keyring = keyring
         self._client = client
-        self._notifier = notifier
-        self._listeners: list[EventPersisted] = []
-
-    def add_listener(self, listener: EventPersisted) -> None:
-        self._listeners.append(listener)
+        self._persisted = persisted
+        self._server_name = server_name
 
     async def room_version_of(self, room_id: JsonValue) -> RoomVersion | None:
         if not isinstance(room_id, str):
@@ -163,8 +143,14 @@ class FederationEventHandler:
         rv_id = await self._db.run(room_store.get_room_version_id, room_id)
         return None if rv_id is None else get_room_version(rv_id)
 
-    async def receive_pdu(self, origin: str, pdu: JsonDict, *, depth: int = 0) -> str:
+    async def receive_pdu(
+        self, origin: str, pdu: JsonDict, *, depth: int = 0, relay: bool = False
+    ) -> str:
         """Check and store one PDU from ``origin``; return its event ID.
+
+        With ``relay`` (a resident answering send_join/send_leave: the joining server cannot
+        reach the room's other servers yet), an accepted event is owed to the room's servers
+        other than ``origin`` and us, in the transaction that stores it.
 
         Raises :class:`PduRejected` with the reason when it is dropped or rejected.
         """
@@ -180,19 +166,15 @@ class FederationEventHandler:
             return event.event_id
         await self._fetch_missing_auth(origin, event)
         state_before = await self._fill_prev_gap(origin, event, depth)
-        result = await self._db.run(auth_and_persist, event, state_before)
+        owe_except = (origin, self._server_name) if relay else None
+        result = await self._db.run(
+            lambda conn: auth_and_persist(conn, event, state_before, owe_except=owe_except)
+        )
         if result.rejected is not None:
             log.info("rejected %s from %s: %s", event.event_id, origin, result.rejected)
             raise PduRejected(result.rejected, event.event_id)
-        if not result.soft_failed:
-            await self.notify_persisted(event, result.stream_ordering)
+        await self._persisted.notify([result.persisted])
         return event.event_id
-
-    async def notify_persisted(self, event: Event, stream_ordering: int) -> None:
-        """Wake /sync and tell listeners (e.g. the MSC4259 join-time exchange)."""
-        self._notifier.notify()
-        for listener in self._listeners:
-            await listener(event, stream_ordering)
 
     async def _fill_prev_gap(self, origin: str, event: Event, depth: int) -> StateMap | None:
         """None when every prev_event has known state; else the state before ``event``."""

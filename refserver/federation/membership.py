@@ -27,7 +27,7 @@ from refserver.errors import (
 )
 from refserver.events.builder import build_pdu, finalise_pdu
 from refserver.events.hashing import compute_event_id
-from refserver.events.model import Event
+from refserver.events.model import MEMBER, Event
 from refserver.events.room_versions import KNOWN_ROOM_VERSIONS, get_room_version
 from refserver.federation.client import (
     FederationClient,
@@ -35,21 +35,17 @@ from refserver.federation.client import (
     FederationUnreachable,
     path_param,
 )
-from refserver.federation.handler import (
-    FederationEventHandler,
-    StoredResult,
-    auth_and_persist,
-)
+from refserver.federation.handler import Checked, FederationEventHandler, auth_and_persist
 from refserver.federation.keyring import Keyring
 from refserver.ids import room_id_of_create_event, server_name_of
 from refserver.notifier import Notifier
+from refserver.rooms.persisted import EventsPersisted
 from refserver.storage import events as event_store
 from refserver.storage import rooms as room_store
 from refserver.storage.database import Database
 from refserver.types import JsonDict
 
 log = logging.getLogger(__name__)
-MEMBER = "m.room.member"
 
 
 def now_ms() -> int:
@@ -72,7 +68,8 @@ class JoinObserver(Protocol):
 
 
 class FederationMembership:
-    """Drives make_join/send_join, invite and make_leave/send_leave for local users."""
+    """Drives make_join/send_join, invite and make_leave/send_leave for local users
+    (the :class:`~refserver.rooms.membership.RemoteMembership` the room service uses)."""
 
     def __init__(
         self,
@@ -82,6 +79,7 @@ class FederationMembership:
         handler: FederationEventHandler,
         notifier: Notifier,
         *,
+        persisted: EventsPersisted,
         server_name: str,
         signing_key: SigningKey,
         join_observer: JoinObserver | None = None,
@@ -91,6 +89,7 @@ class FederationMembership:
         self._keyring = keyring
         self._handler = handler
         self._notifier = notifier
+        self._persisted = persisted
         self.server_name = server_name
         self._signing_key = signing_key
         self._join_observer = join_observer
@@ -214,7 +213,7 @@ class FederationMembership:
         result = await self._db.run(_persist_join, join_event, state)
         if result.rejected is not None:
             raise MatrixError(403, M_FORBIDDEN, f"our join was not allowed: {result.rejected}")
-        await self._handler.notify_persisted(join_event, result.stream_ordering)
+        await self._persisted.notify([result.persisted])
         log.info("joined %s via %s (%d state events)", room_id, server, len(state))
 
     async def invite_remote(self, event: Event, invite_room_state: list[JsonDict]) -> Event:
@@ -313,7 +312,7 @@ def _store_local_outlier_membership(conn: sqlite3.Connection, event: Event) -> N
 
 def _persist_join(
     conn: sqlite3.Connection, join: Event, state: dict[tuple[str, str], str]
-) -> StoredResult:
+) -> Checked:
     """Our join to a room new to us: its state (from send_join) becomes the state before it."""
     room_store.set_current_state(conn, join.room_id, state)
     return auth_and_persist(conn, join, state)

@@ -7,10 +7,10 @@ import sqlite3
 import time
 
 from refserver.errors import M_FORBIDDEN, M_NOT_FOUND, MatrixError
-from refserver.rooms import store as room_tx
 from refserver.storage import events as event_store
 from refserver.storage import rooms as room_store
 from refserver.storage.database import Database
+from refserver.storage.room_state import load_auth_closure
 from refserver.types import JsonDict
 
 MAX_EVENTS = 100
@@ -54,7 +54,7 @@ class FederationReads:
             state = event_store.get_state_before(conn, event_id)
             if state is None:
                 return None
-            closure = room_tx.load_auth_closure(conn, state.values())
+            closure = load_auth_closure(conn, state.values())
             chain = {eid: e for eid, e in closure.items() if eid not in set(state.values())}
             if ids_only:
                 return {"pdu_ids": list(state.values()), "auth_chain_ids": list(chain)}
@@ -77,7 +77,7 @@ class FederationReads:
             event = event_store.get_events(conn, [event_id]).get(event_id)
             if event is None or event.room_id != room_id:
                 return None
-            closure = room_tx.load_auth_closure(conn, event.auth_event_ids)
+            closure = load_auth_closure(conn, event.auth_event_ids)
             return {"auth_chain": [e.pdu for e in closure.values()]}
 
         result = await self._db.run(txn)

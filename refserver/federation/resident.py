@@ -24,9 +24,10 @@ from refserver.errors import (
 from refserver.events.auth_rules import check_auth
 from refserver.events.builder import build_pdu, next_depth, select_auth_events
 from refserver.events.hashing import compute_event_id
-from refserver.events.model import Event
+from refserver.events.model import MEMBER, Event
 from refserver.events.power_levels import get_named_level, get_user_power_level
 from refserver.events.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion, get_room_version
+from refserver.events.room_view import RoomView
 from refserver.events.signing import sign_event
 from refserver.federation.event_auth import DroppedPdu, check_pdu
 from refserver.federation.handler import (
@@ -34,16 +35,15 @@ from refserver.federation.handler import (
     auth_and_persist,
 )
 from refserver.federation.keyring import Keyring
-from refserver.federation.membership import MEMBER, now_ms
-from refserver.federation.sender import FederationSender
+from refserver.federation.membership import now_ms
 from refserver.ids import UserId, server_name_of
 from refserver.notifier import Notifier
-from refserver.rooms import store as room_tx
-from refserver.rooms.builder import RoomView
+from refserver.storage import accounts as account_store
 from refserver.storage import events as event_store
 from refserver.storage import federation as fed_store
 from refserver.storage import rooms as room_store
 from refserver.storage.database import Database
+from refserver.storage.room_state import load_auth_closure, load_view
 from refserver.types import JsonDict, JsonValue
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,6 @@ class ResidentMembership:
         db: Database,
         keyring: Keyring,
         handler: FederationEventHandler,
-        sender: FederationSender,
         notifier: Notifier,
         *,
         server_name: str,
@@ -66,13 +65,12 @@ class ResidentMembership:
         self._db = db
         self._keyring = keyring
         self._handler = handler
-        self._sender = sender
         self._notifier = notifier
         self.server_name = server_name
         self._signing_key = signing_key
 
     async def _resident_view(self, room_id: str) -> RoomView:
-        view = await self._db.run(room_tx.load_view, room_id)
+        view = await self._db.run(load_view, room_id)
         if view is None or view.create_event is None:
             raise MatrixError(404, M_NOT_FOUND, "unknown room")
         joined = await self._db.run(room_store.get_joined_servers, room_id)
@@ -165,7 +163,8 @@ class ResidentMembership:
     async def send_membership(
         self, origin: str, room_id: str, event_id: str, pdu: JsonValue, membership: str
     ) -> JsonDict:
-        """PUT /v2/send_join and /v2/send_leave: check, store, relay."""
+        """PUT /v2/send_join and /v2/send_leave: check, store, relay (the event is owed to
+        the room's other servers in the transaction that stores it)."""
         view = await self._resident_view(room_id)
         rv = view.room_version
         if not isinstance(pdu, dict):
@@ -178,13 +177,7 @@ class ResidentMembership:
         ):
             # Restricted join: the resident co-signs (rooms v8+, rule 5.2).
             pdu = sign_event(pdu, rv, signing_name=self.server_name, signing_key=self._signing_key)
-        await self._handler.receive_pdu(origin, pdu)  # PduRejected: 403 M_FORBIDDEN
-        stored = await self._db.run(event_store.get_stored_events, [event_id])
-        if event_id in stored and not stored[event_id].soft_failed:
-            servers = await self._db.run(room_store.get_joined_servers, room_id)
-            await self._sender.send_pdu(
-                event_id, stored[event_id].stream_ordering, sorted(servers - {origin})
-            )
+        await self._handler.receive_pdu(origin, pdu, relay=True)  # PduRejected: 403 M_FORBIDDEN
         if membership != "join":
             return {}
         return await self._db.run(_send_join_response, event_id, pdu)
@@ -248,7 +241,7 @@ class ResidentMembership:
             raise MatrixError(400, M_INVALID_PARAM, "the invitee is not on this server")
         if not isinstance(sender, str) or server_name_of(sender) != origin:
             raise MatrixError(400, M_INVALID_PARAM, "the inviter is not on the requesting server")
-        if not await self._db.run(_user_exists, target):
+        if not await self._db.run(account_store.user_exists, target):
             raise MatrixError(404, M_NOT_FOUND, "no such user")
         checked = await check_pdu(self._keyring, pdu, rv)  # DroppedPdu: 400 M_INVALID_PARAM
         if checked.event.event_id != event_id:
@@ -286,10 +279,6 @@ class ResidentMembership:
             )
 
 
-def _user_exists(conn: sqlite3.Connection, user_id: str) -> bool:
-    return conn.execute("SELECT 1 FROM users WHERE user_id = ?", (user_id,)).fetchone() is not None
-
-
 def _store_remote_invite(conn: sqlite3.Connection, event: Event, stripped: list[JsonDict]) -> None:
     room_store.insert_room(conn, event.room_id, event.room_version.identifier, now_ms())
     in_room = bool(room_store.get_current_state(conn, event.room_id))
@@ -315,7 +304,7 @@ def _send_join_response(conn: sqlite3.Connection, event_id: str, join_pdu: JsonD
     seeds = [*state.values(), *(join.auth_event_ids if join else [])]
     # Every event the joiner needs to check the state: the auth chains of the state and of
     # the join (state events may repeat here; receivers de-duplicate).
-    closure = room_tx.load_auth_closure(conn, seeds)
+    closure = load_auth_closure(conn, seeds)
     auth_chain = [e.pdu for e in closure.values()]
     room_id = join.room_id if join else ""
     return {

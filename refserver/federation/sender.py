@@ -33,15 +33,14 @@ from typing import Protocol
 
 import trio
 
-from refserver.events.model import Event
 from refserver.federation.backoff import Backoff, BackoffState
 from refserver.federation.client import FederationClient, FederationError, FederationUnreachable
 from refserver.federation.transaction import MAX_EDUS, MAX_PDUS, Transaction
 from refserver.metrics import Metrics
 from refserver.storage import events as event_store
 from refserver.storage import federation as fed_store
-from refserver.storage import rooms as room_store
 from refserver.storage.database import Database
+from refserver.storage.persist import Persisted
 from refserver.types import JsonDict
 
 log = logging.getLogger(__name__)
@@ -226,21 +225,10 @@ class FederationSender:
             for d, q in sorted(self._queues.items())
         ]
 
-    async def send_room_event(self, event: Event, _stream_ordering: int) -> None:
-        """A local event was stored *and* owed to its room's servers in one transaction
-        (``rooms.store.persist_built``); wake those servers' queues."""
-        servers = await self._db.run(room_store.room_destinations, event)
-        self.wake_many(sorted(servers - {self._origin}))
-
-    async def send_pdu(
-        self, event_id: str, stream_ordering: int, destinations: Sequence[str]
-    ) -> None:
-        """Owe ``event_id`` to ``destinations`` (durably), then wake their queues."""
-        targets = sorted(d for d in set(destinations) if d != self._origin)
-        if not targets:
-            return
-        await self._db.run(fed_store.enqueue_pdu, targets, stream_ordering, event_id)
-        self.wake_many(targets)
+    async def send_room_event(self, persisted: Persisted) -> None:
+        """An event was stored *and* owed to ``persisted.destinations`` in one transaction
+        (``storage.persist.persist_event``); wake those servers' queues."""
+        self.wake_many(persisted.destinations)
 
     # -- one destination --------------------------------------------------------------------
 

@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from refserver.events.model import Event
+from refserver.events.model import BAN, JOIN, LEAVE, MEMBER
 from refserver.ids import server_name_of
 from refserver.metrics import Metrics
 from refserver.notifier import Notifier
@@ -53,12 +53,12 @@ from refserver.profiles.edus import (
 )
 from refserver.profiles.fields import ProfileFieldError, check_profile_size
 from refserver.profiles.service import ProfileChange
-from refserver.storage import events as event_store
 from refserver.storage import profile_edus as edu_store
 from refserver.storage import profiles as profile_store
 from refserver.storage import remote_profiles as cache_store
 from refserver.storage import rooms as room_store
 from refserver.storage.database import Database
+from refserver.storage.persist import Persisted
 from refserver.types import JsonDict, JsonValue
 
 log = logging.getLogger(__name__)
@@ -106,16 +106,15 @@ class ProfileEduSender:
         self._clock = clock
         #: destination → when its next debounced field becomes ready (seconds, wall clock).
         self._next_ready: dict[str, float] = {}
-        #: stream_pos → destinations marked in the write's transaction, woken after commit.
-        self._pending_wake: dict[int, list[str]] = {}
 
     # -- inputs ---------------------------------------------------------------------------
 
-    def mark_dirty_in_txn(self, conn: sqlite3.Connection, change: ProfileChange) -> None:
+    def mark_dirty_in_txn(self, conn: sqlite3.Connection, change: ProfileChange) -> list[str]:
         """Steps 2–3, inside the profile write's transaction: a crash can never keep the
-        change while losing the fact that servers are owed it."""
+        change while losing the fact that servers are owed it. Returns the destinations
+        marked; the write hands them to :meth:`on_profile_change` after the commit."""
         if change.field in self._policy.local_only_fields:
-            return
+            return []
         destinations = sorted(
             room_store.get_servers_sharing_rooms_with(conn, change.user_id) - {self._server_name}
         )
@@ -124,23 +123,24 @@ class ProfileEduSender:
         )
         if merged:
             self._metrics.profile_edus_coalesced.inc(merged)
-        self._pending_wake[change.stream_pos] = destinations
+        return destinations
 
     async def on_profile_change(self, change: ProfileChange) -> None:
         """After the commit: wake the destinations the change was marked dirty for."""
-        self._schedule(self._pending_wake.pop(change.stream_pos, []))
+        self._schedule(change.destinations)
 
-    async def on_membership(self, event: Event, _stream_ordering: int = 0) -> None:
+    async def on_membership(self, persisted: Persisted) -> None:
         """Join-time exchange: a join that makes a server share its first room with a local
         user marks that user's whole profile dirty for that server."""
-        if event.type != "m.room.member" or event.membership != "join" or not event.state_key:
+        event, change = persisted.event, persisted.membership
+        if event.type != MEMBER or change is None or change.after != JOIN:
             return
-        joiner = event.state_key
+        if change.before == JOIN:
+            return  # a profile change re-sends the join; nobody new shares a room
+        joiner = change.user_id
         room_id = event.room_id
 
         def txn(conn: sqlite3.Connection) -> list[str]:
-            if _was_joined_before(conn, event):
-                return []  # a profile change re-sends the join; nobody new shares a room
             pairs: list[tuple[str, str]] = []  # (local user, destination)
             joined = room_store.get_members(conn, room_id, "join")
             joiner_server = server_name_of(joiner)
@@ -163,7 +163,7 @@ class ProfileEduSender:
                 pairs = [(joiner, s) for s in servers]
             woken = []
             for local_user, destination in pairs:
-                if _shares_other_room(conn, local_user, destination, room_id):
+                if room_store.shares_other_room(conn, local_user, destination, room_id):
                     continue
                 pos = profile_store.current_stream_pos(conn)
                 profile = profile_store.get_profile(conn, local_user)
@@ -258,27 +258,6 @@ class ProfileEduSender:
         return await self._db.run(edu_store.count_dirty)
 
 
-def _was_joined_before(conn: sqlite3.Connection, event: Event) -> bool:
-    before = event_store.get_state_before(conn, event.event_id) or {}
-    previous_id = before.get(("m.room.member", event.state_key or ""))
-    if previous_id is None:
-        return False
-    previous = event_store.get_events(conn, [previous_id]).get(previous_id)
-    return previous is not None and previous.membership == "join"
-
-
-def _shares_other_room(
-    conn: sqlite3.Connection, user_id: str, server: str, except_room: str
-) -> bool:
-    row = conn.execute(
-        "SELECT 1 FROM room_memberships mine JOIN room_memberships other"
-        " ON other.room_id = mine.room_id AND other.membership = 'join' AND other.server_name = ?"
-        " WHERE mine.user_id = ? AND mine.membership = 'join' AND mine.room_id != ? LIMIT 1",
-        (server, user_id, except_room),
-    ).fetchone()
-    return row is not None
-
-
 class ProfileEduReceiver:
     """The EDU handler for ``uk.tcpip.msc4259.profile`` and ``m.profile``."""
 
@@ -299,13 +278,14 @@ class ProfileEduReceiver:
         self._metrics = metrics
         self._notifier = notifier
 
-    async def on_membership(self, event: Event, _stream_ordering: int = 0) -> None:
+    async def on_membership(self, persisted: Persisted) -> None:
         """Forget the cached profiles of remote users who no longer share a room with any
         local user: nothing keeps them current any more (no EDUs reach us about users we
         share no room with), so a later read must ask their server again."""
-        if event.type != "m.room.member" or event.membership not in ("leave", "ban"):
+        event, change = persisted.event, persisted.membership
+        if event.type != MEMBER or change is None or change.after not in (LEAVE, BAN):
             return
-        target = event.state_key or ""
+        target = change.user_id
         room_id = event.room_id
 
         def txn(conn: sqlite3.Connection) -> list[str]:

@@ -30,7 +30,7 @@ import sqlite3
 import time
 from typing import TYPE_CHECKING
 
-from refserver.events.model import Event
+from refserver.events.model import JOIN, MEMBER, Event
 from refserver.ids import server_name_of
 from refserver.notifier import Notifier
 from refserver.profiles.fields import AVATAR_URL, DISPLAYNAME, ProfileFieldError, check_value
@@ -39,14 +39,13 @@ from refserver.storage import events as event_store
 from refserver.storage import remote_profiles as cache_store
 from refserver.storage import rooms as room_store
 from refserver.storage.database import Database
+from refserver.storage.persist import Persisted
 from refserver.types import JsonDict, JsonValue
 
 if TYPE_CHECKING:  # the [msc4259] section, read only at construction
     from refserver.settings import Msc4259Section
 
 log = logging.getLogger(__name__)
-
-MEMBER = "m.room.member"
 
 
 def member_profile(content: JsonDict) -> dict[str, JsonValue | None]:
@@ -80,9 +79,10 @@ class MemberProfileFeed:
         self._edu_window_ms = int(config.remote_cache_ttl_edu_s * 1000)
         self._notifier = notifier
 
-    async def on_membership(self, event: Event, _stream_ordering: int = 0) -> None:
-        """Listener of local and federated events (``RoomService``, ``FederationEventHandler``)."""
-        if event.type != MEMBER or event.membership != "join" or not event.state_key:
+    async def on_membership(self, persisted: Persisted) -> None:
+        """Listener of every persisted event, local or federated (``rooms.persisted``)."""
+        event = persisted.event
+        if event.type != MEMBER or event.membership != JOIN or not event.state_key:
             return
         to_fetch, changed = await self._db.run(self._feed_txn, event)
         for user_id in to_fetch:

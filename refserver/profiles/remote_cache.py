@@ -188,15 +188,7 @@ class RemoteProfileCache:
                 del self._fetch_due[user_id]
 
     def _stale_shared_users(self, conn: sqlite3.Connection) -> list[str]:
-        rows = conn.execute(
-            "SELECT DISTINCT theirs.user_id FROM room_memberships theirs"
-            " JOIN room_memberships ours"
-            " ON ours.room_id = theirs.room_id AND ours.membership = 'join'"
-            " JOIN users u ON u.user_id = ours.user_id"
-            " WHERE theirs.membership = 'join' AND theirs.server_name != ?",
-            (self._server_name,),
-        )
-        users = [r[0] for r in rows]
+        users = cache_store.remote_users_sharing_rooms(conn, self._server_name)
         now = now_ms()
         bounds = {"*": now - self._ttl_ms}
         for user_id in users:

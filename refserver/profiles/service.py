@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
 
-from refserver.accounts.service import Requester, now_ms
+from refserver.accounts.service import now_ms
 from refserver.errors import forbidden, limit_exceeded, not_found
 from refserver.ids import InvalidId, UserId
 from refserver.notifier import Notifier
@@ -25,6 +25,7 @@ from refserver.profiles.fields import (
 )
 from refserver.profiles.remote_cache import RemoteProfileCache
 from refserver.ratelimit import RateLimiter
+from refserver.requester import Requester
 from refserver.storage import accounts as account_store
 from refserver.storage import profiles as store
 from refserver.storage.database import Database
@@ -40,10 +41,13 @@ class ProfileChange:
     value: JsonValue
     removed: bool
     stream_pos: int
+    #: Servers owed the change (MSC4259 dirty entries written in the write's transaction).
+    destinations: tuple[str, ...] = ()
 
 
 ProfileListener = Callable[[ProfileChange], Awaitable[None]]
-ProfileTxnHook = Callable[[sqlite3.Connection, ProfileChange], None]
+#: Runs inside the write's transaction; returns the servers it made owed the change.
+ProfileTxnHook = Callable[[sqlite3.Connection, ProfileChange], Sequence[str]]
 
 
 class ProfileService:
@@ -128,19 +132,19 @@ class ProfileService:
         self._parse_user(user_id)
         self._check_may_write(requester, user_id, put.key_name)
 
-        def txn(conn: sqlite3.Connection) -> int | None:
+        def txn(conn: sqlite3.Connection) -> ProfileChange | None:
             profile = store.get_profile(conn, user_id)
             if put.key_name in profile and same_value(profile[put.key_name], put.value):
                 return None  # unchanged: no stream entry, no events, no EDUs
             profile[put.key_name] = put.value
             check_profile_size(profile)  # inside the transaction: checked and written together
             pos = store.set_field(conn, user_id, put.key_name, put.value, now_ms())
-            self._run_txn_hooks(conn, ProfileChange(user_id, put.key_name, put.value, False, pos))
-            return pos
+            change = ProfileChange(user_id, put.key_name, put.value, False, pos)
+            return self._run_txn_hooks(conn, change)
 
-        pos = await self._db.run(txn)
-        if pos is not None:
-            await self._notify(ProfileChange(user_id, put.key_name, put.value, False, pos))
+        change = await self._db.run(txn)
+        if change is not None:
+            await self._notify(change)
 
     async def delete_field(self, requester: Requester, user_id: str, key_name: str) -> None:
         """DELETE /profile/{userId}/{keyName}: 200 ``{}`` whether or not the field existed."""
@@ -148,24 +152,28 @@ class ProfileService:
         self._parse_user(user_id)
         self._check_may_write(requester, user_id, key_name)
 
-        def txn(conn: sqlite3.Connection) -> int | None:
+        def txn(conn: sqlite3.Connection) -> ProfileChange | None:
             pos = store.delete_field(conn, user_id, key_name, now_ms())
-            if pos is not None:
-                self._run_txn_hooks(conn, ProfileChange(user_id, key_name, None, True, pos))
-            return pos
+            if pos is None:
+                return None
+            return self._run_txn_hooks(conn, ProfileChange(user_id, key_name, None, True, pos))
 
-        pos = await self._db.run(txn)
-        if pos is not None:
-            await self._notify(ProfileChange(user_id, key_name, None, True, pos))
+        change = await self._db.run(txn)
+        if change is not None:
+            await self._notify(change)
 
     def add_txn_hook(self, hook: ProfileTxnHook) -> None:
         """``hook(conn, change)`` runs inside the write's own transaction: whatever it
-        records (MSC4259 dirty entries) commits or rolls back with the profile change."""
+        records (MSC4259 dirty entries) commits or rolls back with the profile change. The
+        servers it returns reach the listeners in :attr:`ProfileChange.destinations`."""
         self._txn_hooks.append(hook)
 
-    def _run_txn_hooks(self, conn: sqlite3.Connection, change: ProfileChange) -> None:
+    def _run_txn_hooks(self, conn: sqlite3.Connection, change: ProfileChange) -> ProfileChange:
+        """The change as committed: with the destinations every hook made owed it."""
+        destinations: list[str] = []
         for hook in self._txn_hooks:
-            hook(conn, change)
+            destinations.extend(hook(conn, change))
+        return replace(change, destinations=tuple(dict.fromkeys(destinations)))
 
     async def _notify(self, change: ProfileChange) -> None:
         if self._notifier is not None:

@@ -8,39 +8,14 @@ a room whose initial state breaks the auth rules is refused before anything is s
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 from refserver.crypto.keys import SigningKey
 from refserver.events.auth_rules import check_auth, check_auth_events_selection
 from refserver.events.builder import build_pdu, finalise_pdu, next_depth, select_auth_events
 from refserver.events.format import check_pdu_format
 from refserver.events.model import Event
-from refserver.events.room_versions import RoomVersion
+from refserver.events.room_view import RoomView
 from refserver.types import JsonDict
-
-StateMap = dict[tuple[str, str], str]
-
-
-@dataclass
-class RoomView:
-    """What building the next event needs: state, the state events, the DAG's leaves."""
-
-    room_version: RoomVersion
-    room_id: str | None  # None only before a v12 create event exists
-    state: StateMap
-    events: dict[str, Event]  # at least every event in ``state``
-    prev_events: list[str]
-    prev_depth: int
-    #: Events built on this view, in order (createRoom persists them together).
-    built: list[Event] = field(default_factory=list)
-
-    @property
-    def create_event(self) -> Event | None:
-        create_id = self.state.get(("m.room.create", ""))
-        return None if create_id is None else self.events[create_id]
-
-    def state_events(self) -> dict[tuple[str, str], Event]:
-        return {key: self.events[eid] for key, eid in self.state.items()}
 
 
 class EventBuilder:

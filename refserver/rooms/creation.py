@@ -8,7 +8,6 @@ that passes is stored, in one transaction.
 
 from __future__ import annotations
 
-from refserver.accounts.service import Requester
 from refserver.errors import (
     M_INVALID_PARAM,
     M_INVALID_ROOM_STATE,
@@ -23,8 +22,10 @@ from refserver.events.room_versions import (
     RoomVersion,
     get_room_version,
 )
+from refserver.events.room_view import RoomView
 from refserver.ids import UserId, is_valid_localpart
-from refserver.rooms.builder import EventBuilder, RoomView, member_content
+from refserver.requester import Requester
+from refserver.rooms.builder import EventBuilder, member_content
 from refserver.rooms.membership import MembershipService
 from refserver.rooms.service import RoomService, now_ms, random_room_id
 from refserver.types import JsonDict, JsonValue

@@ -3,7 +3,9 @@
 of profile information").
 
 Rooms this server is in get local events through :class:`RoomService`; rooms elsewhere go
-over federation (:class:`~refserver.federation.membership.FederationMembership`).
+over federation, through the :class:`RemoteMembership` this module declares and the
+federation package implements (``federation.membership.FederationMembership``), so rooms
+never import federation.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Sequence
+from typing import Protocol
 
-from refserver.accounts.service import Requester
 from refserver.errors import (
     M_NOT_FOUND,
     M_UNKNOWN,
@@ -21,20 +23,38 @@ from refserver.errors import (
     forbidden,
 )
 from refserver.events.client_format import STRIPPED_STATE_TYPES
-from refserver.events.model import Event
-from refserver.federation.membership import FederationMembership
+from refserver.events.model import MEMBER, Event
 from refserver.ids import UserId, server_name_of
 from refserver.notifier import Notifier
 from refserver.profiles.service import ProfileChange, ProfileService
-from refserver.rooms import store
+from refserver.requester import Requester
 from refserver.rooms.builder import member_content
 from refserver.rooms.service import RoomService
 from refserver.storage import events as event_store
 from refserver.storage import rooms as room_store
 from refserver.storage.database import Database
+from refserver.storage.room_state import load_view
 from refserver.types import JsonDict
 
-MEMBER = "m.room.member"
+
+class RemoteMembership(Protocol):
+    """Membership through other servers (server-server API §"Joining Rooms", §"Inviting to
+    a room", §"Leaving Rooms (Rejecting Invites)")."""
+
+    async def join_remote(
+        self, user_id: str, room_id: str, via: Sequence[str], profile: JsonDict
+    ) -> None:
+        """Join ``room_id`` via one of ``via`` (make_join/send_join) and store the join."""
+        ...
+
+    async def invite_remote(self, event: Event, invite_room_state: list[JsonDict]) -> Event:
+        """Send the invite to the invitee's server; return it with their signature."""
+        ...
+
+    async def reject_remote_invite(self, user_id: str, room_id: str, invite_event_id: str) -> None:
+        """Reject an invite to a room on another server (make_leave/send_leave)."""
+        ...
+
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +68,7 @@ class MembershipService:
         server_name: str,
         profiles: ProfileService,
         notifier: Notifier,
-        federation: FederationMembership | None = None,
+        federation: RemoteMembership | None = None,
     ) -> None:
         self._db = db
         self._rooms = rooms
@@ -249,7 +269,7 @@ class MembershipService:
             return
         rooms = await self._db.run(room_store.get_rooms_for_user, change.user_id, ("join",))
         for membership in rooms:
-            view_event = await self._db.run(store.load_view, membership.room_id)
+            view_event = await self._db.run(load_view, membership.room_id)
             if view_event is None:
                 continue
             member_id = view_event.state.get((MEMBER, change.user_id))

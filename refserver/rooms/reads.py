@@ -11,12 +11,12 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from refserver.accounts.service import Requester
 from refserver.errors import M_NOT_FOUND, MatrixError, forbidden
 from refserver.events.client_format import client_event
-from refserver.events.model import Event
+from refserver.events.model import MEMBER, Event
 from refserver.events.redaction import redact
 from refserver.events.visibility import history_visibility_of, is_visible
+from refserver.requester import Requester
 from refserver.rooms.service import now_ms, txn_id_of
 from refserver.storage import events as event_store
 from refserver.storage import rooms as room_store
@@ -24,8 +24,6 @@ from refserver.storage.database import Database
 from refserver.storage.events import StateMap, StoredEvent
 from refserver.streams import StreamToken
 from refserver.types import JsonDict
-
-MEMBER = "m.room.member"
 
 
 @dataclass(frozen=True)

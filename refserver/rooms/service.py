@@ -15,26 +15,23 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import trio
 
-from refserver.accounts.service import Requester
 from refserver.errors import (
     M_BAD_JSON,
     MatrixError,
     forbidden,
 )
-from refserver.events.model import Event
+from refserver.events.model import MEMBER, Event
 from refserver.events.power_levels import get_named_level, get_user_power_level
-from refserver.notifier import Notifier
-from refserver.rooms import store
-from refserver.rooms.builder import EventBuilder, RoomView
+from refserver.events.room_view import RoomView
+from refserver.requester import Requester
+from refserver.rooms.builder import EventBuilder
+from refserver.rooms.persisted import EventsPersisted
 from refserver.storage import events as event_store
 from refserver.storage import rooms as room_store
 from refserver.storage.database import Database
+from refserver.storage.persist import Persisted, persist_built
+from refserver.storage.room_state import load_view
 from refserver.types import JsonDict
-
-MEMBER = "m.room.member"
-
-#: Told about every event stored here, with its stream ordering.
-EventPersisted = Callable[[Event, int], Awaitable[None]]
 
 
 def now_ms() -> int:
@@ -48,27 +45,16 @@ class RoomService:
         *,
         server_name: str,
         builder: EventBuilder,
-        notifier: Notifier,
+        persisted: EventsPersisted,
         federate: bool = True,
     ) -> None:
         self._db = db
         self.server_name = server_name
         self._builder = builder
-        self._notifier = notifier
-        #: With federation, events are owed to remote servers as they are stored.
-        self._origin = server_name if federate else None
+        self._persisted = persisted
+        #: With federation, events are owed to the room's other servers as they are stored.
+        self._owe_except = (server_name,) if federate else None
         self._locks: dict[str, trio.Lock] = {}
-        self._listeners: list[EventPersisted] = []
-
-    def add_listener(self, listener: EventPersisted) -> None:
-        """Called with every local event once stored (the federation sender listens)."""
-        self._listeners.append(listener)
-
-    async def _notify_persisted(self, events: list[Event], orderings: list[int]) -> None:
-        self._notifier.notify()
-        for event, ordering in zip(events, orderings, strict=True):
-            for listener in self._listeners:
-                await listener(event, ordering)
 
     def _lock(self, room_id: str) -> trio.Lock:
         return self._locks.setdefault(room_id, trio.Lock())
@@ -92,7 +78,7 @@ class RoomService:
     # -- the write path ------------------------------------------------------------------
 
     async def _view(self, room_id: str) -> RoomView:
-        view = await self._db.run(store.load_view, room_id)
+        view = await self._db.run(load_view, room_id)
         if view is None:
             # Do not reveal whether the room exists to someone who cannot see it.
             raise forbidden("you are not in this room (or it does not exist)")
@@ -131,12 +117,16 @@ class RoomService:
             if before_persist is not None:
                 event = await before_persist(event)
                 view.built[-1] = event
-            orderings = await self._db.run(
-                lambda conn: store.persist_built(
-                    conn, view, state_before_first=state_before, txn=txn, origin=self._origin
+            persisted = await self._db.run(
+                lambda conn: persist_built(
+                    conn,
+                    view,
+                    state_before_first=state_before,
+                    txn=txn,
+                    owe_except=self._owe_except,
                 )
             )
-        await self._notify_persisted([event], orderings)
+        await self._persisted.notify(persisted)
         return event
 
     async def persist_new_room(
@@ -146,23 +136,22 @@ class RoomService:
         assert view.room_id is not None
         room_id = view.room_id
 
-        def txn(conn: sqlite3.Connection) -> list[int]:
+        def txn(conn: sqlite3.Connection) -> list[Persisted]:
             if alias is not None and not room_store.set_alias(conn, alias, room_id, creator):
                 raise MatrixError(400, "M_ROOM_IN_USE", f"room alias {alias} is already in use")
-            orderings = store.persist_built(
+            persisted = persist_built(
                 conn,
                 view,
                 state_before_first={},
                 new_room=True,
                 now_ms=now_ms(),
-                origin=self._origin,
+                owe_except=self._owe_except,
             )
             if public:
                 room_store.set_room_public(conn, room_id)
-            return orderings
+            return persisted
 
-        orderings = await self._db.run(txn)
-        await self._notify_persisted(view.built, orderings)
+        await self._persisted.notify(await self._db.run(txn))
 
     async def send_message_event(
         self, requester: Requester, room_id: str, event_type: str, content: JsonDict, txn_id: str

@@ -161,3 +161,16 @@ def shares_room_with_local_user(conn: sqlite3.Connection, user_id: str) -> bool:
         (user_id,),
     ).fetchone()
     return row is not None
+
+
+def remote_users_sharing_rooms(conn: sqlite3.Connection, server_name: str) -> list[str]:
+    """Users of other servers than ``server_name`` joined to a room a local user is joined to."""
+    rows = conn.execute(
+        "SELECT DISTINCT theirs.user_id FROM room_memberships theirs"
+        " JOIN room_memberships ours"
+        " ON ours.room_id = theirs.room_id AND ours.membership = 'join'"
+        " JOIN users u ON u.user_id = ours.user_id"
+        " WHERE theirs.membership = 'join' AND theirs.server_name != ?",
+        (server_name,),
+    )
+    return [r[0] for r in rows]

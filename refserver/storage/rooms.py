@@ -162,6 +162,20 @@ def room_destinations(conn: sqlite3.Connection, event: Event) -> set[str]:
     return servers
 
 
+def shares_other_room(
+    conn: sqlite3.Connection, user_id: str, server: str, except_room: str
+) -> bool:
+    """Is ``user_id`` joined to a room other than ``except_room`` that a user of ``server``
+    is joined to?"""
+    row = conn.execute(
+        "SELECT 1 FROM room_memberships mine JOIN room_memberships other"
+        " ON other.room_id = mine.room_id AND other.membership = 'join' AND other.server_name = ?"
+        " WHERE mine.user_id = ? AND mine.membership = 'join' AND mine.room_id != ? LIMIT 1",
+        (server, user_id, except_room),
+    ).fetchone()
+    return row is not None
+
+
 def get_servers_sharing_rooms_with(conn: sqlite3.Connection, user_id: str) -> set[str]:
     """Every server with a user joined to a room ``user_id`` is joined to (MSC4259)."""
     return _sharing_rooms_with(conn, user_id, "server_name")

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import trio
 
-from refserver.accounts.service import Requester
 from refserver.events.client_format import STRIPPED_STATE_TYPES, stripped_state_event
 from refserver.notifier import Notifier
+from refserver.requester import Requester
 from refserver.rooms.reads import format_events, visible_to
 from refserver.storage import events as event_store
 from refserver.storage import federation as fed_store
@@ -29,7 +29,6 @@ from refserver.sync.filter import Filter
 from refserver.sync.profiles import profile_updates
 from refserver.types import JsonDict
 
-MEMBER = "m.room.member"
 #: Longest long-poll honoured, whatever the client asks for.
 MAX_TIMEOUT_S = 300.0
 

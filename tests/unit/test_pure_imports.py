@@ -21,6 +21,7 @@ PURE_MODULES = sorted(
         "refserver.types",
         "refserver.ids",
         "refserver.errors",
+        "refserver.requester",
         "refserver.crypto.canonical_json",
         "refserver.crypto.signing",
         "refserver.events",

@@ -1,7 +1,8 @@
-"""Database transactions of the room service: load a room view, persist built events.
+"""A room's state over stored events: the view to build on, auth closures, and state
+resolution (/rooms/v2 §"State resolution") of the states after the DAG's leaves.
 
-Plain sync functions over one connection (run through ``Database.run``), so a whole batch
-— createRoom's events, or one event and its state — commits or fails together.
+Plain sync functions over one connection (run through ``Database.run``), composed by
+:mod:`refserver.storage.persist` and the services inside their transactions.
 """
 
 from __future__ import annotations
@@ -11,10 +12,9 @@ from collections.abc import Iterable
 
 from refserver.events.model import Event
 from refserver.events.room_versions import RoomVersion, get_room_version
+from refserver.events.room_view import RoomView, StateMap
 from refserver.events.state_res import resolve_state
-from refserver.rooms.builder import RoomView, StateMap
 from refserver.storage import events as event_store
-from refserver.storage import federation as fed_store
 from refserver.storage import rooms as room_store
 
 
@@ -33,53 +33,6 @@ def load_view(conn: sqlite3.Connection, room_id: str) -> RoomView | None:
         prev_events=sorted(prev_events),
         prev_depth=max((events[e].depth for e in prev_events if e in events), default=0),
     )
-
-
-def persist_built(
-    conn: sqlite3.Connection,
-    view: RoomView,
-    *,
-    state_before_first: StateMap,
-    txn: tuple[str, str, str] | None = None,
-    new_room: bool = False,
-    now_ms: int = 0,
-    origin: str | None = None,
-) -> list[int]:
-    """Store ``view.built`` in order, each with the state before it; update current state.
-
-    Returns the stream orderings. ``txn`` = (user_id, device_id, txn_id) of the last event.
-    """
-    assert view.room_id is not None
-    if new_room:
-        room_store.insert_room(conn, view.room_id, view.room_version.identifier, now_ms)
-    state = dict(state_before_first)
-    orderings: list[int] = []
-    for event in view.built:
-        ordering = event_store.insert_event(conn, event, state_before=state)
-        event_store.update_forward_extremities(conn, event)
-        orderings.append(ordering)
-        if event.is_state:
-            state[event.state_tuple()] = event.event_id
-        _apply_redaction(conn, event)
-    room_store.set_current_state(conn, view.room_id, state)
-    if origin is not None:
-        # Owe each event to the servers in the room, in the same transaction that stores it:
-        # a crash cannot keep the event and lose the fact that others are owed it.
-        for event, ordering in zip(view.built, orderings, strict=True):
-            destinations = sorted(room_store.room_destinations(conn, event) - {origin})
-            fed_store.enqueue_pdu(conn, destinations, ordering, event.event_id)
-    if txn is not None and view.built:
-        room_store.record_txn_id(conn, *txn, view.built[-1].event_id)
-    return orderings
-
-
-def _apply_redaction(conn: sqlite3.Connection, event: Event) -> None:
-    """rooms/fragments/v3-handling-redactions: a local redaction passed the auth rules and
-    the redact-level check in the service, so the target is redacted when we hold it."""
-    if event.type == "m.room.redaction" and event.redacts:
-        target = event_store.get_events(conn, [event.redacts]).get(event.redacts)
-        if target is not None and target.room_id == event.room_id:
-            event_store.mark_redacted(conn, event.redacts, event.event_id)
 
 
 def load_auth_closure(conn: sqlite3.Connection, event_ids: Iterable[str]) -> dict[str, Event]:
