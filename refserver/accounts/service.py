@@ -10,7 +10,6 @@ import hashlib
 import secrets
 import sqlite3
 import string
-import time
 from dataclasses import dataclass
 
 import trio
@@ -18,6 +17,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from refserver.accounts.uia import UiaSessions
+from refserver.clock import Clock
 from refserver.errors import (
     M_FORBIDDEN,
     M_GUEST_ACCESS_FORBIDDEN,
@@ -58,13 +58,12 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 class AccountService:
-    def __init__(self, db: Database, *, server_name: str, registration_enabled: bool) -> None:
+    def __init__(
+        self, db: Database, *, server_name: str, registration_enabled: bool, clock: Clock
+    ) -> None:
         self._db = db
+        self._clock = clock
         self._server_name = server_name
         self._registration_enabled = registration_enabled
         self._hasher = PasswordHasher()
@@ -112,7 +111,7 @@ class AccountService:
         if username is not None:
             await self.check_available(username)
             user = self.check_username(username)
-        self._uia.complete(body.get("auth"), time.monotonic())
+        self._uia.complete(body.get("auth"), self._clock.monotonic())
         inhibit = body.get("inhibit_login", False)
         if not isinstance(inhibit, bool):
             raise bad_json("inhibit_login must be a boolean")
@@ -132,7 +131,11 @@ class AccountService:
             candidate = user or UserId(self._generate_localpart(), self._server_name)
             try:
                 await self._db.run(
-                    store.insert_user, str(candidate), candidate.localpart, pw_hash, now_ms()
+                    store.insert_user,
+                    str(candidate),
+                    candidate.localpart,
+                    pw_hash,
+                    self._clock.time_ms(),
                 )
             except store.UserExists:
                 if user is not None:  # lost a race with another registration: M_USER_IN_USE
@@ -220,12 +223,13 @@ class AccountService:
             raise bad_json("initial_device_display_name must be a string")
         device_id = device_id or "".join(secrets.choice(_DEVICE_ID_ALPHABET) for _ in range(10))
         token = "rs_" + secrets.token_urlsafe(32)
+        now = self._clock.time_ms()
 
         def txn(conn: sqlite3.Connection) -> None:
-            store.upsert_device(conn, user_id, device_id, display_name, now_ms())
+            store.upsert_device(conn, user_id, device_id, display_name, now)
             # "Reusing a device_id may invalidate that device's old tokens" — we do.
             store.delete_device_tokens(conn, user_id, device_id)
-            store.add_access_token(conn, hash_token(token), user_id, device_id, now_ms())
+            store.add_access_token(conn, hash_token(token), user_id, device_id, now)
 
         await self._db.run(txn)
         return Session(user_id, device_id, token)

@@ -17,6 +17,7 @@ import trio
 from refserver.accounts.service import AccountService
 from refserver.app.config import Config, ConfigError, load_config, parse_config
 from refserver.app.config_render import render_config
+from refserver.clock import Clock
 from refserver.crypto.keys import (
     KeyFileError,
     generate_key_file,
@@ -152,7 +153,10 @@ def register_user(config: Config, username: str, password: str) -> int:
     async def create() -> str:
         async with open_database(config.resolve(config.server.database_path)) as db:
             accounts = AccountService(
-                db, server_name=config.server.server_name, registration_enabled=True
+                db,
+                server_name=config.server.server_name,
+                registration_enabled=True,
+                clock=Clock(),
             )
             await accounts.check_available(username)
             return await accounts.create_user(accounts.check_username(username), password)

@@ -27,6 +27,7 @@ from refserver.client.profile import profile_routes
 from refserver.client.rooms import room_routes
 from refserver.client.sync import sync_routes
 from refserver.client.versions import discovery_routes
+from refserver.clock import Clock
 from refserver.crypto.keys import SigningKey
 from refserver.federation.auth import FederationAuthenticator
 from refserver.federation.client import FederationClient
@@ -76,6 +77,7 @@ HOLD_MAX_TOTAL = 10_000
 @dataclass(frozen=True)
 class Services:
     config: Config
+    clock: Clock
     accounts: AccountService
     auth: Authenticator
     profiles: ProfileService
@@ -150,16 +152,24 @@ def make_http_client(config: Config) -> httpx.AsyncClient:
 
 
 def build_services(
-    config: Config, db: Database, signing_key: SigningKey, http: httpx.AsyncClient
+    config: Config,
+    db: Database,
+    signing_key: SigningKey,
+    http: httpx.AsyncClient,
+    *,
+    clock: Clock | None = None,
 ) -> Services:
+    """Every service, built once. ``clock`` is the one source of time they all share
+    (default: the real one; tests pass a :class:`~refserver.clock.LinkedClock`)."""
     server_name = config.server.server_name
     fed = config.federation
+    clock = clock or Clock()
     # I/O adapters
     client = FederationClient(
         http,
         origin=server_name,
         signing_key=signing_key,
-        resolver=default_resolver(http),
+        resolver=default_resolver(http, clock=clock),
         timeout_s=fed.request_timeout_s,
     )
     metrics = Metrics()
@@ -172,9 +182,13 @@ def build_services(
         config=config.msc4259,
         metrics=metrics,
         notifier=notifier,
+        clock=clock,
     )
     accounts = AccountService(
-        db, server_name=server_name, registration_enabled=config.registration.enabled
+        db,
+        server_name=server_name,
+        registration_enabled=config.registration.enabled,
+        clock=clock,
     )
     policy = FieldPolicy(
         enabled=config.profile.enabled,
@@ -188,6 +202,7 @@ def build_services(
         write_limiter=_limiter(config.rate_limits.profile_write),
         remote=remote_profiles,
         notifier=notifier,
+        clock=clock,
     )
     keyring = Keyring(
         db,
@@ -195,6 +210,7 @@ def build_services(
         server_name=server_name,
         signing_key=signing_key,
         old_keys=read_old_keys(config.resolve(fed.old_signing_keys_path)),
+        clock=clock,
     )
     sender = FederationSender(
         db,
@@ -225,6 +241,7 @@ def build_services(
         metrics=metrics,
         notifier=notifier,
         hold=EduHold(max_per_origin=HOLD_MAX_PER_ORIGIN, max_total=HOLD_MAX_TOTAL),
+        clock=clock,
     )
     membership = FederationMembership(
         db,
@@ -235,6 +252,7 @@ def build_services(
         persisted=persisted,
         server_name=server_name,
         signing_key=signing_key,
+        clock=clock,
         join_observer=receiver,
     )
     resident = ResidentMembership(
@@ -244,6 +262,7 @@ def build_services(
         notifier,
         server_name=server_name,
         signing_key=signing_key,
+        clock=clock,
     )
     builder = EventBuilder(server_name=server_name, signing_key=signing_key)
     rooms = RoomService(
@@ -251,6 +270,7 @@ def build_services(
         server_name=server_name,
         builder=builder,
         persisted=persisted,
+        clock=clock,
     )
     members = MembershipService(
         db,
@@ -264,14 +284,19 @@ def build_services(
     persisted.add_listener(sender.send_room_event)
     # MSC4259 sending: local changes become EDUs.
     profile_edus = ProfileEduSender(
-        db, server_name=server_name, policy=msc4259, metrics=metrics, wake=sender.wake_many
+        db,
+        server_name=server_name,
+        policy=msc4259,
+        metrics=metrics,
+        wake=sender.wake_many,
+        clock=clock,
     )
     if config.msc4259.enabled:
         sender.add_edu_source(profile_edus)
         profiles.add_txn_hook(profile_edus.mark_dirty_in_txn)
         profiles.add_listener(profile_edus.on_profile_change)
         persisted.add_listener(profile_edus.on_membership)
-    transactions = TransactionHandler(db, handler)
+    transactions = TransactionHandler(db, handler, clock=clock)
     persisted.add_listener(receiver.on_membership)
     # Any peer, MSC4259 or not: member events and a join fetch feed the cache (§6.14).
     member_feed = MemberProfileFeed(
@@ -280,21 +305,23 @@ def build_services(
         server_name=server_name,
         config=config.msc4259,
         notifier=notifier,
+        clock=clock,
     )
     persisted.add_listener(member_feed.on_membership)
     for edu_type in EDU_TYPES:
         transactions.register_edu_handler(edu_type, receiver.on_edu)
     return Services(
         config=config,
+        clock=clock,
         accounts=accounts,
         auth=Authenticator(accounts),
         profiles=profiles,
         notifier=notifier,
         rooms=rooms,
         members=members,
-        room_creator=RoomCreator(rooms, members, builder),
-        room_reader=RoomReader(db),
-        sync=SyncService(db, notifier, server_name=server_name),
+        room_creator=RoomCreator(rooms, members, builder, clock=clock),
+        room_reader=RoomReader(db, clock=clock),
+        sync=SyncService(db, notifier, server_name=server_name, clock=clock),
         filters=FilterService(db),
         login_limiter=_limiter(config.rate_limits.login),
         register_limiter=_limiter(config.rate_limits.register),
@@ -303,7 +330,7 @@ def build_services(
         federation_auth=FederationAuthenticator(keyring, on_authenticated=sender.peer_up),
         transactions=transactions,
         federation_resident=resident,
-        federation_reads=FederationReads(db, server_name=server_name),
+        federation_reads=FederationReads(db, server_name=server_name, clock=clock),
         metrics=metrics,
         remote_profiles=remote_profiles,
         profile_edus=profile_edus,
@@ -316,7 +343,11 @@ def build_client_app(s: Services) -> QuartTrio:
             client_base_url=s.config.client_base_url, policy=s.profiles.policy, auth=s.auth
         ),
         login_routes(
-            s.accounts, s.auth, login_limiter=s.login_limiter, register_limiter=s.register_limiter
+            s.accounts,
+            s.auth,
+            login_limiter=s.login_limiter,
+            register_limiter=s.register_limiter,
+            clock=s.clock,
         ),
         profile_routes(s.profiles, s.auth),
         room_routes(s.rooms, s.members, s.room_creator, s.room_reader, s.auth),

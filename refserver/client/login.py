@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import time
-
 from quart import Blueprint, request
 
 from refserver.accounts.service import AccountService
 from refserver.client.auth import R0, V3, Authenticator
+from refserver.clock import Clock
 from refserver.errors import limit_exceeded
 from refserver.ratelimit import RateLimiter
 from refserver.types import JsonDict
 from refserver.web import read_json_object
 
 
-def rate_limit(limiter: RateLimiter, key: str) -> None:
+def rate_limit(limiter: RateLimiter, key: str, clock: Clock) -> None:
     """Raise 429 M_LIMIT_EXCEEDED with Retry-After when ``key`` is over its limit."""
-    retry_after = limiter.acquire(key, time.monotonic())
+    retry_after = limiter.acquire(key, clock.monotonic())
     if retry_after is not None:
         raise limit_exceeded(retry_after)
 
@@ -27,6 +26,7 @@ def login_routes(
     *,
     login_limiter: RateLimiter,
     register_limiter: RateLimiter,
+    clock: Clock,
 ) -> Blueprint:
     bp = Blueprint("client_login", __name__)
 
@@ -38,7 +38,7 @@ def login_routes(
     async def register() -> JsonDict:
         """POST /_matrix/client/v3/register (user-interactive auth: m.login.dummy)."""
         body = await read_json_object(request)
-        rate_limit(register_limiter, client_key())
+        rate_limit(register_limiter, client_key(), clock)
         session = await accounts.register(body, kind=request.args.get("kind", "user"))
         return session.to_json()
 
@@ -46,7 +46,7 @@ def login_routes(
     @bp.get(f"{R0}/register/available")
     async def check_username_availability() -> JsonDict:
         """GET /_matrix/client/v3/register/available?username="""
-        rate_limit(register_limiter, client_key())
+        rate_limit(register_limiter, client_key(), clock)
         await accounts.check_available(request.args.get("username"))
         return {"available": True}
 
@@ -62,7 +62,7 @@ def login_routes(
         """POST /_matrix/client/v3/login (m.login.password). Any Authorization header is
         ignored: matrix-js-sdk and mautrix send one when logging in again."""
         body = await read_json_object(request, allow_empty=False)
-        rate_limit(login_limiter, client_key())
+        rate_limit(login_limiter, client_key(), clock)
         session = await accounts.login(body)
         return session.to_json()
 

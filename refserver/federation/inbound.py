@@ -11,11 +11,11 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable
 
 import trio
 
+from refserver.clock import Clock
 from refserver.federation.handler import FederationEventHandler, PduRejected
 from refserver.federation.transaction import validate_incoming_transaction
 from refserver.storage import federation as fed_store
@@ -29,8 +29,9 @@ EduHandler = Callable[[str, str, JsonValue], Awaitable[None]]
 
 
 class TransactionHandler:
-    def __init__(self, db: Database, events: FederationEventHandler) -> None:
+    def __init__(self, db: Database, events: FederationEventHandler, *, clock: Clock) -> None:
         self._db = db
+        self._clock = clock
         self._events = events
         self._edu_handlers: dict[str, EduHandler] = {}
         # One transaction per origin at a time: a retry racing the original waits for it.
@@ -63,7 +64,7 @@ class TransactionHandler:
                 origin,
                 txn_id,
                 response,
-                int(time.time() * 1000),
+                self._clock.time_ms(),
             )
             return response
 

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Mapping
 
 import signedjson.key
 import trio
 from signedjson.types import VerifyKey
 
+from refserver.clock import Clock
 from refserver.crypto.keys import SigningKey, key_id, verify_key_base64
 from refserver.crypto.signing import SignatureError, sign_json, verify_signed_json
 from refserver.events.signing import required_signing_servers
@@ -42,10 +42,6 @@ class KeyNotFound(Exception):
     """No usable verify key; errcode hint M_UNAUTHORIZED for requests."""
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 class Keyring:
     def __init__(
         self,
@@ -55,8 +51,10 @@ class Keyring:
         server_name: str,
         signing_key: SigningKey,
         old_keys: list[JsonValue],
+        clock: Clock,
     ) -> None:
         self._db = db
+        self._clock = clock
         self._client = client
         self.server_name = server_name
         self._signing_key = signing_key
@@ -69,7 +67,7 @@ class Keyring:
         """GET /_matrix/key/v2/server: self-signed ``verify_keys`` and ``old_verify_keys``."""
         body: JsonDict = {
             "server_name": self.server_name,
-            "valid_until_ts": now_ms() + OWN_KEY_LIFETIME_MS,
+            "valid_until_ts": self._clock.time_ms() + OWN_KEY_LIFETIME_MS,
             "verify_keys": {
                 key_id(self._signing_key): {"key": verify_key_base64(self._signing_key)}
             },
@@ -100,11 +98,13 @@ class Keyring:
     ) -> VerifyKey:
         """A key valid now (requests, ``event_ts`` None) or at ``event_ts`` (events)."""
         if server_name == self.server_name:
-            key = self._own_key(key_id_, event_ts if event_ts is not None else now_ms())
+            key = self._own_key(
+                key_id_, event_ts if event_ts is not None else self._clock.time_ms()
+            )
             if key is None:
                 raise KeyNotFound(f"no key {key_id_} of our own")
             return key
-        needed_until = event_ts if event_ts is not None else now_ms()
+        needed_until = event_ts if event_ts is not None else self._clock.time_ms()
         stored = await self._db.run(fed_store.get_server_key, server_name, key_id_)
         if stored is None or not self._usable(stored, needed_until, for_event=event_ts is not None):
             async with self._fetch_locks.setdefault(server_name, trio.Lock()):
@@ -136,7 +136,7 @@ class Keyring:
             log.info("key fetch from %s failed: %s", server_name, exc)
             raise KeyNotFound(f"could not fetch keys of {server_name}: {exc}") from None
         keys = self._check_key_response(server_name, response)
-        fetched = now_ms()
+        fetched = self._clock.time_ms()
         valid_until = min(int(response["valid_until_ts"]), fetched + MAX_KEY_VALIDITY_MS)
         stored = [
             fed_store.StoredKey(server_name, kid, b64, valid_until, None)
@@ -198,7 +198,7 @@ class Keyring:
     async def keys_for_event(self, pdu: Mapping[str, JsonValue]) -> dict[str, dict[str, VerifyKey]]:
         """Verify keys of every server that must have signed ``pdu``, valid at its time."""
         event_ts = pdu.get("origin_server_ts")
-        ts = event_ts if isinstance(event_ts, int) else now_ms()
+        ts = event_ts if isinstance(event_ts, int) else self._clock.time_ms()
         out: dict[str, dict[str, VerifyKey]] = {}
         signatures = pdu.get("signatures")
         for server in required_signing_servers(pdu):
@@ -225,7 +225,7 @@ class Keyring:
                 continue
             cached = await self._db.run(fed_store.get_key_response, server_name)
             response: JsonDict | None = (
-                json.loads(cached[0]) if cached and cached[1] > now_ms() else None
+                json.loads(cached[0]) if cached and cached[1] > self._clock.time_ms() else None
             )
             if response is None:
                 try:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import time
 from collections.abc import Sequence
 from typing import Protocol
 
 import trio
 
+from refserver.clock import Clock
 from refserver.crypto.keys import SigningKey
 from refserver.errors import (
     M_FORBIDDEN,
@@ -48,10 +48,6 @@ from refserver.types import JsonDict
 log = logging.getLogger(__name__)
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 #: Seconds the end-of-join bookkeeping may take even when the join itself was cancelled.
 JOIN_ENDED_TIMEOUT_S = 10.0
 
@@ -82,9 +78,11 @@ class FederationMembership:
         persisted: EventsPersisted,
         server_name: str,
         signing_key: SigningKey,
+        clock: Clock,
         join_observer: JoinObserver | None = None,
     ) -> None:
         self._db = db
+        self._clock = clock
         self._client = client
         self._keyring = keyring
         self._handler = handler
@@ -179,7 +177,7 @@ class FederationMembership:
             prev_events=template.get("prev_events", []),
             auth_events=template.get("auth_events", []),
             depth=int(template.get("depth", 1)),
-            origin_server_ts=now_ms(),
+            origin_server_ts=self._clock.time_ms(),
         )
         join = finalise_pdu(pdu, rv, signing_name=self.server_name, signing_key=self._signing_key)
         sent = await self._client.request(
@@ -196,7 +194,7 @@ class FederationMembership:
             raise MatrixError(502, M_FORBIDDEN, "send_join returned a different event")
         state_pdus = [p for p in sent.get("state", []) if isinstance(p, dict)]
         chain_pdus = [p for p in sent.get("auth_chain", []) if isinstance(p, dict)]
-        await self._db.run(room_store.insert_room, room_id, rv.identifier, now_ms())
+        await self._db.run(room_store.insert_room, room_id, rv.identifier, self._clock.time_ms())
         stored = await self._handler.store_outliers(server, [*chain_pdus, *state_pdus], rv)
         state_ids = {compute_event_id(p, rv) for p in state_pdus}
         state = {
@@ -280,7 +278,7 @@ class FederationMembership:
                     prev_events=template.get("prev_events", []),
                     auth_events=template.get("auth_events", []),
                     depth=int(template.get("depth", 1)),
-                    origin_server_ts=now_ms(),
+                    origin_server_ts=self._clock.time_ms(),
                 )
                 leave = finalise_pdu(
                     pdu, rv, signing_name=self.server_name, signing_key=self._signing_key

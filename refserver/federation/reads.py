@@ -4,8 +4,8 @@ profiles (server-server API §"Retrieving events", §"Backfilling", §"Querying"
 from __future__ import annotations
 
 import sqlite3
-import time
 
+from refserver.clock import Clock
 from refserver.errors import M_FORBIDDEN, M_NOT_FOUND, MatrixError
 from refserver.storage import events as event_store
 from refserver.storage import rooms as room_store
@@ -16,13 +16,10 @@ from refserver.types import JsonDict
 MAX_EVENTS = 100
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 class FederationReads:
-    def __init__(self, db: Database, *, server_name: str) -> None:
+    def __init__(self, db: Database, *, server_name: str, clock: Clock) -> None:
         self._db = db
+        self._clock = clock
         self._server_name = server_name
 
     async def _check_in_room(self, origin: str, room_id: str) -> None:
@@ -34,7 +31,11 @@ class FederationReads:
                 raise MatrixError(403, M_FORBIDDEN, "your server is not in this room")
 
     def _txn(self, pdus: list[JsonDict]) -> JsonDict:
-        return {"origin": self._server_name, "origin_server_ts": now_ms(), "pdus": pdus}
+        return {
+            "origin": self._server_name,
+            "origin_server_ts": self._clock.time_ms(),
+            "pdus": pdus,
+        }
 
     async def get_event(self, origin: str, event_id: str) -> JsonDict:
         """GET /v1/event/{eventId} → a one-PDU transaction."""

@@ -11,6 +11,7 @@ import logging
 import sqlite3
 from collections.abc import Sequence
 
+from refserver.clock import Clock
 from refserver.crypto.keys import SigningKey
 from refserver.errors import (
     M_FORBIDDEN,
@@ -35,7 +36,6 @@ from refserver.federation.handler import (
     auth_and_persist,
 )
 from refserver.federation.keyring import Keyring
-from refserver.federation.membership import now_ms
 from refserver.ids import UserId, server_name_of
 from refserver.notifier import Notifier
 from refserver.storage import accounts as account_store
@@ -61,8 +61,10 @@ class ResidentMembership:
         *,
         server_name: str,
         signing_key: SigningKey,
+        clock: Clock,
     ) -> None:
         self._db = db
+        self._clock = clock
         self._keyring = keyring
         self._handler = handler
         self._notifier = notifier
@@ -115,7 +117,7 @@ class ResidentMembership:
             prev_events=view.prev_events,
             auth_events=auth_ids,
             depth=next_depth([view.prev_depth]),
-            origin_server_ts=now_ms(),
+            origin_server_ts=self._clock.time_ms(),
         )
         probe = Event("$probe", rv, template)
         check_auth(probe, state_events, create_event=view.create_event)  # AuthError: 403
@@ -254,7 +256,7 @@ class ResidentMembership:
         ]
         await self._check_invite_create_event(invite_state, room_id, rv)
         event = Event(event_id, rv, signed)
-        await self._db.run(_store_remote_invite, event, stripped)
+        await self._db.run(_store_remote_invite, event, stripped, self._clock.time_ms())
         self._notifier.notify()
         return {"event": signed}
 
@@ -279,8 +281,10 @@ class ResidentMembership:
             )
 
 
-def _store_remote_invite(conn: sqlite3.Connection, event: Event, stripped: list[JsonDict]) -> None:
-    room_store.insert_room(conn, event.room_id, event.room_version.identifier, now_ms())
+def _store_remote_invite(
+    conn: sqlite3.Connection, event: Event, stripped: list[JsonDict], now_ms: int
+) -> None:
+    room_store.insert_room(conn, event.room_id, event.room_version.identifier, now_ms)
     in_room = bool(room_store.get_current_state(conn, event.room_id))
     if not event_store.have_events(conn, [event.event_id]):
         if in_room:

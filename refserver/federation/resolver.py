@@ -39,6 +39,7 @@ import dns.resolver
 import httpx
 import trio
 
+from refserver.clock import Clock
 from refserver.ids import is_valid_server_name
 
 DEFAULT_PORT: Final = 8448
@@ -377,8 +378,11 @@ class DnsPythonSrvLookup:
         ]
 
 
-def default_resolver(client: httpx.AsyncClient) -> ServerResolver:
-    """A :class:`ServerResolver` using ``client`` for .well-known and system DNS for SRV."""
+def default_resolver(client: httpx.AsyncClient, *, clock: Clock) -> ServerResolver:
+    """A :class:`ServerResolver` using ``client`` for .well-known and system DNS for SRV,
+    timing its .well-known cache on ``clock``'s monotonic side."""
     return ServerResolver(
-        fetch_well_known=HttpxWellKnownFetcher(client), lookup_srv=DnsPythonSrvLookup()
+        fetch_well_known=HttpxWellKnownFetcher(client),
+        lookup_srv=DnsPythonSrvLookup(),
+        clock=clock.monotonic,
     )

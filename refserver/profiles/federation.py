@@ -34,10 +34,10 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from refserver.clock import Clock
 from refserver.events.model import BAN, JOIN, LEAVE, MEMBER
 from refserver.ids import server_name_of
 from refserver.metrics import Metrics
@@ -75,10 +75,6 @@ class EduPolicy:
     accept_only_shared_users: bool = True
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 @dataclass(frozen=True)
 class _Token:
     """What one transaction carries, to clear on 200."""
@@ -96,16 +92,22 @@ class ProfileEduSender:
         policy: EduPolicy,
         metrics: Metrics,
         wake: Callable[[Sequence[str]], None],
-        clock: Callable[[], float] = time.time,
+        clock: Clock,
     ) -> None:
         self._db = db
         self._server_name = server_name
         self._policy = policy
         self._metrics = metrics
         self._wake = wake
+        # Every pacing rule compares "now" with timestamps stored in ``profile_edu_dirty`` /
+        # ``profile_edu_sent`` (they outlive restarts), so all of it runs on the clock's
+        # wall-clock side, which is also what those rows are written with.
         self._clock = clock
         #: destination → when its next debounced field becomes ready (seconds, wall clock).
         self._next_ready: dict[str, float] = {}
+
+    def _now_s(self) -> float:
+        return self._clock.time_ms() / 1000
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -119,7 +121,7 @@ class ProfileEduSender:
             room_store.get_servers_sharing_rooms_with(conn, change.user_id) - {self._server_name}
         )
         merged = edu_store.mark_dirty(
-            conn, destinations, change.user_id, change.field, change.stream_pos, now_ms()
+            conn, destinations, change.user_id, change.field, change.stream_pos, change.at_ms
         )
         if merged:
             self._metrics.profile_edus_coalesced.inc(merged)
@@ -139,6 +141,7 @@ class ProfileEduSender:
             return  # a profile change re-sends the join; nobody new shares a room
         joiner = change.user_id
         room_id = event.room_id
+        now = self._clock.time_ms()
 
         def txn(conn: sqlite3.Connection) -> list[str]:
             pairs: list[tuple[str, str]] = []  # (local user, destination)
@@ -170,7 +173,7 @@ class ProfileEduSender:
                 for name in profile:
                     if name not in self._policy.local_only_fields:
                         edu_store.mark_dirty(
-                            conn, [destination], local_user, name, pos, now_ms(), due_now=True
+                            conn, [destination], local_user, name, pos, now, due_now=True
                         )
                 if profile:
                     woken.append(destination)
@@ -186,7 +189,7 @@ class ProfileEduSender:
     def _schedule(self, destinations: Sequence[str], *, at_once: bool = False) -> None:
         if not destinations:
             return
-        soonest = self._clock() + min(
+        soonest = self._now_s() + min(
             [
                 0.0 if at_once else self._policy.default_policy.debounce_s,
                 *(p.debounce_s for p in self._policy.field_policies.values()),
@@ -203,13 +206,13 @@ class ProfileEduSender:
 
     def next_ready_in(self, destination: str) -> float | None:
         at = self._next_ready.get(destination)
-        return None if at is None else max(0.0, at - self._clock())
+        return None if at is None else max(0.0, at - self._now_s())
 
     async def take(
         self, destination: str, limit: int, txn_id: str
     ) -> tuple[list[JsonDict], object]:
         """The EDUs ready for ``destination`` now (values read at this moment)."""
-        now = self._clock()
+        now = self._now_s()
         per_user_types = max(1, len(self._policy.edu_types))
 
         def txn(
@@ -251,7 +254,7 @@ class ProfileEduSender:
 
     async def ack(self, destination: str, token: object) -> None:
         assert isinstance(token, _Token)
-        await self._db.run(edu_store.ack_sent, destination, token.sent, now_ms())
+        await self._db.run(edu_store.ack_sent, destination, token.sent, self._clock.time_ms())
         self._metrics.profile_edus_sent.labels(destination).inc(token.edus)
 
     async def count_pending(self) -> int:
@@ -270,7 +273,9 @@ class ProfileEduReceiver:
         metrics: Metrics,
         notifier: Notifier,
         hold: EduHold,
+        clock: Clock,
     ) -> None:
+        self._clock = clock
         self._server_name = server_name
         self._hold = hold
         self._db = db
@@ -348,7 +353,9 @@ class ProfileEduReceiver:
             held = self._hold.take(origin, user_id)
             if held is not None:
                 fields = {**held.fields, **fields}  # the held values are older
-            dropped = await self._db.run(self._apply_txn, origin, user_id, fields)
+            dropped = await self._db.run(
+                self._apply_txn, origin, user_id, fields, self._clock.time_ms()
+            )
             if dropped != "no_shared_room":
                 break
             if self._hold.active:
@@ -395,8 +402,9 @@ class ProfileEduReceiver:
         origin: str,
         user_id: str,
         fields: dict[str, JsonValue | None],
+        now_ms: int,
     ) -> str | None:
-        """Apply one update; the drop reason if it was not applied."""
+        """Apply one update at ``now_ms``; the drop reason if it was not applied."""
         shared = cache_store.shares_room_with_local_user(conn, user_id)
         if self._policy.accept_only_shared_users and not shared:
             return "no_shared_room"
@@ -412,6 +420,6 @@ class ProfileEduReceiver:
         # An EDU from the user's own server (the origin check passed) while a room is shared
         # makes the cached profile authoritative: its sender sends the whole profile when
         # sharing starts and every change after (docs/msc4259.md §6.12).
-        cache_store.apply_changes(conn, user_id, fields, now_ms(), mark_complete=shared)
-        cache_store.note_edu_server(conn, origin, now_ms())
+        cache_store.apply_changes(conn, user_id, fields, now_ms, mark_complete=shared)
+        cache_store.note_edu_server(conn, origin, now_ms)
         return None

@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import time
 from typing import TYPE_CHECKING
 
+from refserver.clock import Clock
 from refserver.events.model import JOIN, MEMBER, Event
 from refserver.ids import server_name_of
 from refserver.notifier import Notifier
@@ -71,8 +71,10 @@ class MemberProfileFeed:
         server_name: str,
         config: Msc4259Section,
         notifier: Notifier,
+        clock: Clock,
     ) -> None:
         self._db = db
+        self._clock = clock
         self._cache = cache
         self._server_name = server_name
         # A server counts as sending EDUs for as long as its users' profiles stay fresh.
@@ -84,15 +86,14 @@ class MemberProfileFeed:
         event = persisted.event
         if event.type != MEMBER or event.membership != JOIN or not event.state_key:
             return
-        to_fetch, changed = await self._db.run(self._feed_txn, event)
+        to_fetch, changed = await self._db.run(self._feed_txn, event, self._clock.time_ms())
         for user_id in to_fetch:
             self._cache.schedule_fetch(user_id)
         if changed:
             self._notifier.notify()
 
-    def _feed_txn(self, conn: sqlite3.Connection, event: Event) -> tuple[list[str], int]:
+    def _feed_txn(self, conn: sqlite3.Connection, event: Event, now: int) -> tuple[list[str], int]:
         joiner = event.state_key or ""
-        now = int(time.time() * 1000)
         if server_name_of(joiner) != self._server_name:
             candidates = {joiner: event}
         else:

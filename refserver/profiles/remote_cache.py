@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import time
 from functools import partial
 from typing import TYPE_CHECKING
 
 import trio
 
+from refserver.clock import Clock
 from refserver.crypto.canonical_json import CanonicalJsonError
 from refserver.errors import MatrixError, not_found
 from refserver.ids import server_name_of
@@ -47,10 +47,6 @@ log = logging.getLogger(__name__)
 MAX_PENDING_FETCHES = 10_000
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 class RemoteProfileCache:
     def __init__(
         self,
@@ -61,8 +57,10 @@ class RemoteProfileCache:
         config: Msc4259Section,
         metrics: Metrics,
         notifier: Notifier,
+        clock: Clock,
     ) -> None:
         self._db = db
+        self._clock = clock
         self._remote = remote
         self._server_name = server_name
         self._ttl_ms = int(config.remote_cache_ttl_s * 1000)
@@ -72,7 +70,7 @@ class RemoteProfileCache:
         self._fetch_grace_s = config.join_fetch_grace_s
         self._metrics = metrics
         self._notifier = notifier
-        #: Users waiting for their join fetch → when it is due (trio clock). The grace is
+        #: Users waiting for their join fetch → when it is due (``clock.monotonic``). The grace is
         #: constant, so insertion order is due order.
         self._fetch_due: dict[str, float] = {}
         self._fetch_added = trio.Event()
@@ -82,15 +80,17 @@ class RemoteProfileCache:
         If that fails (unreachable, 5xx, unusable answer) and a copy is cached, even a stale
         or incomplete one, answer from it (stale-if-error)."""
 
+        now = self._clock.time_ms()
+
         def read(conn: sqlite3.Connection) -> tuple[JsonDict, bool, bool]:
             profile, meta = cache_store.get_cached(conn, user_id)
             if meta is None or not meta.complete:
                 return profile, False, meta is not None
             edu_server = cache_store.sends_edus(
-                conn, server_name_of(user_id), since_ms=now_ms() - self._ttl_edu_ms
+                conn, server_name_of(user_id), since_ms=now - self._ttl_edu_ms
             )
             ttl = self._ttl_edu_ms if edu_server else self._ttl_ms
-            return profile, now_ms() - meta.fetched_ms < ttl, True
+            return profile, now - meta.fetched_ms < ttl, True
 
         profile, fresh, cached = await self._db.run(read)
         if fresh:
@@ -116,9 +116,10 @@ class RemoteProfileCache:
         """query/profile and replace the cached copy (changes go to the profile stream)."""
         self._metrics.profile_queries.inc()
         profile = await self._remote.query(user_id)
+        now = self._clock.time_ms()
         changed = await self._db.run(
             lambda conn: cache_store.apply_changes(
-                conn, user_id, dict(profile), now_ms(), replace_all=True
+                conn, user_id, dict(profile), now, replace_all=True
             )
         )
         if changed:
@@ -145,7 +146,7 @@ class RemoteProfileCache:
     async def _run_refresher(self) -> None:
         while True:
             await trio.sleep(self._refresh_interval_s)
-            for user_id in await self._db.run(self._stale_shared_users):
+            for user_id in await self._db.run(self._stale_shared_users, self._clock.time_ms()):
                 if user_id in self._fetch_due:
                     continue  # its join fetch is coming (or an EDU makes it unnecessary)
                 await self._try_refresh(user_id)
@@ -163,7 +164,7 @@ class RemoteProfileCache:
                 "join fetch of %s skipped: %d already pending", user_id, len(self._fetch_due)
             )
             return
-        self._fetch_due[user_id] = trio.current_time() + self._fetch_grace_s
+        self._fetch_due[user_id] = self._clock.monotonic() + self._fetch_grace_s
         self._fetch_added.set()
 
     async def _run_join_fetches(self) -> None:
@@ -187,9 +188,8 @@ class RemoteProfileCache:
                 # Removed only now: a repeat schedule_fetch while it runs is a duplicate.
                 del self._fetch_due[user_id]
 
-    def _stale_shared_users(self, conn: sqlite3.Connection) -> list[str]:
+    def _stale_shared_users(self, conn: sqlite3.Connection, now: int) -> list[str]:
         users = cache_store.remote_users_sharing_rooms(conn, self._server_name)
-        now = now_ms()
         bounds = {"*": now - self._ttl_ms}
         for user_id in users:
             server = server_name_of(user_id)

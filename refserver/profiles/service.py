@@ -8,11 +8,10 @@ member events, MSC4259 EDUs and /sync wake-ups hang off this).
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 
-from refserver.accounts.service import now_ms
+from refserver.clock import Clock
 from refserver.errors import forbidden, limit_exceeded, not_found
 from refserver.ids import InvalidId, UserId
 from refserver.notifier import Notifier
@@ -41,6 +40,8 @@ class ProfileChange:
     value: JsonValue
     removed: bool
     stream_pos: int
+    #: When it was written (wall-clock ms, the stream row's timestamp).
+    at_ms: int
     #: Servers owed the change (MSC4259 dirty entries written in the write's transaction).
     destinations: tuple[str, ...] = ()
 
@@ -60,8 +61,10 @@ class ProfileService:
         write_limiter: RateLimiter,
         remote: RemoteProfileCache | None = None,
         notifier: Notifier | None = None,
+        clock: Clock,
     ) -> None:
         self._db = db
+        self._clock = clock
         self._notifier = notifier
         self._remote = remote
         self._server_name = server_name
@@ -120,7 +123,7 @@ class ProfileService:
             raise forbidden("you may only change your own profile")
         if not self.policy.may_edit(key_name):
             raise forbidden(f"profile field {key_name!r} may not be changed on this server")
-        retry_after = self._write_limiter.acquire(requester.user_id, time.monotonic())
+        retry_after = self._write_limiter.acquire(requester.user_id, self._clock.monotonic())
         if retry_after is not None:
             raise limit_exceeded(retry_after)
 
@@ -131,6 +134,7 @@ class ProfileService:
             return
         self._parse_user(user_id)
         self._check_may_write(requester, user_id, put.key_name)
+        now = self._clock.time_ms()
 
         def txn(conn: sqlite3.Connection) -> ProfileChange | None:
             profile = store.get_profile(conn, user_id)
@@ -138,8 +142,8 @@ class ProfileService:
                 return None  # unchanged: no stream entry, no events, no EDUs
             profile[put.key_name] = put.value
             check_profile_size(profile)  # inside the transaction: checked and written together
-            pos = store.set_field(conn, user_id, put.key_name, put.value, now_ms())
-            change = ProfileChange(user_id, put.key_name, put.value, False, pos)
+            pos = store.set_field(conn, user_id, put.key_name, put.value, now)
+            change = ProfileChange(user_id, put.key_name, put.value, False, pos, now)
             return self._run_txn_hooks(conn, change)
 
         change = await self._db.run(txn)
@@ -151,12 +155,14 @@ class ProfileService:
         check_key_name(key_name)
         self._parse_user(user_id)
         self._check_may_write(requester, user_id, key_name)
+        now = self._clock.time_ms()
 
         def txn(conn: sqlite3.Connection) -> ProfileChange | None:
-            pos = store.delete_field(conn, user_id, key_name, now_ms())
+            pos = store.delete_field(conn, user_id, key_name, now)
             if pos is None:
                 return None
-            return self._run_txn_hooks(conn, ProfileChange(user_id, key_name, None, True, pos))
+            change = ProfileChange(user_id, key_name, None, True, pos, now)
+            return self._run_txn_hooks(conn, change)
 
         change = await self._db.run(txn)
         if change is not None:

@@ -8,6 +8,7 @@ that passes is stored, in one transaction.
 
 from __future__ import annotations
 
+from refserver.clock import Clock
 from refserver.errors import (
     M_INVALID_PARAM,
     M_INVALID_ROOM_STATE,
@@ -27,7 +28,7 @@ from refserver.ids import UserId, is_valid_localpart
 from refserver.requester import Requester
 from refserver.rooms.builder import EventBuilder, member_content
 from refserver.rooms.membership import MembershipService
-from refserver.rooms.service import RoomService, now_ms, random_room_id
+from refserver.rooms.service import RoomService, random_room_id
 from refserver.types import JsonDict, JsonValue
 
 PRESETS: dict[str, dict[str, str]] = {
@@ -89,9 +90,15 @@ def default_power_levels(rv: RoomVersion, creator: str, trusted: list[str]) -> J
 
 class RoomCreator:
     def __init__(
-        self, rooms: RoomService, members: MembershipService, builder: EventBuilder
+        self,
+        rooms: RoomService,
+        members: MembershipService,
+        builder: EventBuilder,
+        *,
+        clock: Clock,
     ) -> None:
         self._rooms = rooms
+        self._clock = clock
         self._members = members
         self._builder = builder
 
@@ -145,7 +152,7 @@ class RoomCreator:
             prev_depth=0,
         )
         profile = await self._members.profile_for_member_event(creator)
-        now = now_ms()
+        now = self._clock.time_ms()
 
         def add(event_type: str, content: JsonDict, state_key: str | None = "") -> None:
             self._builder.build(

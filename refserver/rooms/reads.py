@@ -11,13 +11,14 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from refserver.clock import Clock
 from refserver.errors import M_NOT_FOUND, MatrixError, forbidden
 from refserver.events.client_format import client_event
 from refserver.events.model import MEMBER, Event
 from refserver.events.redaction import redact
 from refserver.events.visibility import history_visibility_of, is_visible
 from refserver.requester import Requester
-from refserver.rooms.service import now_ms, txn_id_of
+from refserver.rooms.service import txn_id_of
 from refserver.storage import events as event_store
 from refserver.storage import rooms as room_store
 from refserver.storage.database import Database
@@ -40,12 +41,12 @@ def format_events(
     requester: Requester | None,
     *,
     include_room_id: bool = True,
+    now_ms: int,
 ) -> list[JsonDict]:
     """ClientEvents with ``unsigned`` (prev_content, transaction_id, redacted_because)."""
     txns = room_store.get_txn_ids(conn, [s.event.event_id for s in stored])
     state_before_cache: dict[str, StateMap | None] = {}
     out = []
-    now = now_ms()
     for s in stored:
         event = s.event
         unsigned: JsonDict = {}
@@ -71,7 +72,7 @@ def format_events(
             event = Event(event.event_id, event.room_version, redact(event.pdu, event.room_version))
             unsigned["redacted_because"] = {"event_id": s.redacted_by, "type": "m.room.redaction"}
         out.append(
-            client_event(event, include_room_id=include_room_id, unsigned=unsigned, now_ms=now)
+            client_event(event, include_room_id=include_room_id, unsigned=unsigned, now_ms=now_ms)
         )
     return out
 
@@ -105,8 +106,9 @@ def visible_to(
 
 
 class RoomReader:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, clock: Clock) -> None:
         self._db = db
+        self._clock = clock
 
     async def _membership_or_403(self, room_id: str, user_id: str) -> room_store.Membership:
         m = await self._db.run(room_store.get_membership, room_id, user_id)
@@ -131,10 +133,15 @@ class RoomReader:
         """GET /rooms/{roomId}/state"""
         state = await self._state_for(requester, room_id)
 
+        now = self._clock.time_ms()
+
         def txn(conn: sqlite3.Connection) -> list[JsonDict]:
             stored = event_store.get_stored_events(conn, state.values())
             return format_events(
-                conn, [stored[e] for e in state.values() if e in stored], requester
+                conn,
+                [stored[e] for e in state.values() if e in stored],
+                requester,
+                now_ms=now,
             )
 
         return await self._db.run(txn)
@@ -155,10 +162,11 @@ class RoomReader:
         if event_id is None:
             raise MatrixError(404, M_NOT_FOUND, f"no {event_type} state with key {state_key!r}")
         if full:
+            now = self._clock.time_ms()
 
             def txn(conn: sqlite3.Connection) -> JsonDict:
                 stored = event_store.get_stored_events(conn, [event_id])
-                return format_events(conn, [stored[event_id]], requester)[0]
+                return format_events(conn, [stored[event_id]], requester, now_ms=now)[0]
 
             return await self._db.run(txn)
         events = await self._db.run(event_store.get_events, [event_id])
@@ -176,6 +184,8 @@ class RoomReader:
         state = await self._state_for(requester, room_id)
         member_ids = [eid for (t, _), eid in state.items() if t == MEMBER]
 
+        now = self._clock.time_ms()
+
         def txn(conn: sqlite3.Connection) -> list[JsonDict]:
             stored = event_store.get_stored_events(conn, member_ids)
             chosen = [
@@ -184,7 +194,9 @@ class RoomReader:
                 if (membership is None or s.event.membership == membership)
                 and (not_membership is None or s.event.membership != not_membership)
             ]
-            return format_events(conn, sorted(chosen, key=lambda s: s.stream_ordering), requester)
+            return format_events(
+                conn, sorted(chosen, key=lambda s: s.stream_ordering), requester, now_ms=now
+            )
 
         return await self._db.run(txn)
 
@@ -268,6 +280,8 @@ class RoomReader:
         except MatrixError:
             raise MatrixError(404, M_NOT_FOUND, "event not found") from None
 
+        now = self._clock.time_ms()
+
         def txn(conn: sqlite3.Connection) -> list[JsonDict]:
             stored = event_store.get_stored_events(conn, [event_id]).get(event_id)
             if (
@@ -277,7 +291,9 @@ class RoomReader:
                 or stored.outlier
             ):
                 return []
-            return format_events(conn, visible_to(conn, requester.user_id, [stored]), requester)
+            return format_events(
+                conn, visible_to(conn, requester.user_id, [stored]), requester, now_ms=now
+            )
 
         found = await self._db.run(txn)
         if not found:
@@ -297,6 +313,8 @@ class RoomReader:
         """GET /rooms/{roomId}/messages. Tokens are stream positions (see ``streams``):
         backwards from ``from`` returns events at or before it, newest first."""
         m = await self._membership_or_403(room_id, requester.user_id)
+
+        now = self._clock.time_ms()
 
         def txn(conn: sqlite3.Connection) -> Page:
             head = event_store.max_stream_ordering(conn)
@@ -325,7 +343,9 @@ class RoomReader:
                 )
                 end = StreamToken(rows[-1].stream_ordering) if rows else None
             rows = [r for r in rows if not r.soft_failed]
-            chunk = format_events(conn, visible_to(conn, requester.user_id, rows), requester)
+            chunk = format_events(
+                conn, visible_to(conn, requester.user_id, rows), requester, now_ms=now
+            )
             return Page(
                 chunk=chunk,
                 start=str(StreamToken(start)),

@@ -10,11 +10,11 @@ from __future__ import annotations
 import secrets
 import sqlite3
 import string
-import time
 from collections.abc import Awaitable, Callable, Mapping
 
 import trio
 
+from refserver.clock import Clock
 from refserver.errors import (
     M_BAD_JSON,
     MatrixError,
@@ -34,10 +34,6 @@ from refserver.storage.room_state import load_view
 from refserver.types import JsonDict
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 class RoomService:
     def __init__(
         self,
@@ -46,9 +42,11 @@ class RoomService:
         server_name: str,
         builder: EventBuilder,
         persisted: EventsPersisted,
+        clock: Clock,
         federate: bool = True,
     ) -> None:
         self._db = db
+        self._clock = clock
         self.server_name = server_name
         self._builder = builder
         self._persisted = persisted
@@ -112,7 +110,7 @@ class RoomService:
                 content=content,
                 state_key=state_key,
                 redacts=redacts,
-                now_ms=now_ms(),
+                now_ms=self._clock.time_ms(),
             )
             if before_persist is not None:
                 event = await before_persist(event)
@@ -135,6 +133,7 @@ class RoomService:
         """Store a room built in memory by createRoom, all events in one transaction."""
         assert view.room_id is not None
         room_id = view.room_id
+        now = self._clock.time_ms()
 
         def txn(conn: sqlite3.Connection) -> list[Persisted]:
             if alias is not None and not room_store.set_alias(conn, alias, room_id, creator):
@@ -144,7 +143,7 @@ class RoomService:
                 view,
                 state_before_first={},
                 new_room=True,
-                now_ms=now_ms(),
+                now_ms=now,
                 owe_except=self._owe_except,
             )
             if public:

@@ -12,8 +12,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 
-import trio
-
+from refserver.clock import Clock
 from refserver.events.client_format import STRIPPED_STATE_TYPES, stripped_state_event
 from refserver.notifier import Notifier
 from refserver.requester import Requester
@@ -43,18 +42,19 @@ class SyncRequest:
 
 
 class SyncService:
-    def __init__(self, db: Database, notifier: Notifier, *, server_name: str) -> None:
+    def __init__(self, db: Database, notifier: Notifier, *, server_name: str, clock: Clock) -> None:
         self._db = db
+        self._clock = clock
         self._notifier = notifier
         self._server_name = server_name
 
     async def sync(self, req: SyncRequest) -> JsonDict:
         """Answer at once if there is news (or no ``since``); otherwise wait for news."""
-        deadline = trio.current_time() + min(req.timeout_s, MAX_TIMEOUT_S)
+        deadline = self._clock.monotonic() + min(req.timeout_s, MAX_TIMEOUT_S)
         while True:
             generation = self._notifier.generation
-            response, has_news = await self._db.run(self._compute, req)
-            remaining = deadline - trio.current_time()
+            response, has_news = await self._db.run(self._compute, req, self._clock.time_ms())
+            remaining = deadline - self._clock.monotonic()
             if has_news or req.since is None or remaining <= 0:
                 return response
             if not await self._notifier.wait_for_change(generation, remaining):
@@ -62,7 +62,10 @@ class SyncService:
 
     # -- one pass (database thread) -----------------------------------------------------
 
-    def _compute(self, conn: sqlite3.Connection, req: SyncRequest) -> tuple[JsonDict, bool]:
+    def _compute(
+        self, conn: sqlite3.Connection, req: SyncRequest, now_ms: int
+    ) -> tuple[JsonDict, bool]:
+        """One pass at ``now_ms`` (wall clock, for ``unsigned.age``)."""
         head = StreamToken(
             event_store.max_stream_ordering(conn), profile_store.current_stream_pos(conn)
         )
@@ -80,7 +83,7 @@ class SyncService:
             changed_membership = since is None or m.stream_ordering > since.events
             if m.membership == "join":
                 full = since is None or changed_membership or req.full_state
-                room = self._joined_room(conn, req, m.room_id, head, full=full)
+                room = self._joined_room(conn, req, m.room_id, head, full=full, now_ms=now_ms)
                 if room is not None:
                     join[m.room_id] = room
             elif m.membership == "invite" and changed_membership:
@@ -89,7 +92,7 @@ class SyncService:
                 # An initial sync lists left rooms only when the filter asks (include_leave).
                 changed_membership if since is not None else req.filter.include_leave
             ):
-                leave[m.room_id] = self._left_room(conn, req, m)
+                leave[m.room_id] = self._left_room(conn, req, m, now_ms=now_ms)
         users = profile_updates(
             conn,
             user_id=user_id,
@@ -133,6 +136,7 @@ class SyncService:
         head: StreamToken,
         *,
         full: bool,
+        now_ms: int,
     ) -> JsonDict | None:
         after = 0 if full or req.since is None else req.since.events
         timeline, limited = self._timeline(conn, req, room_id, after=after, upto=head.events)
@@ -158,11 +162,17 @@ class SyncService:
         first = timeline[0].stream_ordering if timeline else head.events + 1
         return {
             "timeline": {
-                "events": format_events(conn, timeline, req.requester, include_room_id=False),
+                "events": format_events(
+                    conn, timeline, req.requester, include_room_id=False, now_ms=now_ms
+                ),
                 "limited": limited,
                 "prev_batch": str(StreamToken(first - 1, head.profiles)),
             },
-            "state": {"events": format_events(conn, state, req.requester, include_room_id=False)},
+            "state": {
+                "events": format_events(
+                    conn, state, req.requester, include_room_id=False, now_ms=now_ms
+                )
+            },
             "ephemeral": {"events": []},
             "account_data": {"events": []},
             "summary": self._summary(conn, room_id, req.requester.user_id),
@@ -214,7 +224,12 @@ class SyncService:
         return out
 
     def _left_room(
-        self, conn: sqlite3.Connection, req: SyncRequest, m: room_store.Membership
+        self,
+        conn: sqlite3.Connection,
+        req: SyncRequest,
+        m: room_store.Membership,
+        *,
+        now_ms: int,
     ) -> JsonDict:
         after = req.since.events if req.since is not None else 0
         timeline, limited = self._timeline(
@@ -223,7 +238,9 @@ class SyncService:
         first = timeline[0].stream_ordering if timeline else m.stream_ordering
         return {
             "timeline": {
-                "events": format_events(conn, timeline, req.requester, include_room_id=False),
+                "events": format_events(
+                    conn, timeline, req.requester, include_room_id=False, now_ms=now_ms
+                ),
                 "limited": limited,
                 "prev_batch": str(StreamToken(first - 1)),
             },
