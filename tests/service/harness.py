@@ -84,7 +84,8 @@ class FakeHomeserver:
     )
     #: user ID → profile answered to ``query/profile`` (absent: 404).
     profiles: dict[str, JsonDict] = field(default_factory=dict)
-    profile_queries: list[str] = field(default_factory=list)
+    #: (trio.current_time(), user ID) of every ``query/profile``.
+    profile_queries: list[tuple[float, str]] = field(default_factory=list)
     edus: list[ReceivedEdu] = field(default_factory=list)
     _changed: trio.Event = field(default_factory=trio.Event)
 
@@ -94,7 +95,7 @@ class FakeHomeserver:
             return httpx.Response(200, json=self._key_response())
         if path == "/_matrix/federation/v1/query/profile":
             user_id = request.url.params["user_id"]
-            self.profile_queries.append(user_id)
+            self.profile_queries.append((trio.current_time(), user_id))
             self._notify()
             if user_id not in self.profiles:
                 return httpx.Response(404, json={"errcode": "M_NOT_FOUND", "error": "no profile"})
@@ -157,17 +158,29 @@ class FakeNetwork:
         return await peer.handle(request)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Homeserver:
     """The server under test and the helpers tests drive it with (each one service call, as
     the HTTP route would make it)."""
 
     services: Services
     clock: LinkedClock
+    _txn_ids: int = 0
 
     @property
     def server_name(self) -> str:
         return self.services.config.server.server_name
+
+    async def send_edus(self, origin: str, edus: list[JsonDict]) -> JsonDict:
+        """An authenticated ``PUT /send/{txnId}`` from ``origin`` carrying ``edus``."""
+        self._txn_ids += 1
+        body: JsonDict = {
+            "origin": origin,
+            "origin_server_ts": self.clock.time_ms(),
+            "pdus": [],
+            "edus": list(edus),
+        }
+        return await self.services.transactions.on_send(origin, f"t{self._txn_ids}", body)
 
     async def create_user(self, localpart: str) -> str:
         user = UserId(localpart, self.server_name)

@@ -1,0 +1,126 @@
+"""The remote profile cache under a mock clock (``profiles.remote_cache``).
+
+Freshness (docs/configuration.md, [msc4259]): a complete cached copy answers for
+``remote_cache_ttl_s`` (MSC4133: remote profiles "SHOULD NOT be cached for more than 24
+hours"); for a user sharing a room with us whose server sends MSC4259 EDUs, for the longer
+``remote_cache_ttl_edu_s`` (MSC4259: receivers may "keep cached profiles longer"). The
+refresher re-fetches stale copies of users sharing a room every ``refresh_interval_s`` —
+the safety net for lost EDUs. All times below are virtual (``autojump_clock``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+from trio.testing import MockClock
+
+from refserver.clock import LinkedClock
+from refserver.profiles.edus import UNSTABLE_EDU_TYPE
+from refserver.settings import Msc4259Section
+from tests.service.harness import REMOTE, FakeHomeserver, Homeserver, running_homeserver
+
+TTL_S = 60.0
+TTL_EDU_S = 600.0
+REFRESH_INTERVAL_S = 30.0
+GRACE_S = 2.0
+SETTINGS = Msc4259Section(
+    remote_cache_ttl_s=TTL_S,
+    remote_cache_ttl_edu_s=TTL_EDU_S,
+    refresh_interval_s=REFRESH_INTERVAL_S,
+    join_fetch_grace_s=GRACE_S,
+)
+ALICE = f"@alice:{REMOTE}"
+CACHE_HITS = "refserver_remote_profile_cache_hits_total"
+
+
+def queries(peer: FakeHomeserver) -> list[float]:
+    """When alice's server was asked for her profile."""
+    return [at for at, user_id in peer.profile_queries if user_id == ALICE]
+
+
+async def alice_shares_a_room(hs: Homeserver, peer: FakeHomeserver) -> str:
+    """Local bob's room, joined by alice; returns the room ID."""
+    bob = await hs.create_user("bob")
+    room_id = await hs.create_room(bob)
+    await hs.remote_membership(peer, ALICE, room_id, "join")
+    return room_id
+
+
+def profile_edu(fields: dict[str, str]) -> dict[str, object]:
+    return {"edu_type": UNSTABLE_EDU_TYPE, "content": {"user_id": ALICE, "fields": fields}}
+
+
+async def test_a_fresh_copy_answers_from_the_cache_and_a_stale_one_is_queried_again(
+    tmp_path: Path, autojump_clock: MockClock, clock: LinkedClock, peer: FakeHomeserver
+) -> None:
+    peer.profiles[ALICE] = {"displayname": "Alice"}
+    async with running_homeserver(tmp_path, peer, clock=clock, msc4259=SETTINGS) as hs:
+        profiles = hs.services.profiles
+        assert await profiles.get_profile(ALICE) == {"displayname": "Alice"}
+        assert len(queries(peer)) == 1
+        peer.profiles[ALICE] = {"displayname": "Alice B."}
+        await trio.sleep(TTL_S - 1)
+        hits = hs.metric(CACHE_HITS)
+        assert await profiles.get_profile(ALICE) == {"displayname": "Alice"}, "still fresh"
+        assert len(queries(peer)) == 1
+        assert hs.metric(CACHE_HITS) == hits + 1
+        await trio.sleep(2)
+        assert await profiles.get_profile(ALICE) == {"displayname": "Alice B."}, "stale"
+        assert len(queries(peer)) == 2
+
+
+async def test_a_copy_fed_by_edus_lives_ttl_edu_s(
+    tmp_path: Path, autojump_clock: MockClock, clock: LinkedClock, peer: FakeHomeserver
+) -> None:
+    peer.profiles[ALICE] = {"m.tz": "Europe/Vienna"}
+    async with running_homeserver(tmp_path, peer, clock=clock, msc4259=SETTINGS) as hs:
+        await alice_shares_a_room(hs, peer)
+        # Alice's server sends her whole profile when sharing starts: the copy is complete.
+        await hs.send_edus(REMOTE, [profile_edu({"m.tz": "Europe/Vienna"})])
+        profiles = hs.services.profiles
+        assert await profiles.get_profile(ALICE) == {"m.tz": "Europe/Vienna"}
+        await trio.sleep(TTL_S + 1)
+        assert await profiles.get_profile(ALICE) == {"m.tz": "Europe/Vienna"}
+        assert queries(peer) == [], "past remote_cache_ttl_s, within remote_cache_ttl_edu_s"
+        peer.profiles[ALICE] = {"m.tz": "Europe/Zurich"}  # an EDU lost on the way
+        await trio.sleep(TTL_EDU_S - TTL_S)
+        assert await profiles.get_profile(ALICE) == {"m.tz": "Europe/Zurich"}
+        assert len(queries(peer)) == 1
+
+
+async def test_the_long_edu_ttl_does_not_apply_to_users_sharing_no_room(
+    tmp_path: Path, autojump_clock: MockClock, clock: LinkedClock, peer: FakeHomeserver
+) -> None:
+    peer.profiles[ALICE] = {"m.tz": "Europe/Vienna"}
+    async with running_homeserver(tmp_path, peer, clock=clock, msc4259=SETTINGS) as hs:
+        room_id = await alice_shares_a_room(hs, peer)
+        await hs.send_edus(REMOTE, [profile_edu({"m.tz": "Europe/Vienna"})])
+        profiles = hs.services.profiles
+        assert await profiles.get_profile(ALICE) == {"m.tz": "Europe/Vienna"}
+        await hs.remote_membership(peer, ALICE, room_id, "leave")
+        # No shared room: no EDU will tell us about this change.
+        peer.profiles[ALICE] = {"m.tz": "Europe/Zurich"}
+        await trio.sleep(TTL_S + 1)
+        assert await profiles.get_profile(ALICE) == {"m.tz": "Europe/Zurich"}
+        assert len(queries(peer)) == 1
+
+
+async def test_the_refresher_refetches_stale_profiles_of_users_sharing_a_room(
+    tmp_path: Path, autojump_clock: MockClock, clock: LinkedClock, peer: FakeHomeserver
+) -> None:
+    """Alice's server sends no EDUs; only the refresher notices her change."""
+    peer.profiles[ALICE] = {"m.tz": "Europe/Rome"}
+    async with running_homeserver(
+        tmp_path, peer, clock=clock, msc4259=SETTINGS, remote_profile_tasks=True
+    ) as hs:
+        joined = trio.current_time()
+        await alice_shares_a_room(hs, peer)
+        (join_fetch,) = await peer.wait_for(lambda: queries(peer), what="the join fetch")
+        assert GRACE_S <= join_fetch - joined < GRACE_S + 0.1
+        peer.profiles[ALICE] = {"m.tz": "Asia/Seoul"}
+        refetch = (await peer.wait_for(lambda: queries(peer)[1:], what="the refresh"))[0]
+        # Stale after TTL_S; the refresher looks every REFRESH_INTERVAL_S.
+        assert TTL_S <= refetch - join_fetch <= TTL_S + REFRESH_INTERVAL_S
+        assert await hs.services.profiles.get_profile(ALICE) == {"m.tz": "Asia/Seoul"}
+        assert len(queries(peer)) == 2, "the refreshed copy answers"
