@@ -18,6 +18,10 @@ restarts get dedicated servers sharing the module's CA (``spawn``).
 
 Spec: MSC4259 (EDU format, sending and receiving rules), MSC4429 (the ``users`` section of
 /sync), CS API §"Profiles" (https://spec.matrix.org/v1.16/client-server-api/#profiles).
+
+The timing rules (debounce, maximum delay, minimum interval, coalescing, cache lifetimes, the
+refresher) are tested in virtual time in ``tests/service/``; this module proves the path
+across real processes.
 """
 
 from __future__ import annotations
@@ -102,7 +106,6 @@ def metric_labels(server: ServerProcess, name: str, label: str) -> dict[str, flo
 RECEIVED = "refserver_profile_edus_received_total"
 SENT = "refserver_profile_edus_sent_total"
 DROPPED = "refserver_profile_edus_dropped_total"
-COALESCED = "refserver_profile_edus_coalesced_total"
 QUERIES = "refserver_federation_profile_queries_total"
 CACHE_HITS = "refserver_remote_profile_cache_hits_total"
 PENDING = "refserver_profile_edu_dirty_pending"
@@ -408,40 +411,7 @@ def test_changes_and_a_removal_reach_the_remote_sync_and_keep_the_cache_current(
     assert metric(hs2, CACHE_HITS) >= hits + 2
 
 
-# -- 2. coalescing -----------------------------------------------------------------------------
-
-
-def test_fifty_rapid_changes_inside_the_debounce_window_make_one_edu(
-    hs2: ServerProcess, spawn: Callable[..., list[ServerProcess]]
-) -> None:
-    (slow,) = spawn({("msc4259", "debounce_s"): "3.0", ("msc4259", "max_delay_s"): "30.0"})
-    alice, bob = register(slow, "alice"), register(hs2, "bob")
-    share_room(alice, bob)
-    watcher = SyncWatcher(bob, bob.sync()["next_batch"])
-    received = metric(hs2, RECEIVED, origin=slow.server_name)
-    coalesced = metric(slow, COALESCED)
-
-    # The debounce trails the latest change: each change must follow the previous one within
-    # 3 s, and all of them must fit in max_delay_s (30 s).
-    started = last = time.monotonic()
-    with httpx.Client(headers={"Authorization": f"Bearer {alice.token}"}) as http:
-        for n in range(50):
-            url = slow.url(f"/v3/profile/{quote(alice.user_id)}/m.tz")
-            r = http.put(url, json={"m.tz": f"Etc/Change{n:02d}"}, timeout=PROMPT_S)
-            assert r.status_code == 200, r.text
-            assert time.monotonic() - last < 2.5, "a gap longer than the debounce window"
-            last = time.monotonic()
-    print(f"\n50 PUTs took {(last - started) * 1000:.0f} ms")
-    assert last - started < 25.0
-
-    watcher.wait_for(alice.user_id, "m.tz", "Etc/Change49")
-    wait_settled(slow)
-    assert metric(hs2, RECEIVED, origin=slow.server_name) == received + 1
-    assert metric(slow, COALESCED) == coalesced + 49
-    assert [e.fields for e in logged_edus(hs2, "←", about=alice.user_id)] == [
-        {"m.tz": "Etc/Change49"}
-    ]
-    assert watcher.values_of(alice.user_id, "m.tz") == ["Etc/Change49"]
+# -- 2. coalescing and pacing: tests/service/test_profile_edus.py, under a mock clock ------------
 
 
 # -- 3. downtime and restarts ------------------------------------------------------------------
@@ -757,38 +727,6 @@ def test_a_field_removed_while_no_room_was_shared_is_gone_after_rejoining(
     assert bob.get_profile(alice.user_id) == truth
 
 
-def test_the_long_edu_ttl_does_not_apply_to_users_sharing_no_room(
-    hs1: ServerProcess, spawn: Callable[..., list[ServerProcess]]
-) -> None:
-    (short_ttl,) = spawn({("msc4259", "remote_cache_ttl_s"): "1.0"})
-    alice, bob = register(hs1, "alice"), register(short_ttl, "bob")
-    alice.put_field("m.tz", "Europe/Vienna")
-    room_id = share_room(alice, bob)
-    wait_until(lambda: logged_edus(short_ttl, "←", about=alice.user_id), what="join-time EDU")
-    assert bob.get_profile(alice.user_id) == {"m.tz": "Europe/Vienna"}
-    bob.leave(room_id)
-    wait_settled(hs1)
-    alice.put_field("m.tz", "Europe/Zurich")  # no EDU: no shared room any more
-    time.sleep(1.5)  # past remote_cache_ttl_s
-    queries = metric(short_ttl, QUERIES)
-    assert bob.get_profile(alice.user_id) == {"m.tz": "Europe/Zurich"}
-    assert metric(short_ttl, QUERIES) == queries + 1
-
-
-def test_a_second_user_of_a_server_already_in_the_room_triggers_no_join_time_exchange(
-    hs1: ServerProcess, hs2: ServerProcess
-) -> None:
-    alice, bob, bob2 = register(hs1, "alice"), register(hs2, "bob"), register(hs2, "bob")
-    alice.put_field("m.tz", "Europe/Vienna")
-    room_id = share_room(alice, bob)
-    wait_until(lambda: logged_edus(hs2, "←", about=alice.user_id), what="the join-time EDU")
-    wait_settled(hs1)
-    bob2.join(room_id, via=hs1)  # hs2 already shares this room with alice
-    time.sleep(1.5)  # debounce 0.5 s
-    wait_settled(hs1)
-    assert len(logged_edus(hs2, "←", about=alice.user_id)) == 1
-
-
 def test_an_invite_does_not_produce_profile_updates_null(
     hs1: ServerProcess, hs2: ServerProcess
 ) -> None:
@@ -869,37 +807,3 @@ def test_an_edu_about_a_user_sharing_no_room_is_ignored(
     assert r.status_code == 200, r.text
     assert metric_labels(hs2, DROPPED, "reason").get("no_shared_room", 0) == dropped + 1
     assert logged_edus(hs2, "←", about=stranger.user_id) == []
-
-
-def test_the_refresher_refetches_stale_profiles_of_users_sharing_a_room(
-    hs1: ServerProcess, spawn: Callable[..., list[ServerProcess]]
-) -> None:
-    """The safety net for lost EDUs: with EDUs switched off on hs1 (so nothing pushes the
-    change), hs2's refresher re-fetches alice's stale profile on its own."""
-    quiet, watcher_server = spawn(
-        {("msc4259", "enabled"): "false"},
-        {
-            ("msc4259", "remote_cache_ttl_s"): "1.0",
-            ("msc4259", "refresh_interval_s"): "0.5",
-        },
-    )
-    alice, bob = register(quiet, "alice"), register(watcher_server, "bob")
-    alice.put_field("m.tz", "Europe/Rome")
-    share_room(alice, bob)
-    assert bob.get_profile(alice.user_id)["m.tz"] == "Europe/Rome"  # one query fills the cache
-    since = bob.sync()["next_batch"]
-    queries = metric(watcher_server, "refserver_federation_profile_queries_total")
-    alice.put_field("m.tz", "Asia/Seoul")  # no EDU: hs1 does not send them
-    # bob's /sync shows the change once the refresher has re-fetched alice's profile.
-    wait_until(
-        lambda: (
-            users_section(bob.sync(since=since, timeout_ms=2000))
-            .get(alice.user_id, {})
-            .get("profile_updates", {})
-            .get("m.tz")
-            == "Asia/Seoul"
-        ),
-        what="the refresher to pick up alice's new m.tz",
-    )
-    assert metric(watcher_server, "refserver_federation_profile_queries_total") > queries
-    assert logged_edus(watcher_server, "←", about=alice.user_id) == []

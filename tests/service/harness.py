@@ -44,6 +44,8 @@ from refserver.profiles.fields import PutField
 from refserver.requester import Requester
 from refserver.settings import Config, Msc4259Section, RateLimit, RateLimitSection, ServerSection
 from refserver.storage.database import Database, connect
+from refserver.streams import StreamToken
+from refserver.sync.service import SyncRequest
 from refserver.types import JsonDict, JsonValue
 
 T = TypeVar("T")
@@ -53,6 +55,7 @@ START_MS = 1_700_000_000_000
 #: Virtual seconds a wait may take before the test fails (free under autojump).
 WAIT_S = 600.0
 LOCAL = "local.test:8448"
+SYNC_PROFILE_FIELDS = ("displayname", "avatar_url", "m.tz")
 REMOTE = "remote.test:8448"
 
 
@@ -221,6 +224,14 @@ class Homeserver:
         it was never set."""
         value = self.services.metrics.registry.get_sample_value(name, labels)
         return 0.0 if value is None else value
+
+    async def sync(self, user_id: str, since: str | None = None) -> JsonDict:
+        """``GET /sync?timeout=0`` with an inline MSC4429 filter asking for profile fields."""
+        requester = Requester(user_id, "DEVICE")
+        wanted = {"org.matrix.msc4429.profile_fields": {"ids": list(SYNC_PROFILE_FIELDS)}}
+        sync_filter = await self.services.filters.resolve(user_id, json.dumps(wanted))
+        token = None if since is None else StreamToken.parse(since)
+        return await self.services.sync.sync(SyncRequest(requester, token, 0.0, sync_filter))
 
     async def wait_settled(self) -> None:
         """Until no profile EDU is owed to anyone."""

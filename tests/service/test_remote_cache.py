@@ -39,12 +39,12 @@ def queries(peer: FakeHomeserver) -> list[float]:
     return [at for at, user_id in peer.profile_queries if user_id == ALICE]
 
 
-async def alice_shares_a_room(hs: Homeserver, peer: FakeHomeserver) -> str:
-    """Local bob's room, joined by alice; returns the room ID."""
+async def alice_shares_a_room(hs: Homeserver, peer: FakeHomeserver) -> tuple[str, str]:
+    """Local bob's room, joined by alice; returns (bob, room ID)."""
     bob = await hs.create_user("bob")
     room_id = await hs.create_room(bob)
     await hs.remote_membership(peer, ALICE, room_id, "join")
-    return room_id
+    return bob, room_id
 
 
 def profile_edu(fields: dict[str, str]) -> dict[str, object]:
@@ -94,7 +94,7 @@ async def test_the_long_edu_ttl_does_not_apply_to_users_sharing_no_room(
 ) -> None:
     peer.profiles[ALICE] = {"m.tz": "Europe/Vienna"}
     async with running_homeserver(tmp_path, peer, clock=clock, msc4259=SETTINGS) as hs:
-        room_id = await alice_shares_a_room(hs, peer)
+        _, room_id = await alice_shares_a_room(hs, peer)
         await hs.send_edus(REMOTE, [profile_edu({"m.tz": "Europe/Vienna"})])
         profiles = hs.services.profiles
         assert await profiles.get_profile(ALICE) == {"m.tz": "Europe/Vienna"}
@@ -109,18 +109,23 @@ async def test_the_long_edu_ttl_does_not_apply_to_users_sharing_no_room(
 async def test_the_refresher_refetches_stale_profiles_of_users_sharing_a_room(
     tmp_path: Path, autojump_clock: MockClock, clock: LinkedClock, peer: FakeHomeserver
 ) -> None:
-    """Alice's server sends no EDUs; only the refresher notices her change."""
+    """Alice's server sends no EDUs; only the refresher notices her change, and bob's
+    /sync shows it (MSC4429 ``users``)."""
     peer.profiles[ALICE] = {"m.tz": "Europe/Rome"}
     async with running_homeserver(
         tmp_path, peer, clock=clock, msc4259=SETTINGS, remote_profile_tasks=True
     ) as hs:
         joined = trio.current_time()
-        await alice_shares_a_room(hs, peer)
+        bob, _ = await alice_shares_a_room(hs, peer)
         (join_fetch,) = await peer.wait_for(lambda: queries(peer), what="the join fetch")
         assert GRACE_S <= join_fetch - joined < GRACE_S + 0.1
+        since = (await hs.sync(bob))["next_batch"]
+        assert isinstance(since, str)
         peer.profiles[ALICE] = {"m.tz": "Asia/Seoul"}
         refetch = (await peer.wait_for(lambda: queries(peer)[1:], what="the refresh"))[0]
         # Stale after TTL_S; the refresher looks every REFRESH_INTERVAL_S.
         assert TTL_S <= refetch - join_fetch <= TTL_S + REFRESH_INTERVAL_S
+        users = (await hs.sync(bob, since)).get("users")
+        assert users == {ALICE: {"profile_updates": {"m.tz": "Asia/Seoul"}}}, users
         assert await hs.services.profiles.get_profile(ALICE) == {"m.tz": "Asia/Seoul"}
         assert len(queries(peer)) == 2, "the refreshed copy answers"
