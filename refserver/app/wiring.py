@@ -20,6 +20,7 @@ from refserver.accounts.service import AccountService
 from refserver.app.config import Config, RateLimit
 from refserver.app.http import create_app
 from refserver.client.auth import Authenticator
+from refserver.clock import Clock
 from refserver.client.filters import filter_routes
 from refserver.client.login import login_routes
 from refserver.client.metrics import metrics_routes
@@ -41,7 +42,7 @@ from refserver.federation.routes.events import event_routes
 from refserver.federation.routes.keys import key_routes
 from refserver.federation.routes.membership import membership_routes
 from refserver.federation.routes.send import send_routes
-from refserver.federation.sender import FederationSender, SenderConfig
+from refserver.federation.sender import FederationSender
 from refserver.federation.tls import client_ssl_context
 from refserver.metrics import Metrics
 from refserver.notifier import Notifier
@@ -162,6 +163,7 @@ def build_services(
         timeout_s=fed.request_timeout_s,
     )
     metrics = Metrics()
+    clock = Clock()
     # Services
     notifier = Notifier()
     remote_profiles = RemoteProfileCache(
@@ -203,14 +205,8 @@ def build_services(
         db,
         client,
         origin=server_name,
-        config=SenderConfig(
-            request_timeout_s=fed.request_timeout_s,
-            retry_initial_s=fed.retry_initial_s,
-            retry_multiplier=fed.retry_multiplier,
-            retry_max_s=fed.retry_max_s,
-            wakeups_per_second=fed.wakeups_per_second,
-            idle_timeout_s=fed.idle_timeout_s,
-        ),
+        config=fed,
+        clock=clock,
         metrics=metrics,
     )
     handler = FederationEventHandler(db, keyring, client, notifier=notifier)
