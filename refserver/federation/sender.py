@@ -246,8 +246,7 @@ class DestinationQueue:
         delay = self.backoff.next_delay()
         self.retry_at_ms = self._s.clock.time_ms() + int(delay * 1000)
         log.error(
-            "destination %s: unexpected %s in its queue (%s state); attempt %d, retrying in"
-            " %.1fs",
+            "destination %s: unexpected %s in its queue (%s state); attempt %d, retrying in %.1fs",
             self.destination,
             type(exc).__name__,
             self.state.value,

@@ -8,7 +8,6 @@ import pytest
 
 from refserver.federation.backoff import Backoff, BackoffState
 
-
 #: The settings every test starts from (Backoff itself has no defaults: they are settings).
 SETTINGS: dict[str, Any] = {"initial_s": 2.0, "multiplier": 2.0, "max_s": 3600.0}
 
