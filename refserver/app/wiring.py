@@ -20,7 +20,6 @@ from refserver.accounts.service import AccountService
 from refserver.app.config import Config, RateLimit
 from refserver.app.http import create_app
 from refserver.client.auth import Authenticator
-from refserver.clock import Clock
 from refserver.client.filters import filter_routes
 from refserver.client.login import login_routes
 from refserver.client.metrics import metrics_routes
@@ -28,6 +27,7 @@ from refserver.client.profile import profile_routes
 from refserver.client.rooms import room_routes
 from refserver.client.sync import sync_routes
 from refserver.client.versions import discovery_routes
+from refserver.clock import Clock
 from refserver.crypto.keys import SigningKey
 from refserver.federation.auth import FederationAuthenticator
 from refserver.federation.client import FederationClient
