@@ -17,6 +17,7 @@ import itertools
 import json
 import re
 import secrets
+import sqlite3
 import ssl
 import statistics
 import time
@@ -30,6 +31,7 @@ import httpx
 import pytest
 import signedjson.key
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 from signedjson.sign import verify_signed_json
 
 from refserver.crypto.keys import SigningKey, key_id, read_key_file
@@ -1157,6 +1159,83 @@ def test_queued_pdus_survive_a_crash_of_the_sender(make_federation) -> None:  # 
     )
     print(f"\nhs2 got hs1's durable queue {time.monotonic() - started:.2f}s after restart")
     assert texts[-5:] == before + queued
+
+
+def _metric(server: ServerProcess, name: str, **labels: str) -> float:
+    """One sample of ``GET /metrics`` (0 when absent)."""
+    r = httpx.get(f"{server.base_url}/metrics", timeout=PROMPT_S)
+    assert r.status_code == 200, r.text
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(r.text)
+        for s in family.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def _serving(server: ServerProcess) -> bool:
+    """The process is up and answers /versions."""
+    assert server.proc is not None and server.proc.poll() is None, "the server exited"
+    r = httpx.get(server.url("/versions"), timeout=PROMPT_S)
+    assert r.status_code == 200, r.text
+    return True
+
+
+def test_a_locked_database_backs_the_sender_off_and_the_server_stays_up(make_federation) -> None:  # type: ignore[no-untyped-def]
+    """hs1 must send while another process holds its database's write lock: its destination
+    queue's acknowledgement fails with "database is locked", which backs hs2 off instead of
+    taking the server down; after the lock is gone, hs1 delivers again."""
+    hs1, hs2 = make_federation(2)
+    (alice, bob), room_id = _shared_room([hs1, hs2])
+    destination = {"destination": hs2.server_name}
+    assert hs2.stop() == 0
+    alice.send_text(room_id, "sent while the database is locked")
+    wait_until(
+        lambda: _metric(hs1, "refserver_federation_destination_failures", **destination) >= 1,
+        timeout=PROMPT_S,
+        what="hs1 to fail sending to the stopped hs2",
+    )
+    lock = sqlite3.connect(hs1.data_dir / "refserver.db", timeout=PROMPT_S, isolation_level=None)
+    try:
+        lock.execute("BEGIN IMMEDIATE")  # every write of hs1 now waits, then fails
+        hs2.start()
+        # hs1 retries (on its schedule, or at once when hs2 talks to it): hs2 answers 200,
+        # and hs1 cannot write down the acknowledgement.
+        wait_until(
+            lambda: _serving(hs1) and "sent while the database is locked" in bob.texts(room_id),
+            timeout=CATCH_UP_S,
+            what="hs2 to get the message sent to it while hs1's database is locked",
+        )
+        # Hold the lock until hs1's queue to hs2 has met it (its writes wait SQLite's busy
+        # timeout, behind any other writer), serving /versions all along.
+        crashed = f"destination {hs2.server_name}: unexpected OperationalError"
+        wait_until(
+            lambda: _serving(hs1) and _log_count(hs1, crashed) >= 1,
+            timeout=CATCH_UP_S,
+            what="hs1's queue to hs2 to report the locked database",
+        )
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    assert _serving(hs1)
+    wait_until(
+        lambda: _metric(hs1, "refserver_federation_destination_errors_total", **destination) >= 1,
+        timeout=PROMPT_S,
+        what="hs1 to count the locked database as an error of its queue to hs2",
+    )
+    alice.send_text(room_id, "sent after the lock")
+    wait_until(
+        lambda: (
+            bob.texts(room_id)[-2:] == ["sent while the database is locked", "sent after the lock"]
+        ),
+        timeout=CATCH_UP_S,
+        what="hs1 to deliver again after the lock, each message once",
+    )
+    wait_until(
+        lambda: _metric(hs1, "refserver_federation_destination_failures", **destination) == 0,
+        timeout=CATCH_UP_S,
+        what="hs1's back-off of hs2 to be reset by a delivery",
+    )
 
 
 def test_concurrent_messages_from_both_sides_converge(
