@@ -71,6 +71,9 @@ class FederationListener:
     wakeups_per_second: float = 100.0
     #: A destination queue with nothing to send ends after this many seconds.
     idle_timeout_s: float = 60.0
+    #: Time budget (seconds) for the PDUs of one received transaction (PUT /send), missing
+    #: events fetched included. PDUs not processed in time get an error result, not a 500.
+    inbound_txn_budget_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -277,6 +280,7 @@ def _check_ranges(config: Config) -> None:
         "federation.request_timeout_s": config.federation.request_timeout_s,
         "federation.retry_initial_s": config.federation.retry_initial_s,
         "federation.wakeups_per_second": config.federation.wakeups_per_second,
+        "federation.inbound_txn_budget_s": config.federation.inbound_txn_budget_s,
         "msc4259.remote_cache_ttl_s": config.msc4259.remote_cache_ttl_s,
         "msc4259.remote_cache_ttl_edu_s": config.msc4259.remote_cache_ttl_edu_s,
         "msc4259.refresh_interval_s": config.msc4259.refresh_interval_s,
@@ -377,6 +381,9 @@ retry_max_s = {f.retry_max_s}
 wakeups_per_second = {f.wakeups_per_second}
 # An idle destination queue task ends after this many seconds.
 idle_timeout_s = {f.idle_timeout_s}
+# Time budget for the PDUs of one received transaction, fetching missing events included.
+# PDUs not processed in time get an error result in the answer.
+inbound_txn_budget_s = {f.inbound_txn_budget_s}
 
 [registration]
 # Open registration via POST /_matrix/client/v3/register (m.login.dummy).

@@ -267,7 +267,7 @@ def build_services(
         profiles.add_listener(profile_edus.on_profile_change)
         rooms.add_listener(profile_edus.on_membership)
         handler.add_listener(profile_edus.on_membership)
-    transactions = TransactionHandler(db, handler)
+    transactions = TransactionHandler(db, handler, budget_s=fed.inbound_txn_budget_s)
     rooms.add_listener(receiver.on_membership)
     handler.add_listener(receiver.on_membership)
     # Any peer, MSC4259 or not: member events and a join fetch feed the cache (§6.14).

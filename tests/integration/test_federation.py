@@ -17,6 +17,7 @@ import itertools
 import json
 import re
 import secrets
+import signal
 import sqlite3
 import ssl
 import statistics
@@ -39,7 +40,7 @@ from refserver.events.builder import build_pdu, finalise_pdu
 from refserver.events.model import Event
 from refserver.events.room_versions import get_room_version
 from refserver.federation.xmatrix import build_authorization_header
-from tests.servers import ServerProcess
+from tests.servers import ServerProcess, start_federation, stop_all
 
 #: How long a federated step may take on loopback before we call it broken.
 PROMPT_S = 10.0
@@ -1236,6 +1237,52 @@ def test_a_locked_database_backs_the_sender_off_and_the_server_stays_up(make_fed
         timeout=CATCH_UP_S,
         what="hs1's back-off of hs2 to be reset by a delivery",
     )
+
+
+def test_pdus_over_the_inbound_time_budget_get_an_error_result(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """hs1 gives the PDUs of one received transaction ``inbound_txn_budget_s``: a PDU whose
+    missing prev_event it must fetch from an origin that no longer answers (hs2, stopped
+    with SIGSTOP: connections are accepted, nothing is answered) gets an error result when
+    the budget runs out, the PDU before it is stored, and the answer is a prompt 200."""
+    budget_s = 1.0
+    hs1, hs2 = start_federation(
+        tmp_path, 2, {("federation", "inbound_txn_budget_s"): str(budget_s)}
+    )
+    try:
+        alice, carol = new_user(hs1, "alice"), new_user(hs2, "carol")
+        room_id = alice.create_room()
+        carol.join(room_id, via=hs1)
+        forge = ForgeRoom(hs1, hs2, Remote.of(hs2), alice, carol, room_id)
+        good = forge.craft_message("within the budget")
+        gap = build_pdu(
+            room_version=RV12,
+            room_id=room_id,
+            sender=carol.user_id,
+            event_type="m.room.message",
+            content={"msgtype": "m.text", "body": "after a gap"},
+            prev_events=[good.event_id, "$" + "A" * 43],  # the second one nobody has
+            auth_events=list(good.pdu["auth_events"]),
+            depth=int(good.pdu["depth"]) + 1,
+            origin_server_ts=now_ms(),
+        )
+        late = finalise_pdu(
+            gap, RV12, signing_name=forge.remote.name, signing_key=forge.remote.signing_key
+        )
+        assert hs2.proc is not None
+        hs2.proc.send_signal(signal.SIGSTOP)
+        try:
+            r = forge.remote.send(
+                "PUT", hs1, txn_uri(), body=forge.remote.txn_body([good.pdu, late.pdu])
+            )
+        finally:
+            hs2.proc.send_signal(signal.SIGCONT)
+        assert r.status_code == 200, r.text
+        results = r.json()["pdus"]
+        assert results[good.event_id] == {}, results
+        assert "time budget" in results[late.event_id].get("error", ""), results
+        assert forge.stored_on_hs1(good.event_id)
+    finally:
+        stop_all([hs1, hs2])
 
 
 def test_concurrent_messages_from_both_sides_converge(
