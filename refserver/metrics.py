@@ -75,6 +75,13 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=r,
         )
+        self.destination_errors = Counter(
+            "refserver_federation_destination_errors",
+            "Unexpected exceptions in a destination queue (logged; the destination is backed"
+            " off and retried)",
+            ["destination"],
+            registry=r,
+        )
         self.dirty_pending = Gauge(
             "refserver_profile_edu_dirty_pending",
             "Dirty (destination, user, field) entries waiting to be sent",

@@ -177,6 +177,13 @@ class FederationListener:
         " next wake-up starts a new one. `0`: it ends as soon as it has nothing to send.",
         ge=0,
     )
+    inbound_txn_budget_s: float = setting(
+        60.0,
+        doc="Time budget (seconds) for the PDUs of one received transaction (`PUT /send`),"
+        " fetching missing events included. PDUs not processed in time get an error result"
+        " in the answer's `pdus`, never a 500.",
+        gt=0,
+    )
 
 
 @dataclass(frozen=True)

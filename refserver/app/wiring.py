@@ -42,7 +42,7 @@ from refserver.federation.routes.events import event_routes
 from refserver.federation.routes.keys import key_routes
 from refserver.federation.routes.membership import membership_routes
 from refserver.federation.routes.send import send_routes
-from refserver.federation.sender import FederationSender, SenderConfig
+from refserver.federation.sender import FederationSender
 from refserver.federation.tls import client_ssl_context
 from refserver.metrics import Metrics
 from refserver.notifier import Notifier
@@ -216,14 +216,8 @@ def build_services(
         db,
         client,
         origin=server_name,
-        config=SenderConfig(
-            request_timeout_s=fed.request_timeout_s,
-            retry_initial_s=fed.retry_initial_s,
-            retry_multiplier=fed.retry_multiplier,
-            retry_max_s=fed.retry_max_s,
-            wakeups_per_second=fed.wakeups_per_second,
-            idle_timeout_s=fed.idle_timeout_s,
-        ),
+        config=fed,
+        clock=clock,
         metrics=metrics,
     )
     # One listener list for every event persisted here, local or received.
@@ -296,7 +290,7 @@ def build_services(
         profiles.add_txn_hook(profile_edus.mark_dirty_in_txn)
         profiles.add_listener(profile_edus.on_profile_change)
         persisted.add_listener(profile_edus.on_membership)
-    transactions = TransactionHandler(db, handler, clock=clock)
+    transactions = TransactionHandler(db, handler, budget_s=fed.inbound_txn_budget_s, clock=clock)
     persisted.add_listener(receiver.on_membership)
     # Any peer, MSC4259 or not: member events and a join fetch feed the cache (§6.14).
     member_feed = MemberProfileFeed(

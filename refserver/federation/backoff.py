@@ -6,7 +6,9 @@ long to wait; this follows Synapse ``util/retryutils.py`` (delay × ``uniform(0.
 capped) and Dendrite ``federationapi/statistics`` (2^n seconds).
 
 The randomness comes in as an argument (``rng`` returns a float in ``[0, 1)``), so tests are
-deterministic; the module itself never sleeps and reads no clock. :class:`BackoffState` is the
+deterministic; the module itself never sleeps and reads no clock. It has no default delays:
+they are settings (``[federation] retry_initial_s``, ``retry_multiplier``, ``retry_max_s``),
+defined once, in the configuration. :class:`BackoffState` is the
 part worth persisting, so a restart does not hammer a server that has been down for a day.
 """
 
@@ -17,9 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-DEFAULT_INITIAL_S: Final = 2.0
-DEFAULT_MULTIPLIER: Final = 2.0
-DEFAULT_MAX_S: Final = 3600.0
 # Synapse retryutils: the delay is multiplied by random.uniform(0.8, 1.4).
 JITTER_LOW: Final = 0.8
 JITTER_HIGH: Final = 1.4
@@ -45,9 +44,9 @@ class Backoff:
     def __init__(
         self,
         *,
-        initial_s: float = DEFAULT_INITIAL_S,
-        multiplier: float = DEFAULT_MULTIPLIER,
-        max_s: float = DEFAULT_MAX_S,
+        initial_s: float,
+        multiplier: float,
+        max_s: float,
         rng: Callable[[], float] = random.random,
     ) -> None:
         if initial_s <= 0:
@@ -93,9 +92,9 @@ class Backoff:
         cls,
         state: BackoffState,
         *,
-        initial_s: float = DEFAULT_INITIAL_S,
-        multiplier: float = DEFAULT_MULTIPLIER,
-        max_s: float = DEFAULT_MAX_S,
+        initial_s: float,
+        multiplier: float,
+        max_s: float,
         rng: Callable[[], float] = random.random,
     ) -> Backoff:
         """A :class:`Backoff` that continues from ``state`` (its delay clamped to ``max_s``)."""

@@ -22,6 +22,7 @@ import trio
 
 from refserver.crypto.keys import SigningKey
 from refserver.federation.resolver import Resolver, ServerResolutionError
+from refserver.federation.transaction import Transaction
 from refserver.federation.xmatrix import build_authorization_header
 from refserver.types import JsonDict, JsonValue
 
@@ -165,6 +166,18 @@ class FederationClient:
         if response.status_code != 200:
             raise FederationError(destination, response.status_code, decoded)
         return decoded
+
+    async def send_transaction(self, transaction: Transaction) -> JsonValue:
+        """``PUT /_matrix/federation/v1/send/{txnId}`` (server-server API §"Transactions").
+
+        Raises :class:`FederationError` or :class:`FederationUnreachable` like :meth:`request`.
+        """
+        return await self.request(
+            "PUT",
+            transaction.destination,
+            f"/_matrix/federation/v1/send/{path_param(transaction.txn_id)}",
+            body=transaction.to_json(),
+        )
 
 
 def _untrusted_issuer(exc: BaseException) -> bool:

@@ -13,6 +13,8 @@ import sqlite3
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
+import trio
+
 from refserver.errors import M_FORBIDDEN, ProtocolError
 from refserver.events.auth_rules import check_auth, check_auth_events_selection
 from refserver.events.auth_state import AuthError
@@ -40,6 +42,8 @@ log = logging.getLogger(__name__)
 
 #: How many missing prev_events we try to fetch before falling back to /state_ids.
 MISSING_EVENTS_LIMIT = 20
+#: Events fetched at once from one origin (``/event/{eventId}``, state and auth chains).
+MAX_CONCURRENT_FETCHES = 8
 
 
 class PduRejected(ProtocolError):
@@ -143,6 +147,12 @@ class FederationEventHandler:
         rv_id = await self._db.run(room_store.get_room_version_id, room_id)
         return None if rv_id is None else get_room_version(rv_id)
 
+    async def event_id_of(self, pdu: JsonDict) -> str | None:
+        """The event ID of ``pdu`` in its room's version; None if the room is unknown to us
+        or the PDU too malformed to hash."""
+        rv = await self.room_version_of(pdu.get("room_id"))
+        return None if rv is None else _event_id_or_none(pdu, rv)
+
     async def receive_pdu(
         self, origin: str, pdu: JsonDict, *, depth: int = 0, relay: bool = False
     ) -> str:
@@ -167,13 +177,16 @@ class FederationEventHandler:
         await self._fetch_missing_auth(origin, event)
         state_before = await self._fill_prev_gap(origin, event, depth)
         owe_except = (origin, self._server_name) if relay else None
-        result = await self._db.run(
-            lambda conn: auth_and_persist(conn, event, state_before, owe_except=owe_except)
-        )
+        # A time budget may cut the fetching above, never a stored event's listeners.
+        with trio.CancelScope(shield=True):
+            result = await self._db.run(
+                lambda conn: auth_and_persist(conn, event, state_before, owe_except=owe_except)
+            )
+            if result.rejected is None:
+                await self._persisted.notify([result.persisted])
         if result.rejected is not None:
             log.info("rejected %s from %s: %s", event.event_id, origin, result.rejected)
             raise PduRejected(result.rejected, event.event_id)
-        await self._persisted.notify([result.persisted])
         return event.event_id
 
     async def _fill_prev_gap(self, origin: str, event: Event, depth: int) -> StateMap | None:
@@ -261,17 +274,27 @@ class FederationEventHandler:
 
     async def fetch_outliers(self, origin: str, room_id: str, event_ids: list[str]) -> None:
         have = await self._db.run(event_store.have_events, event_ids)
-        pdus: list[JsonDict] = []
-        for event_id in [e for e in dict.fromkeys(event_ids) if e not in have]:
-            try:
-                response = await self._client.request(
-                    "GET", origin, f"/_matrix/federation/v1/event/{path_param(event_id)}"
-                )
-            except (FederationError, FederationUnreachable) as exc:
-                log.info("event %s from %s failed: %s", event_id, origin, exc)
-                continue
+        wanted = [e for e in dict.fromkeys(event_ids) if e not in have]
+        fetched: dict[str, list[JsonDict]] = {}
+        limiter = trio.CapacityLimiter(MAX_CONCURRENT_FETCHES)
+
+        async def fetch(event_id: str) -> None:
+            async with limiter:
+                try:
+                    response = await self._client.request(
+                        "GET", origin, f"/_matrix/federation/v1/event/{path_param(event_id)}"
+                    )
+                except (FederationError, FederationUnreachable) as exc:
+                    log.info("event %s from %s failed: %s", event_id, origin, exc)
+                    return
             got = response.get("pdus", []) if isinstance(response, dict) else []
-            pdus.extend(p for p in got if isinstance(p, dict))
+            fetched[event_id] = [p for p in got if isinstance(p, dict)]
+
+        # Concurrently, within the caller's time budget; stored in the order asked for.
+        async with trio.open_nursery() as nursery:
+            for event_id in wanted:
+                nursery.start_soon(fetch, event_id)
+        pdus = [p for event_id in wanted for p in fetched.get(event_id, [])]
         rv = await self.room_version_of(room_id)
         if rv is not None:
             await self.store_outliers(origin, pdus, rv)

@@ -2,8 +2,14 @@
 
 - ``(origin, txn_id)`` is deduplicated: a retried transaction gets the stored answer and
   nothing is processed twice.
-- PDUs are processed one by one; each gets its own result, and a failed PDU never fails the
-  transaction (§"Rejection").
+- PDUs are processed room by room: the PDUs of one room in order, different rooms
+  concurrently (at most :data:`MAX_CONCURRENT_ROOMS` at once), so fetching the missing events
+  of one room never waits for another. Each PDU gets its own result, and a failed PDU never
+  fails the transaction (§"Rejection").
+- The PDUs of one transaction share a time budget (``[federation] inbound_txn_budget_s``):
+  the spec has the sender wait for our answer before sending anything else, so a slow origin
+  or a deep gap must not hold it forever. PDUs not processed when it runs out get an error
+  result in ``pdus``; the answer is still 200.
 - EDUs go to the handler registered for their ``edu_type``; unknown types are logged and
   ignored. A handler that raises costs only its own EDU. EDUs are never forwarded.
 """
@@ -17,7 +23,10 @@ import trio
 
 from refserver.clock import Clock
 from refserver.federation.handler import FederationEventHandler, PduRejected
-from refserver.federation.transaction import validate_incoming_transaction
+from refserver.federation.transaction import (
+    ParsedTransaction,
+    validate_incoming_transaction,
+)
 from refserver.storage import federation as fed_store
 from refserver.storage.database import Database
 from refserver.types import JsonDict, JsonValue
@@ -27,12 +36,18 @@ log = logging.getLogger(__name__)
 #: ``handler(origin, txn_id, content)``; ``origin`` is the X-Matrix-authenticated sender.
 EduHandler = Callable[[str, str, JsonValue], Awaitable[None]]
 
+#: Rooms of one transaction processed at once (each may be fetching missing events).
+MAX_CONCURRENT_ROOMS = 8
+
 
 class TransactionHandler:
-    def __init__(self, db: Database, events: FederationEventHandler, *, clock: Clock) -> None:
+    def __init__(
+        self, db: Database, events: FederationEventHandler, *, budget_s: float, clock: Clock
+    ) -> None:
         self._db = db
         self._clock = clock
         self._events = events
+        self._budget_s = budget_s
         self._edu_handlers: dict[str, EduHandler] = {}
         # One transaction per origin at a time: a retry racing the original waits for it.
         self._origin_locks: dict[str, trio.Lock] = {}
@@ -47,15 +62,7 @@ class TransactionHandler:
             if cached is not None:
                 log.info("txn %s from %s is a retry: answering from cache", txn_id, origin)
                 return cached
-            results: dict[str, JsonDict] = {}
-            for pdu in txn.pdus:
-                try:
-                    event_id = await self._events.receive_pdu(origin, pdu)
-                    results[event_id] = {}
-                except PduRejected as exc:
-                    # A PDU too broken to have an ID is left out of the answer (as Synapse does).
-                    if exc.event_id is not None:
-                        results[exc.event_id] = {"error": str(exc)}
+            results = await self._process_pdus(origin, txn_id, txn)
             for edu in txn.edus:
                 await self._dispatch_edu(origin, txn_id, edu)
             response: JsonDict = {"pdus": results}
@@ -67,6 +74,63 @@ class TransactionHandler:
                 self._clock.time_ms(),
             )
             return response
+
+    async def _process_pdus(
+        self, origin: str, txn_id: str, txn: ParsedTransaction
+    ) -> dict[str, JsonDict]:
+        """Each PDU's result, by event ID, within the time budget."""
+        by_room: dict[str, list[JsonDict]] = {}
+        for pdu in txn.pdus:
+            by_room.setdefault(repr(pdu.get("room_id")), []).append(pdu)
+        # Event IDs first, so PDUs the budget cuts off can still be answered.
+        expected: dict[int, str] = {}
+        for pdu in txn.pdus:
+            event_id = await self._events.event_id_of(pdu)
+            if event_id is not None:
+                expected[id(pdu)] = event_id
+        results: dict[str, JsonDict] = {}
+        unexpected: list[Exception] = []
+        limiter = trio.CapacityLimiter(MAX_CONCURRENT_ROOMS)
+
+        async def one_room(pdus: list[JsonDict]) -> None:
+            async with limiter:
+                for pdu in pdus:
+                    try:
+                        event_id = await self._events.receive_pdu(origin, pdu)
+                        results[event_id] = {}
+                    except PduRejected as exc:
+                        # A PDU too broken to have an ID is left out of the answer (as
+                        # Synapse does).
+                        if exc.event_id is not None:
+                            results[exc.event_id] = {"error": str(exc)}
+                    except Exception as exc:
+                        # Not the PDU's fault (a bug, a locked database): answered below as
+                        # a failed transaction, so the origin retries it.
+                        unexpected.append(exc)
+                        return
+
+        with trio.move_on_after(self._budget_s) as budget:
+            async with trio.open_nursery() as nursery:
+                for pdus in by_room.values():
+                    nursery.start_soon(one_room, pdus)
+        if unexpected:
+            raise unexpected[0]
+        if budget.cancelled_caught:
+            late = [e for e in expected.values() if e not in results]
+            log.warning(
+                "txn %s from %s: %d PDUs not processed within %.0f s: %s",
+                txn_id,
+                origin,
+                len(late),
+                self._budget_s,
+                ", ".join(late),
+            )
+            for event_id in late:
+                results[event_id] = {
+                    "error": f"not processed within this server's time budget for one"
+                    f" transaction ({self._budget_s:g} s)"
+                }
+        return results
 
     async def _dispatch_edu(self, origin: str, txn_id: str, edu: JsonDict) -> None:
         edu_type = edu.get("edu_type")

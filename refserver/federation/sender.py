@@ -11,37 +11,47 @@ Design:
   ``destination_pdus`` table until a transaction carrying them gets 200 (catch-up after
   downtime and restarts comes for free). EDUs come from :class:`EduSource` objects, which
   keep their own durable state and are told what was acknowledged. A
-  :class:`DestinationQueue` only holds a wake-up flag, the back-off and the transaction in
-  flight; it can be dropped and rebuilt at any time.
-- **Structured concurrency.** :meth:`FederationSender.run` owns a nursery; every
-  destination loop runs in it, started on demand by :meth:`FederationSender.wake` and ending
-  by itself after ``idle_timeout_s`` without work. Cancelling the nursery stops everything.
+  :class:`DestinationQueue` holds a wake-up flag, the back-off, the transaction in flight
+  and its :class:`QueueState`; it can be dropped and rebuilt at any time.
+- **Structured concurrency.** :meth:`FederationSender.run` owns a nursery; each
+  :class:`DestinationQueue` runs its own loop (:meth:`DestinationQueue.run`) in it, started
+  on demand by :meth:`FederationSender.wake` and ending by itself after ``idle_timeout_s``
+  without work. Cancelling the nursery stops everything.
+- **Supervision.** A queue whose loop hits an unexpected exception (a bug, a bad row, a
+  locked database) logs it with the destination and traceback, counts it, backs that
+  destination off and carries on; it never takes the other queues or the server down.
+  ``trio.Cancelled`` is a ``BaseException`` and is never caught.
 - **Pacing.** Waking many destinations at once (one event in a room spanning many servers)
   is spread at ``wakeups_per_second``, so a fan-out never opens every connection at once.
+- **Time** comes from an injected :class:`~refserver.clock.Clock`: ``retry_at_ms`` and
+  ``origin_server_ts`` are wall-clock milliseconds, waits are trio sleeps, so
+  ``trio.testing.MockClock`` drives every rule here.
 - **Back-off** is persisted per destination (``destinations`` table) and reset, with an
   immediate retry, whenever that destination sends us a valid request.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import secrets
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import trio
 
+from refserver.clock import Clock
 from refserver.federation.backoff import Backoff, BackoffState
-from refserver.federation.client import FederationClient, FederationError, FederationUnreachable
+from refserver.federation.client import FederationError, FederationUnreachable
 from refserver.federation.transaction import MAX_EDUS, MAX_PDUS, Transaction
 from refserver.metrics import Metrics
+from refserver.settings import FederationListener
 from refserver.storage import events as event_store
 from refserver.storage import federation as fed_store
 from refserver.storage.database import Database
 from refserver.storage.persist import Persisted
-from refserver.types import JsonDict
+from refserver.types import JsonDict, JsonValue
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +59,17 @@ log = logging.getLogger(__name__)
 PERMANENT_REJECTIONS = frozenset({400, 403, 404, 405, 413})
 #: How often a refused transaction is retried before it is dropped.
 MAX_REJECTED_ATTEMPTS = 3
+
+
+class TransactionSender(Protocol):
+    """Delivers one transaction (``FederationClient`` in production, a fake in tests).
+
+    Returns the 200 answer; raises :class:`FederationError` (the destination answered
+    otherwise) or :class:`FederationUnreachable` (no answer). Anything else it raises is
+    unexpected and handled by the queue's supervision.
+    """
+
+    async def send_transaction(self, transaction: Transaction) -> JsonValue: ...
 
 
 class EduSource(Protocol):
@@ -70,14 +91,19 @@ class EduSource(Protocol):
         """Seconds until more EDUs become sendable (debounce), or None."""
 
 
-@dataclass(frozen=True)
-class SenderConfig:
-    request_timeout_s: float = 20.0
-    retry_initial_s: float = 2.0
-    retry_multiplier: float = 2.0
-    retry_max_s: float = 600.0
-    wakeups_per_second: float = 100.0
-    idle_timeout_s: float = 60.0
+class QueueState(enum.Enum):
+    """What a destination queue is doing."""
+
+    #: No task: nothing to send (the next :meth:`FederationSender.wake` starts one).
+    IDLE = "idle"
+    #: Task started; reading the persisted back-off of the destination.
+    LOADING = "loading"
+    #: Building or sending a transaction.
+    SENDING = "sending"
+    #: Nothing sendable now: waiting for a wake-up or an EDU debounce, until idle.
+    WAITING = "waiting"
+    #: The last attempt failed: waiting until ``retry_at_ms`` (a peer_up() cuts it short).
+    BACKING_OFF = "backing_off"
 
 
 @dataclass(frozen=True)
@@ -85,13 +111,13 @@ class DestinationStatus:
     """For metrics and debugging (trio-style ``statistics()``)."""
 
     destination: str
-    running: bool
+    state: QueueState
     failures: int
     retry_in_s: float
 
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
+    @property
+    def running(self) -> bool:
+        return self.state is not QueueState.IDLE
 
 
 @dataclass(frozen=True)
@@ -103,19 +129,42 @@ class InFlight:
     edu_acks: list[tuple[EduSource, object]]
 
 
+@dataclass
+class _Shared:
+    """What every queue of one sender uses."""
+
+    db: Database
+    client: TransactionSender
+    clock: Clock
+    origin: str
+    config: FederationListener
+    edu_sources: list[EduSource]
+    metrics: Metrics | None
+    transactions_sent: int = 0
+    last_transaction_latency_s: float = 0.0
+
+
 class DestinationQueue:
-    """One destination's wake-up flag, back-off and transaction in flight."""
+    """One destination: its wake-up flag, back-off, transaction in flight and loop."""
 
-    def __init__(self, destination: str, backoff: Backoff, retry_at_ms: int) -> None:
+    def __init__(self, destination: str, shared: _Shared) -> None:
         self.destination = destination
-        self.backoff = backoff
-        self.retry_at_ms = retry_at_ms
-        self._work = trio.Event()
+        self._s = shared
+        self.backoff = _backoff(shared.config)
+        self.retry_at_ms = 0
+        self.state = QueueState.IDLE
         self.in_flight: InFlight | None = None
-        self.running = False
+        self._work = trio.Event()
+        self._loaded = False
 
-    def wake(self) -> None:
+    # -- driven from outside ---------------------------------------------------------------
+
+    def wake(self, nursery: trio.Nursery) -> None:
+        """There may be work: start the loop in ``nursery`` unless it is running."""
         self._work.set()
+        if self.state is QueueState.IDLE:
+            self.state = QueueState.LOADING
+            nursery.start_soon(self.run, name=f"send→{self.destination}")
 
     def peer_up(self) -> None:
         """The destination just talked to us: forget the back-off, retry at once."""
@@ -123,7 +172,64 @@ class DestinationQueue:
         self.retry_at_ms = 0
         self._work.set()
 
-    async def wait_for_work(self, timeout_s: float) -> bool:
+    @property
+    def backed_off(self) -> bool:
+        return bool(self.backoff.failures or self.retry_at_ms)
+
+    def status(self) -> DestinationStatus:
+        retry_in_s = max(0.0, (self.retry_at_ms - self._s.clock.time_ms()) / 1000)
+        return DestinationStatus(self.destination, self.state, self.backoff.failures, retry_in_s)
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Send until nothing is owed for ``idle_timeout_s``, then end (state IDLE).
+
+        Supervised: an unexpected exception in one pass is logged and counted, backs this
+        destination off, and the loop carries on. ``trio.Cancelled`` (a BaseException)
+        passes through.
+        """
+        try:
+            while True:
+                try:
+                    if await self._step():
+                        return
+                except Exception as exc:
+                    self._crashed(exc)
+        finally:
+            self.state = QueueState.IDLE
+
+    async def _step(self) -> bool:
+        """One pass of the loop; True when the queue has gone idle."""
+        if not self._loaded:
+            self.state = QueueState.LOADING
+            await self._load_backoff()
+            self._loaded = True
+        wait_s = (self.retry_at_ms - self._s.clock.time_ms()) / 1000
+        if wait_s > 0:
+            # Backing off; a peer_up() wake-up cuts the wait short.
+            self.state = QueueState.BACKING_OFF
+            await self._wait_for_work(wait_s)
+            return False
+        self.state = QueueState.SENDING
+        sent_any = await self._send_pending()
+        if sent_any or self.in_flight is not None:
+            # Sent: look for more. Failed: the back-off wait above comes next — a failed
+            # transaction is retried on schedule, not only when woken.
+            return False
+        ready_in = min(
+            (
+                t
+                for s in self._s.edu_sources
+                if (t := s.next_ready_in(self.destination)) is not None
+            ),
+            default=None,
+        )
+        self.state = QueueState.WAITING
+        timeout = self._s.config.idle_timeout_s if ready_in is None else ready_in
+        return not await self._wait_for_work(timeout) and ready_in is None
+
+    async def _wait_for_work(self, timeout_s: float) -> bool:
         with trio.move_on_after(timeout_s):
             await self._work.wait()
         if self._work.is_set():
@@ -131,33 +237,195 @@ class DestinationQueue:
             return True
         return False
 
+    def _crashed(self, exc: Exception) -> None:
+        """Supervision: log with the traceback, count, back off (in memory: the database
+        may be what failed). The transaction in flight, if any, is kept and retried."""
+        delay = self.backoff.next_delay()
+        self.retry_at_ms = self._s.clock.time_ms() + int(delay * 1000)
+        log.error(
+            "destination %s: unexpected %s in its queue (%s state); attempt %d, retrying in %.1fs",
+            self.destination,
+            type(exc).__name__,
+            self.state.value,
+            self.backoff.failures,
+            delay,
+            exc_info=exc,
+        )
+        if self._s.metrics is not None:
+            self._s.metrics.destination_errors.labels(self.destination).inc()
+            self._s.metrics.set_destination_state(self.destination, self.backoff.failures, delay)
+
+    async def _load_backoff(self) -> None:
+        if self.backoff.failures:
+            return
+        state = await self._s.db.run(fed_store.get_destination, self.destination)
+        if state.failures:
+            self.backoff = _backoff(
+                self._s.config, BackoffState(failures=state.failures, delay_s=state.delay_s)
+            )
+            self.retry_at_ms = state.retry_at_ms
+
+    # -- one transaction ---------------------------------------------------------------------
+
+    async def _build_transaction(self) -> InFlight | None:
+        """Up to 50 owed PDUs (oldest first) and up to 100 EDUs from the sources."""
+        db = self._s.db
+        pending = await db.run(fed_store.pending_pdus, self.destination, MAX_PDUS)
+        events = await db.run(event_store.get_events, [e for _, e in pending])
+        pdus = [events[e].pdu for _, e in pending if e in events]
+        txn_id = f"{self._s.clock.time_ms()}_{secrets.token_hex(4)}"
+        edus: list[JsonDict] = []
+        acks: list[tuple[EduSource, object]] = []
+        for source in self._s.edu_sources:
+            room = MAX_EDUS - len(edus)
+            if room <= 0:
+                break
+            taken, token = await source.take(self.destination, room, txn_id)
+            if taken:
+                edus.extend(taken)
+                acks.append((source, token))
+        if not pending and not edus:
+            return None
+        txn = Transaction(
+            origin=self._s.origin,
+            destination=self.destination,
+            txn_id=txn_id,
+            origin_server_ts=self._s.clock.time_ms(),
+            pdus=pdus,
+            edus=edus,
+        )
+        return InFlight(txn, [o for o, _ in pending], acks)
+
+    async def _send_pending(self) -> bool:
+        """Send one transaction (the one in flight first, same txn_id). True on 200."""
+        if self.in_flight is None:
+            self.in_flight = await self._build_transaction()
+            if self.in_flight is None:
+                return False
+        flight = self.in_flight
+        txn = flight.txn
+        metrics = self._s.metrics
+        started = self._s.clock.monotonic()
+        try:
+            await self._s.client.send_transaction(txn)
+        except (FederationError, FederationUnreachable) as exc:
+            if (
+                isinstance(exc, FederationError)
+                and exc.status in PERMANENT_REJECTIONS
+                and self.backoff.failures + 1 >= MAX_REJECTED_ATTEMPTS
+            ):
+                # The destination understood and refused this transaction several times:
+                # retrying it forever would block everything behind it.
+                log.warning(
+                    "txn %s to %s refused %d times (%s); dropping it",
+                    txn.txn_id,
+                    self.destination,
+                    self.backoff.failures + 1,
+                    exc,
+                )
+                await self._acknowledge(flight)
+                self.backoff.reset()
+                self.retry_at_ms = 0
+                await self._persist_backoff()
+                return True
+            delay = self.backoff.next_delay()
+            self.retry_at_ms = self._s.clock.time_ms() + int(delay * 1000)
+            log.info(
+                "txn %s to %s failed (%s); attempt %d, retrying in %.1fs",
+                txn.txn_id,
+                self.destination,
+                exc,
+                self.backoff.failures,
+                delay,
+            )
+            if metrics is not None:
+                metrics.set_destination_state(self.destination, self.backoff.failures, delay)
+            await self._persist_backoff()
+            return False
+        self._s.transactions_sent += 1
+        self._s.last_transaction_latency_s = self._s.clock.monotonic() - started
+        if metrics is not None:
+            metrics.transactions_sent.labels(self.destination).inc()
+            metrics.transaction_latency.observe(self._s.last_transaction_latency_s)
+            metrics.set_destination_state(self.destination, 0, 0.0)
+        log.info(
+            "txn %s to %s acknowledged: %d PDUs, %d EDUs",
+            txn.txn_id,
+            self.destination,
+            len(txn.pdus),
+            len(txn.edus),
+        )
+        await self._acknowledge(flight)
+        if self.backed_off:
+            self.backoff.reset()
+            self.retry_at_ms = 0
+            await self._persist_backoff()
+        return True
+
+    async def _acknowledge(self, flight: InFlight) -> None:
+        """The transaction is done with: clear what it carried from the outbox and sources."""
+        if flight.pdu_orderings:
+            await self._s.db.run(fed_store.ack_pdus, self.destination, flight.pdu_orderings)
+        for source, token in flight.edu_acks:
+            await source.ack(self.destination, token)
+        self.in_flight = None
+
+    async def _persist_backoff(self) -> None:
+        state = self.backoff.to_state()
+        await self._s.db.run(
+            fed_store.set_destination,
+            self.destination,
+            fed_store.DestinationState(state.failures, state.delay_s, self.retry_at_ms),
+        )
+
+
+def _backoff(config: FederationListener, state: BackoffState | None = None) -> Backoff:
+    """The back-off of ``[federation]`` retry_initial_s / retry_multiplier / retry_max_s."""
+    initial_s, multiplier = config.retry_initial_s, config.retry_multiplier
+    max_s = config.retry_max_s
+    if state is None:
+        return Backoff(initial_s=initial_s, multiplier=multiplier, max_s=max_s)
+    return Backoff.from_state(state, initial_s=initial_s, multiplier=multiplier, max_s=max_s)
+
 
 class FederationSender:
     def __init__(
         self,
         db: Database,
-        client: FederationClient,
+        client: TransactionSender,
         *,
         origin: str,
-        config: SenderConfig,
+        config: FederationListener,
+        clock: Clock,
         edu_sources: Sequence[EduSource] = (),
         metrics: Metrics | None = None,
     ) -> None:
-        self._metrics = metrics
+        self._s = _Shared(
+            db=db,
+            client=client,
+            clock=clock,
+            origin=origin,
+            config=config,
+            edu_sources=list(edu_sources),
+            metrics=metrics,
+        )
         self._db = db
-        self._client = client
         self._origin = origin
-        self._config = config
-        self._edu_sources = list(edu_sources)
         self._queues: dict[str, DestinationQueue] = {}
         self._nursery: trio.Nursery | None = None
         self._pacer_send, self._pacer_recv = trio.open_memory_channel[str](10_000)
-        #: Counters for tests and metrics.
-        self.transactions_sent = 0
-        self.last_transaction_latency_s = 0.0
+
+    @property
+    def transactions_sent(self) -> int:
+        """Transactions acknowledged with 200 (for tests and metrics)."""
+        return self._s.transactions_sent
+
+    @property
+    def last_transaction_latency_s(self) -> float:
+        return self._s.last_transaction_latency_s
 
     def add_edu_source(self, source: EduSource) -> None:
-        self._edu_sources.append(source)
+        self._s.edu_sources.append(source)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -166,7 +434,7 @@ class FederationSender:
             task_status.started()
             # Catch up on whatever was owed before a restart.
             pending = set(await self._db.run(fed_store.destinations_with_pending_pdus))
-            for source in self._edu_sources:
+            for source in self._s.edu_sources:
                 pending |= await source.destinations_with_pending()
             self.wake_many(sorted(pending))
             await trio.sleep_forever()
@@ -184,23 +452,19 @@ class FederationSender:
                 self.wake(destination)
 
     async def _pace_wakeups(self) -> None:
-        interval = 1.0 / self._config.wakeups_per_second
+        interval = 1.0 / self._s.config.wakeups_per_second
         async for destination in self._pacer_recv:
             self.wake(destination)
             await trio.sleep(interval)
 
     def wake(self, destination: str) -> None:
-        queue = self._queue(destination)
-        queue.wake()
-        if not queue.running:
-            assert self._nursery is not None, "FederationSender.run() not started"
-            queue.running = True
-            self._nursery.start_soon(self._run_queue, queue, name=f"send→{destination}")
+        assert self._nursery is not None, "FederationSender.run() not started"
+        self._queue(destination).wake(self._nursery)
 
     def peer_up(self, destination: str) -> None:
         """Called on every authenticated inbound request from ``destination``."""
         queue = self._queues.get(destination)
-        if queue is not None and (queue.backoff.failures or queue.retry_at_ms):
+        if queue is not None and queue.backed_off:
             log.info("%s is back: retrying now", destination)
             queue.peer_up()
             self.wake(destination)
@@ -208,183 +472,13 @@ class FederationSender:
     def _queue(self, destination: str) -> DestinationQueue:
         queue = self._queues.get(destination)
         if queue is None:
-            backoff = Backoff(
-                initial_s=self._config.retry_initial_s,
-                multiplier=self._config.retry_multiplier,
-                max_s=self._config.retry_max_s,
-            )
-            queue = self._queues[destination] = DestinationQueue(destination, backoff, 0)
+            queue = self._queues[destination] = DestinationQueue(destination, self._s)
         return queue
 
     def statistics(self) -> list[DestinationStatus]:
-        now = now_ms()
-        return [
-            DestinationStatus(
-                d, q.running, q.backoff.failures, max(0.0, (q.retry_at_ms - now) / 1000)
-            )
-            for d, q in sorted(self._queues.items())
-        ]
+        return [q.status() for _, q in sorted(self._queues.items())]
 
     async def send_room_event(self, persisted: Persisted) -> None:
         """An event was stored *and* owed to ``persisted.destinations`` in one transaction
         (``storage.persist.persist_event``); wake those servers' queues."""
         self.wake_many(persisted.destinations)
-
-    # -- one destination --------------------------------------------------------------------
-
-    async def _run_queue(self, queue: DestinationQueue) -> None:
-        try:
-            await self._load_backoff(queue)
-            while True:
-                wait_s = max(0.0, (queue.retry_at_ms - now_ms()) / 1000)
-                if wait_s > 0:
-                    # Backing off; a peer_up() wake-up cuts the wait short.
-                    await queue.wait_for_work(wait_s)
-                    continue
-                sent_any = await self._send_pending(queue)
-                if sent_any or queue.in_flight is not None:
-                    # Sent: look for more. Failed: the back-off wait above comes next — a
-                    # failed transaction is retried on schedule, not only when woken.
-                    continue
-                ready_in = min(
-                    (
-                        t
-                        for s in self._edu_sources
-                        if (t := s.next_ready_in(queue.destination)) is not None
-                    ),
-                    default=None,
-                )
-                timeout = self._config.idle_timeout_s if ready_in is None else ready_in
-                if not await queue.wait_for_work(timeout) and ready_in is None:
-                    return  # idle: the task ends; the next wake() starts a new one
-        finally:
-            queue.running = False
-
-    async def _load_backoff(self, queue: DestinationQueue) -> None:
-        if queue.backoff.failures:
-            return
-        state = await self._db.run(fed_store.get_destination, queue.destination)
-        if state.failures:
-            queue.backoff = Backoff.from_state(
-                BackoffState(failures=state.failures, delay_s=state.delay_s),
-                initial_s=self._config.retry_initial_s,
-                multiplier=self._config.retry_multiplier,
-                max_s=self._config.retry_max_s,
-            )
-            queue.retry_at_ms = state.retry_at_ms
-
-    async def _build_transaction(self, queue: DestinationQueue) -> InFlight | None:
-        """Up to 50 owed PDUs (oldest first) and up to 100 EDUs from the sources."""
-        pending = await self._db.run(fed_store.pending_pdus, queue.destination, MAX_PDUS)
-        events = await self._db.run(event_store.get_events, [e for _, e in pending])
-        pdus = [events[e].pdu for _, e in pending if e in events]
-        txn_id = f"{now_ms()}_{secrets.token_hex(4)}"
-        edus: list[JsonDict] = []
-        acks: list[tuple[EduSource, object]] = []
-        for source in self._edu_sources:
-            room = MAX_EDUS - len(edus)
-            if room <= 0:
-                break
-            taken, token = await source.take(queue.destination, room, txn_id)
-            if taken:
-                edus.extend(taken)
-                acks.append((source, token))
-        if not pending and not edus:
-            return None
-        txn = Transaction(
-            origin=self._origin,
-            destination=queue.destination,
-            txn_id=txn_id,
-            origin_server_ts=now_ms(),
-            pdus=pdus,
-            edus=edus,
-        )
-        return InFlight(txn, [o for o, _ in pending], acks)
-
-    async def _send_pending(self, queue: DestinationQueue) -> bool:
-        """Send one transaction (the one in flight first, same txn_id). True on 200."""
-        if queue.in_flight is None:
-            queue.in_flight = await self._build_transaction(queue)
-            if queue.in_flight is None:
-                return False
-        flight = queue.in_flight
-        txn = flight.txn
-        started = trio.current_time()
-        try:
-            await self._client.request(
-                "PUT",
-                queue.destination,
-                f"/_matrix/federation/v1/send/{txn.txn_id}",
-                body=txn.to_json(),
-            )
-        except (FederationError, FederationUnreachable) as exc:
-            if (
-                isinstance(exc, FederationError)
-                and exc.status in PERMANENT_REJECTIONS
-                and queue.backoff.failures + 1 >= MAX_REJECTED_ATTEMPTS
-            ):
-                # The destination understood and refused this transaction several times:
-                # retrying it forever would block everything behind it.
-                log.warning(
-                    "txn %s to %s refused %d times (%s); dropping it",
-                    txn.txn_id,
-                    queue.destination,
-                    queue.backoff.failures + 1,
-                    exc,
-                )
-                await self._acknowledge(queue, flight)
-                queue.backoff.reset()
-                queue.retry_at_ms = 0
-                await self._persist_backoff(queue)
-                return True
-            delay = queue.backoff.next_delay()
-            queue.retry_at_ms = now_ms() + int(delay * 1000)
-            log.info(
-                "txn %s to %s failed (%s); attempt %d, retrying in %.1fs",
-                txn.txn_id,
-                queue.destination,
-                exc,
-                queue.backoff.failures,
-                delay,
-            )
-            await self._persist_backoff(queue)
-            if self._metrics is not None:
-                self._metrics.set_destination_state(
-                    queue.destination, queue.backoff.failures, delay
-                )
-            return False
-        self.transactions_sent += 1
-        self.last_transaction_latency_s = trio.current_time() - started
-        if self._metrics is not None:
-            self._metrics.transactions_sent.labels(queue.destination).inc()
-            self._metrics.transaction_latency.observe(self.last_transaction_latency_s)
-            self._metrics.set_destination_state(queue.destination, 0, 0.0)
-        log.info(
-            "txn %s to %s acknowledged: %d PDUs, %d EDUs",
-            txn.txn_id,
-            queue.destination,
-            len(txn.pdus),
-            len(txn.edus),
-        )
-        await self._acknowledge(queue, flight)
-        if queue.backoff.failures or queue.retry_at_ms:
-            queue.backoff.reset()
-            queue.retry_at_ms = 0
-            await self._persist_backoff(queue)
-        return True
-
-    async def _acknowledge(self, queue: DestinationQueue, flight: InFlight) -> None:
-        """The transaction is done with: clear what it carried from the outbox and sources."""
-        if flight.pdu_orderings:
-            await self._db.run(fed_store.ack_pdus, queue.destination, flight.pdu_orderings)
-        for source, token in flight.edu_acks:
-            await source.ack(queue.destination, token)
-        queue.in_flight = None
-
-    async def _persist_backoff(self, queue: DestinationQueue) -> None:
-        state = queue.backoff.to_state()
-        await self._db.run(
-            fed_store.set_destination,
-            queue.destination,
-            fed_store.DestinationState(state.failures, state.delay_s, queue.retry_at_ms),
-        )

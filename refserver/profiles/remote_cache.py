@@ -135,6 +135,10 @@ class RemoteProfileCache:
             log.info("refreshing the profile of %s failed: %s", user_id, exc.error)
         except CanonicalJsonError as exc:
             log.info("refreshing the profile of %s: unusable answer: %s", user_id, exc)
+        except Exception:
+            # Supervision: an unexpected error (a bug, a locked database) costs this one
+            # refresh, never the background tasks or the server. trio.Cancelled passes.
+            log.exception("refreshing the profile of %s failed unexpectedly", user_id)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The refresher and the join fetcher; runs until cancelled."""
@@ -184,6 +188,8 @@ class RemoteProfileCache:
                         "join fetch of %s not needed: cached copy complete or no room shared",
                         user_id,
                     )
+            except Exception:
+                log.exception("join fetch of %s failed unexpectedly", user_id)
             finally:
                 # Removed only now: a repeat schedule_fetch while it runs is a duplicate.
                 del self._fetch_due[user_id]

@@ -18,6 +18,8 @@ import itertools
 import json
 import re
 import secrets
+import signal
+import sqlite3
 import ssl
 import statistics
 import time
@@ -31,6 +33,7 @@ import httpx
 import pytest
 import signedjson.key
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 from signedjson.sign import verify_signed_json
 
 from refserver.crypto.keys import SigningKey, key_id, read_key_file
@@ -38,7 +41,7 @@ from refserver.events.builder import build_pdu, finalise_pdu
 from refserver.events.model import Event
 from refserver.events.room_versions import get_room_version
 from refserver.federation.xmatrix import build_authorization_header
-from tests.servers import ServerProcess
+from tests.servers import ServerProcess, start_federation, stop_all
 
 #: The ``make_federation`` fixture: starts that many dedicated federating servers.
 MakeFederation = Callable[[int], list[ServerProcess]]
@@ -1167,6 +1170,129 @@ def test_queued_pdus_survive_a_crash_of_the_sender(make_federation: MakeFederati
     )
     print(f"\nhs2 got hs1's durable queue {time.monotonic() - started:.2f}s after restart")
     assert texts[-5:] == before + queued
+
+
+def _metric(server: ServerProcess, name: str, **labels: str) -> float:
+    """One sample of ``GET /metrics`` (0 when absent)."""
+    r = httpx.get(f"{server.base_url}/metrics", timeout=PROMPT_S)
+    assert r.status_code == 200, r.text
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(r.text)
+        for s in family.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def _serving(server: ServerProcess) -> bool:
+    """The process is up and answers /versions."""
+    assert server.proc is not None and server.proc.poll() is None, "the server exited"
+    r = httpx.get(server.url("/versions"), timeout=PROMPT_S)
+    assert r.status_code == 200, r.text
+    return True
+
+
+def test_a_locked_database_backs_the_sender_off_and_the_server_stays_up(make_federation) -> None:  # type: ignore[no-untyped-def]
+    """hs1 must send while another process holds its database's write lock: its destination
+    queue's acknowledgement fails with "database is locked", which backs hs2 off instead of
+    taking the server down; after the lock is gone, hs1 delivers again."""
+    hs1, hs2 = make_federation(2)
+    (alice, bob), room_id = _shared_room([hs1, hs2])
+    destination = {"destination": hs2.server_name}
+    assert hs2.stop() == 0
+    alice.send_text(room_id, "sent while the database is locked")
+    wait_until(
+        lambda: _metric(hs1, "refserver_federation_destination_failures", **destination) >= 1,
+        timeout=PROMPT_S,
+        what="hs1 to fail sending to the stopped hs2",
+    )
+    lock = sqlite3.connect(hs1.data_dir / "refserver.db", timeout=PROMPT_S, isolation_level=None)
+    try:
+        lock.execute("BEGIN IMMEDIATE")  # every write of hs1 now waits, then fails
+        hs2.start()
+        # hs1 retries (on its schedule, or at once when hs2 talks to it): hs2 answers 200,
+        # and hs1 cannot write down the acknowledgement.
+        wait_until(
+            lambda: _serving(hs1) and "sent while the database is locked" in bob.texts(room_id),
+            timeout=CATCH_UP_S,
+            what="hs2 to get the message sent to it while hs1's database is locked",
+        )
+        # Hold the lock until hs1's queue to hs2 has met it (its writes wait SQLite's busy
+        # timeout, behind any other writer), serving /versions all along.
+        crashed = f"destination {hs2.server_name}: unexpected OperationalError"
+        wait_until(
+            lambda: _serving(hs1) and _log_count(hs1, crashed) >= 1,
+            timeout=CATCH_UP_S,
+            what="hs1's queue to hs2 to report the locked database",
+        )
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    assert _serving(hs1)
+    wait_until(
+        lambda: _metric(hs1, "refserver_federation_destination_errors_total", **destination) >= 1,
+        timeout=PROMPT_S,
+        what="hs1 to count the locked database as an error of its queue to hs2",
+    )
+    alice.send_text(room_id, "sent after the lock")
+    wait_until(
+        lambda: (
+            bob.texts(room_id)[-2:] == ["sent while the database is locked", "sent after the lock"]
+        ),
+        timeout=CATCH_UP_S,
+        what="hs1 to deliver again after the lock, each message once",
+    )
+    wait_until(
+        lambda: _metric(hs1, "refserver_federation_destination_failures", **destination) == 0,
+        timeout=CATCH_UP_S,
+        what="hs1's back-off of hs2 to be reset by a delivery",
+    )
+
+
+def test_pdus_over_the_inbound_time_budget_get_an_error_result(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """hs1 gives the PDUs of one received transaction ``inbound_txn_budget_s``: a PDU whose
+    missing prev_event it must fetch from an origin that no longer answers (hs2, stopped
+    with SIGSTOP: connections are accepted, nothing is answered) gets an error result when
+    the budget runs out, the PDU before it is stored, and the answer is a prompt 200."""
+    budget_s = 1.0
+    hs1, hs2 = start_federation(
+        tmp_path, 2, {("federation", "inbound_txn_budget_s"): str(budget_s)}
+    )
+    try:
+        alice, carol = new_user(hs1, "alice"), new_user(hs2, "carol")
+        room_id = alice.create_room()
+        carol.join(room_id, via=hs1)
+        forge = ForgeRoom(hs1, hs2, Remote.of(hs2), alice, carol, room_id)
+        good = forge.craft_message("within the budget")
+        gap = build_pdu(
+            room_version=RV12,
+            room_id=room_id,
+            sender=carol.user_id,
+            event_type="m.room.message",
+            content={"msgtype": "m.text", "body": "after a gap"},
+            prev_events=[good.event_id, "$" + "A" * 43],  # the second one nobody has
+            auth_events=list(good.pdu["auth_events"]),
+            depth=int(good.pdu["depth"]) + 1,
+            origin_server_ts=now_ms(),
+        )
+        late = finalise_pdu(
+            gap, RV12, signing_name=forge.remote.name, signing_key=forge.remote.signing_key
+        )
+        assert hs2.proc is not None
+        hs2.proc.send_signal(signal.SIGSTOP)
+        try:
+            r = forge.remote.send(
+                "PUT", hs1, txn_uri(), body=forge.remote.txn_body([good.pdu, late.pdu])
+            )
+        finally:
+            hs2.proc.send_signal(signal.SIGCONT)
+        assert r.status_code == 200, r.text
+        results = r.json()["pdus"]
+        assert results[good.event_id] == {}, results
+        assert "time budget" in results[late.event_id].get("error", ""), results
+        assert forge.stored_on_hs1(good.event_id)
+    finally:
+        stop_all([hs1, hs2])
 
 
 def test_concurrent_messages_from_both_sides_converge(

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from refserver.types import JsonDict
 from tests.servers import ServerProcess
 from tests.synapse.peer import MatrixClient, SynapsePeer, is_member, poll, q
 
@@ -44,6 +45,21 @@ def profile_sync(client: MatrixClient, since: str | None) -> tuple[dict[str, Any
     return users, str(body["next_batch"])
 
 
+def wait_for_initial_profile(alice: MatrixClient, bob: MatrixClient, expected: JsonDict) -> None:
+    """Poll alice's initial /sync until bob's ``profile_updates`` equal ``expected``."""
+    seen: list[Any] = []
+
+    def initial_sync_has_bobs_profile() -> bool:
+        users, _ = profile_sync(alice, None)
+        seen.append(users.get(bob.user_id))
+        return (users.get(bob.user_id) or {}).get("profile_updates") == expected
+
+    try:
+        poll(initial_sync_has_bobs_profile, f"{expected} in alice's initial /sync")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; last seen: {seen[-3:]}") from None
+
+
 def test_a_synapse_users_profile_reaches_the_users_section_of_refserver_sync(
     refserver: ServerProcess, synapse: SynapsePeer
 ) -> None:
@@ -60,18 +76,7 @@ def test_a_synapse_users_profile_reaches_the_users_section_of_refserver_sync(
 
     # Initial syncs: the displayname comes from bob's join event at once, the custom field
     # from the query/profile refserver sends after join_fetch_grace_s.
-    expected = {"displayname": "Bob on Synapse", CUSTOM_FIELD: "nl"}
-    seen: list[Any] = []
-
-    def initial_sync_has_bobs_profile() -> bool:
-        users, _ = profile_sync(alice, None)
-        seen.append(users.get(bob.user_id))
-        return (users.get(bob.user_id) or {}).get("profile_updates") == expected
-
-    try:
-        poll(initial_sync_has_bobs_profile, f"{expected} in alice's initial /sync")
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}; last seen: {seen[-3:]}") from None
+    wait_for_initial_profile(alice, bob, {"displayname": "Bob on Synapse", CUSTOM_FIELD: "nl"})
 
     # A later displayname change on Synapse travels as a member event only.
     _, since = profile_sync(alice, None)
@@ -107,15 +112,4 @@ def test_joining_a_synapse_room_brings_its_members_profiles_into_refserver_sync(
     room_id = bob.create_room(preset="public_chat", name="made on synapse")
     alice.ok("POST", f"/v3/join/{q(room_id)}", json_body={}, via=synapse.server_name)
 
-    expected = {"displayname": "Bob at home", CUSTOM_FIELD: "pt"}
-    seen: list[Any] = []
-
-    def initial_sync_has_bobs_profile() -> bool:
-        users, _ = profile_sync(alice, None)
-        seen.append(users.get(bob.user_id))
-        return (users.get(bob.user_id) or {}).get("profile_updates") == expected
-
-    try:
-        poll(initial_sync_has_bobs_profile, f"{expected} in alice's initial /sync")
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}; last seen: {seen[-3:]}") from None
+    wait_for_initial_profile(alice, bob, {"displayname": "Bob at home", CUSTOM_FIELD: "pt"})

@@ -8,8 +8,11 @@ from pathlib import Path
 
 import trio
 
+from refserver.clock import Clock
 from refserver.federation.client import FederationUnreachable
-from refserver.federation.sender import FederationSender, SenderConfig
+from refserver.federation.sender import FederationSender
+from refserver.federation.transaction import Transaction
+from refserver.settings import FederationListener
 from refserver.storage.database import open_database
 from refserver.types import JsonDict, JsonValue
 
@@ -29,7 +32,8 @@ class FakeClient:
             await self._changed.wait()
             self._changed = trio.Event()
 
-    async def request(self, method: str, destination: str, path: str, **kw: JsonValue) -> JsonDict:
+    async def send_transaction(self, transaction: Transaction) -> JsonValue:
+        destination = transaction.destination
         self.attempts[destination] = self.attempts.get(destination, 0) + 1
         self._changed.set()
         if destination in self.dead:
@@ -67,10 +71,10 @@ async def test_a_fan_out_is_spread_at_wakeups_per_second(tmp_path: Path) -> None
     async with open_database(tmp_path / "db.sqlite") as db:
         sender = FederationSender(
             db,
-            # FakeClient stands in for FederationClient's one method the sender calls.
-            client,  # type: ignore[arg-type]
+            client,
             origin="origin.test",
-            config=SenderConfig(wakeups_per_second=20.0, idle_timeout_s=0.5),
+            config=FederationListener(wakeups_per_second=20.0, idle_timeout_s=0.5),
+            clock=Clock(),
             edu_sources=[OneEduEach(destinations)],
         )
         async with trio.open_nursery() as nursery:
@@ -88,10 +92,12 @@ async def test_a_dead_destination_does_not_delay_the_others(tmp_path: Path) -> N
     async with open_database(tmp_path / "db.sqlite") as db:
         sender = FederationSender(
             db,
-            # FakeClient stands in for FederationClient's one method the sender calls.
-            client,  # type: ignore[arg-type]
+            client,
             origin="origin.test",
-            config=SenderConfig(wakeups_per_second=1000.0, retry_initial_s=0.2, retry_max_s=0.4),
+            config=FederationListener(
+                wakeups_per_second=1000.0, retry_initial_s=0.2, retry_max_s=0.4
+            ),
+            clock=Clock(),
             edu_sources=[OneEduEach(["dead.test", "alive.test"])],
         )
         async with trio.open_nursery() as nursery:
