@@ -700,7 +700,7 @@ def test_a_field_removed_while_no_room_was_shared_is_gone_after_rejoining(
     alice.put_field("m.tz", "Europe/Vienna")
     alice.put_field("org.example.status", "busy")
     room_id = share_room(alice, bob)
-    # The exchange comes as two EDUs (standard and custom fields have different debounces).
+    # Wait for the join-time exchange (one EDU with the whole profile) to have arrived.
     wait_until(
         lambda: any(
             "org.example.status" in e.fields for e in logged_edus(hs2, "←", about=alice.user_id)
