@@ -35,6 +35,7 @@ from refserver.federation.handler import FederationEventHandler
 from refserver.federation.inbound import TransactionHandler
 from refserver.federation.keyring import Keyring
 from refserver.federation.membership import FederationMembership
+from refserver.federation.profile_query import RemoteProfiles
 from refserver.federation.reads import FederationReads
 from refserver.federation.resident import ResidentMembership
 from refserver.federation.resolver import default_resolver
@@ -52,7 +53,6 @@ from refserver.profiles.edus import FieldPolicy as EduFieldPolicy
 from refserver.profiles.federation import EduPolicy, ProfileEduReceiver, ProfileEduSender
 from refserver.profiles.fields import AVATAR_URL, DISPLAYNAME, TZ, FieldPolicy
 from refserver.profiles.member_feed import MemberProfileFeed
-from refserver.profiles.remote import RemoteProfiles
 from refserver.profiles.remote_cache import RemoteProfileCache
 from refserver.profiles.service import ProfileService
 from refserver.ratelimit import RateLimiter

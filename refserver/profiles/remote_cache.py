@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
@@ -33,7 +33,6 @@ from refserver.errors import MatrixError, not_found
 from refserver.ids import server_name_of
 from refserver.metrics import Metrics
 from refserver.notifier import Notifier
-from refserver.profiles.remote import RemoteProfiles
 from refserver.storage import remote_profiles as cache_store
 from refserver.storage.database import Database
 from refserver.types import JsonDict
@@ -43,6 +42,16 @@ if TYPE_CHECKING:  # the [msc4259] section, read only at construction
 
 log = logging.getLogger(__name__)
 
+
+class ProfileQuery(Protocol):
+    """Asks a user's own server for their profile (server-server API
+    ``GET /_matrix/federation/v1/query/profile``); implemented by
+    ``federation.profile_query.RemoteProfiles``. Raises ``MatrixError``: 404 when the
+    profile is unknown there, 502 when the server could not answer."""
+
+    async def query(self, user_id: str, field: str | None = None) -> JsonDict: ...
+
+
 #: At most this many users wait for their join fetch; beyond it the refresher catches up.
 MAX_PENDING_FETCHES = 10_000
 
@@ -51,7 +60,7 @@ class RemoteProfileCache:
     def __init__(
         self,
         db: Database,
-        remote: RemoteProfiles,
+        remote: ProfileQuery,
         *,
         server_name: str,
         config: Msc4259Section,

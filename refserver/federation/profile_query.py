@@ -1,5 +1,8 @@
 """Profiles of users on other servers, asked over federation (server-server API
-``GET /_matrix/federation/v1/query/profile``). The MSC4259 cache sits in front of this."""
+``GET /_matrix/federation/v1/query/profile``).
+
+The remote profile cache (``profiles/remote_cache.py``) sits in front of this and only knows
+it as its ``ProfileQuery`` Protocol, so profiles/ never imports federation/."""
 
 from __future__ import annotations
 
