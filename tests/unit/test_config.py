@@ -105,7 +105,6 @@ ZERO_ALLOWED = [
 MUST_BE_POSITIVE = [
     ("federation", "request_timeout_s"),
     ("federation", "retry_initial_s"),
-    ("federation", "wakeups_per_second"),
     ("federation", "inbound_txn_budget_s"),
     ("msc4259", "remote_cache_ttl_s"),
     ("msc4259", "remote_cache_ttl_edu_s"),
