@@ -120,7 +120,7 @@ class FakeFederationServer:
                 if not data:
                     seen.closed_by_client = True
                     return
-                conn.receive_data(data)
+                conn.receive_data(bytes(data))
             elif isinstance(event, h11.Request):
                 request, body = event, b""
             elif isinstance(event, h11.Data):
