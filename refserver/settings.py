@@ -175,8 +175,9 @@ class FederationListener:
     )
     idle_timeout_s: float = setting(
         60.0,
-        doc="A destination queue task with nothing to send ends after this many seconds; the"
-        " next wake-up starts a new one. `0`: it ends as soon as it has nothing to send.",
+        doc="A destination queue task with nothing to send ends after this many seconds and"
+        " closes its connection; the next wake-up starts a new one. `0`: it ends as soon as it"
+        " has nothing to send.",
         ge=0,
     )
     inbound_txn_budget_s: float = setting(
