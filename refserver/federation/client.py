@@ -104,7 +104,7 @@ def path_param(value: str) -> str:
 #: Default of ``[federation] max_concurrent_handshakes``.
 DEFAULT_MAX_CONCURRENT_HANDSHAKES = 32
 
-#: Transport failures of a destination connection (besides resolution and timeouts).
+#: Resolution and transport failures of a destination connection (timeouts aside).
 _CONNECTION_ERRORS = (
     OSError,
     trio.BrokenResourceError,
@@ -245,25 +245,18 @@ class FederationClient:
         finally:
             await connection.aclose()
 
+    async def send_transaction(
+        self, transaction: Transaction, connection: DestinationConnection
+    ) -> JsonValue:
+        """``PUT /_matrix/federation/v1/send/{txnId}`` (server-server API §"Transactions")
+        over ``connection``, the destination queue's own (see :meth:`connect`).
 
-class DestinationLink:
-    """Transactions to one destination over its own connection (see :meth:`connect`)."""
-
-    def __init__(self, client: FederationClient, connection: DestinationConnection) -> None:
-        self._client = client
-        self.connection = connection
-
-    async def send_transaction(self, transaction: Transaction) -> JsonValue:
-        """``PUT /_matrix/federation/v1/send/{txnId}`` (server-server API §"Transactions").
-
-        Raises :class:`FederationError` or :class:`FederationUnreachable` like
-        :meth:`FederationClient.request`.
+        Raises :class:`FederationError` or :class:`FederationUnreachable` like :meth:`request`.
         """
-        client = self._client
         destination = transaction.destination
         method = "PUT"
         body = transaction.to_json()
-        uri, headers = client._prepare(
+        uri, headers = self._prepare(
             method,
             destination,
             f"/_matrix/federation/v1/send/{path_param(transaction.txn_id)}",
@@ -272,19 +265,32 @@ class DestinationLink:
             True,
         )
         try:
-            response = await self.connection.request(
+            response = await connection.request(
                 method,
                 uri,
                 list(headers.items()),
                 json.dumps(body).encode(),
-                timeout_s=client._timeout_s,
+                timeout_s=self._timeout_s,
             )
         except trio.TooSlowError:
-            log.info("%s → %s %s %s: timed out", client.origin, destination, method, uri)
+            log.info("%s → %s %s %s: timed out", self.origin, destination, method, uri)
             raise FederationUnreachable(destination, "timed out") from None
         except _CONNECTION_ERRORS as exc:
-            raise client._unreachable(exc, destination, method, uri) from None
-        return client._answer(destination, method, uri, response.status, response.body)
+            raise self._unreachable(exc, destination, method, uri) from None
+        return self._answer(destination, method, uri, response.status, response.body)
+
+
+class DestinationLink:
+    """Transactions to one destination over its own connection (see
+    :meth:`FederationClient.connect`)."""
+
+    def __init__(self, client: FederationClient, connection: DestinationConnection) -> None:
+        self._client = client
+        self.connection = connection
+
+    async def send_transaction(self, transaction: Transaction) -> JsonValue:
+        """See :meth:`FederationClient.send_transaction`."""
+        return await self._client.send_transaction(transaction, self.connection)
 
 
 def _untrusted_issuer(exc: BaseException) -> bool:
