@@ -75,6 +75,24 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=r,
         )
+        self.connections_opened = Counter(
+            "refserver_federation_connections_opened",
+            "New TLS connections opened to send transactions (one per destination at a time)",
+            ["destination"],
+            registry=r,
+        )
+        self.connections_resumed = Counter(
+            "refserver_federation_connections_resumed",
+            "Of those, connections whose TLS handshake resumed an earlier session",
+            ["destination"],
+            registry=r,
+        )
+        self.connection_requests_reused = Counter(
+            "refserver_federation_connection_requests_reused",
+            "Transactions sent over an already open connection (no new handshake)",
+            ["destination"],
+            registry=r,
+        )
         self.destination_errors = Counter(
             "refserver_federation_destination_errors",
             "Unexpected exceptions in a destination queue (logged; the destination is backed"

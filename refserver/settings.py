@@ -165,16 +165,19 @@ class FederationListener:
         " above the cap).",
         ge_setting="retry_initial_s",
     )
-    wakeups_per_second: float = setting(
-        100.0,
-        doc="Destination queues woken per second when one event or profile change fans out"
-        " to many servers.",
-        gt=0,
+    max_concurrent_handshakes: int = setting(
+        32,
+        doc="TLS handshakes of new outbound federation connections in progress at once, all"
+        " destinations together. Each destination keeps one connection while its queue is"
+        " busy, so a fan-out to servers already connected sends at once; only opening"
+        " connections (a cold fan-out to thousands of servers) waits for a slot.",
+        ge=1,
     )
     idle_timeout_s: float = setting(
         60.0,
-        doc="A destination queue task with nothing to send ends after this many seconds; the"
-        " next wake-up starts a new one. `0`: it ends as soon as it has nothing to send.",
+        doc="A destination queue task with nothing to send ends after this many seconds and"
+        " closes its connection; the next wake-up starts a new one. `0`: it ends as soon as it"
+        " has nothing to send.",
         ge=0,
     )
     inbound_txn_budget_s: float = setting(

@@ -96,6 +96,14 @@ def _convert(ftype: Any, value: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported type {ftype}")  # pragma: no cover - new type
 
 
+#: Settings that no longer exist, and what to do instead (files written by an older `init`
+#: list every setting, so these would otherwise be a bare "unknown setting").
+RETIRED = {
+    "federation.wakeups_per_second": "wake-ups are no longer paced; new connections are"
+    " bounded by max_concurrent_handshakes instead: delete the line",
+}
+
+
 def _build(cls: type[Any], data: Any, where: str) -> Any:
     """Build dataclass ``cls`` from a TOML table, checking names, types and ranges."""
     if not isinstance(data, dict):
@@ -103,6 +111,9 @@ def _build(cls: type[Any], data: Any, where: str) -> Any:
     types = field_types(cls)
     names = {f.name for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
     unknown = set(data) - names
+    for name in sorted(unknown):
+        if (why := RETIRED.get(f"{where}.{name}")) is not None:
+            raise ConfigError(f"[{where}] {name} was removed: {why}")
     if unknown:
         place = f"[{where}]" if where else "the top level of the file"
         raise ConfigError(f"unknown setting(s) in {place}: {', '.join(sorted(unknown))}")

@@ -35,6 +35,10 @@ log = logging.getLogger("refserver")
 
 #: Seconds in-flight requests get to finish after a shutdown signal.
 GRACEFUL_TIMEOUT_S = 1.0
+#: How long the federation listener keeps an idle keep-alive connection (Hypercorn's default
+#: is 5 s). Longer than a sender's default ``idle_timeout_s`` (60 s), so a peer's destination
+#: queue keeps its one connection to us between fan-outs instead of handshaking again.
+FEDERATION_KEEP_ALIVE_S = 90.0
 
 
 class StartupError(Exception):
@@ -60,7 +64,12 @@ def configure_logging(level: str) -> None:
 
 
 def _hypercorn_config(
-    bind: str, port: int, *, certfile: str | None = None, keyfile: str | None = None
+    bind: str,
+    port: int,
+    *,
+    certfile: str | None = None,
+    keyfile: str | None = None,
+    keep_alive_s: float | None = None,
 ) -> HyperConfig:
     hc = HyperConfig()
     host = f"[{bind}]" if ":" in bind else bind
@@ -71,6 +80,8 @@ def _hypercorn_config(
     hc.accesslog = None
     # Route hypercorn through our logging config instead of its own stderr handler.
     hc.errorlog = logging.getLogger("hypercorn.error")
+    if keep_alive_s is not None:
+        hc.keep_alive_timeout = keep_alive_s
     return hc
 
 
@@ -179,6 +190,7 @@ async def serve(
         fed.port,
         certfile=str(config.resolve(fed.tls_certificate_path)),
         keyfile=str(config.resolve(fed.tls_private_key_path)),
+        keep_alive_s=FEDERATION_KEEP_ALIVE_S,
     )
     _check_tls_files(config, federation_hc)
     with _bound(

@@ -8,6 +8,7 @@ dependency rule: I/O adapters, then services, then routes.
 from __future__ import annotations
 
 import logging
+import ssl
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -43,7 +44,7 @@ from refserver.federation.routes.events import event_routes
 from refserver.federation.routes.keys import key_routes
 from refserver.federation.routes.membership import membership_routes
 from refserver.federation.routes.send import send_routes
-from refserver.federation.sender import FederationSender
+from refserver.federation.sender import FederationSender, TransactionSender
 from refserver.federation.tls import client_ssl_context
 from refserver.metrics import Metrics
 from refserver.notifier import Notifier
@@ -134,16 +135,23 @@ def read_old_keys(path: Path) -> list[JsonValue]:
         return list(signedjson.key.read_old_signing_keys(f))
 
 
+def outbound_ssl_context(config: Config) -> ssl.SSLContext:
+    """TLS for outbound federation: the system store plus ``trusted_ca_files``."""
+    fed = config.federation
+    return client_ssl_context(
+        [config.resolve(p) for p in fed.trusted_ca_files], verify=fed.verify_tls
+    )
+
+
 def make_http_client(config: Config) -> httpx.AsyncClient:
-    """The one outbound HTTP client: pooled keep-alive connections, trusted dev CAs."""
+    """The outbound HTTP client for one-off federation requests (keys, joins, profile
+    queries): pooled keep-alive connections, trusted dev CAs. Transactions go over each
+    destination queue's own connection instead (``FederationClient.connect``)."""
     fed = config.federation
     if not fed.verify_tls:
         log.warning("federation.verify_tls = false: peers' TLS certificates are NOT verified")
-    context = client_ssl_context(
-        [config.resolve(p) for p in fed.trusted_ca_files], verify=fed.verify_tls
-    )
     return httpx.AsyncClient(
-        verify=context,
+        verify=outbound_ssl_context(config),
         timeout=httpx.Timeout(fed.request_timeout_s),
         limits=httpx.Limits(max_keepalive_connections=100, max_connections=1000),
         follow_redirects=False,
@@ -158,21 +166,27 @@ def build_services(
     http: httpx.AsyncClient,
     *,
     clock: Clock | None = None,
+    links: TransactionSender | None = None,
 ) -> Services:
     """Every service, built once. ``clock`` is the one source of time they all share
-    (default: the real one; tests pass a :class:`~refserver.clock.LinkedClock`)."""
+    (default: the real one; tests pass a :class:`~refserver.clock.LinkedClock`). ``links``
+    gives the destination queues their transport (default: the federation client's own
+    keep-alive connection per destination; the in-process test tier passes fake peers)."""
     server_name = config.server.server_name
     fed = config.federation
     clock = clock or Clock()
     # I/O adapters
+    metrics = Metrics()
     client = FederationClient(
         http,
         origin=server_name,
         signing_key=signing_key,
         resolver=default_resolver(http, clock=clock),
         timeout_s=fed.request_timeout_s,
+        ssl_context=outbound_ssl_context(config),
+        max_concurrent_handshakes=fed.max_concurrent_handshakes,
+        metrics=metrics,
     )
-    metrics = Metrics()
     # Services
     notifier = Notifier()
     remote_profiles = RemoteProfileCache(
@@ -214,7 +228,7 @@ def build_services(
     )
     sender = FederationSender(
         db,
-        client,
+        links or client,
         origin=server_name,
         config=fed,
         clock=clock,

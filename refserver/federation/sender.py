@@ -17,12 +17,18 @@ Design:
   :class:`DestinationQueue` runs its own loop (:meth:`DestinationQueue.run`) in it, started
   on demand by :meth:`FederationSender.wake` and ending by itself after ``idle_timeout_s``
   without work. Cancelling the nursery stops everything.
+- **One connection per destination.** The loop runs inside
+  :meth:`TransactionSender.connect`: the destination's keep-alive connection is opened at
+  its first transaction and closed when the loop ends, so successive transactions reuse it
+  and no connection outlives its queue (``federation/connection.py``).
 - **Supervision.** A queue whose loop hits an unexpected exception (a bug, a bad row, a
   locked database) logs it with the destination and traceback, counts it, backs that
   destination off and carries on; it never takes the other queues or the server down.
   ``trio.Cancelled`` is a ``BaseException`` and is never caught.
-- **Pacing.** Waking many destinations at once (one event in a room spanning many servers)
-  is spread at ``wakeups_per_second``, so a fan-out never opens every connection at once.
+- **Pacing costs no latency.** Waking many destinations at once (one event in a room
+  spanning many servers) wakes every queue at once: a destination with an open connection
+  sends immediately. Only the TLS handshakes of new connections are bounded, by the
+  transport (``[federation] max_concurrent_handshakes``).
 - **Time** comes from an injected :class:`~refserver.clock.Clock`: ``retry_at_ms`` and
   ``origin_server_ts`` are wall-clock milliseconds, waits are trio sleeps, so
   ``trio.testing.MockClock`` drives every rule here.
@@ -36,6 +42,7 @@ import enum
 import logging
 import secrets
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -61,8 +68,8 @@ PERMANENT_REJECTIONS = frozenset({400, 403, 404, 405, 413})
 MAX_REJECTED_ATTEMPTS = 3
 
 
-class TransactionSender(Protocol):
-    """Delivers one transaction (``FederationClient`` in production, a fake in tests).
+class TransactionLink(Protocol):
+    """Delivers the transactions of one destination, one at a time.
 
     Returns the 200 answer; raises :class:`FederationError` (the destination answered
     otherwise) or :class:`FederationUnreachable` (no answer). Anything else it raises is
@@ -70,6 +77,14 @@ class TransactionSender(Protocol):
     """
 
     async def send_transaction(self, transaction: Transaction) -> JsonValue: ...
+
+
+class TransactionSender(Protocol):
+    """Gives each destination queue its link (``FederationClient`` in production: one
+    keep-alive connection per destination; a fake in tests)."""
+
+    def connect(self, destination: str) -> AbstractAsyncContextManager[TransactionLink]:
+        """A link for the queue's lifetime; no I/O before its first transaction."""
 
 
 class EduSource(Protocol):
@@ -156,6 +171,7 @@ class DestinationQueue:
         self.in_flight: InFlight | None = None
         self._work = trio.Event()
         self._loaded = False
+        self._link: TransactionLink | None = None
 
     # -- driven from outside ---------------------------------------------------------------
 
@@ -190,13 +206,17 @@ class DestinationQueue:
         passes through.
         """
         try:
-            while True:
-                try:
-                    if await self._step():
-                        return
-                except Exception as exc:
-                    self._crashed(exc)
+            # The connection lives as long as this loop (closed when the queue idles).
+            async with self._s.client.connect(self.destination) as link:
+                self._link = link
+                while True:
+                    try:
+                        if await self._step():
+                            return
+                    except Exception as exc:
+                        self._crashed(exc)
         finally:
+            self._link = None
             self.state = QueueState.IDLE
 
     async def _step(self) -> bool:
@@ -307,7 +327,8 @@ class DestinationQueue:
         metrics = self._s.metrics
         started = self._s.clock.monotonic()
         try:
-            await self._s.client.send_transaction(txn)
+            assert self._link is not None
+            await self._link.send_transaction(txn)
         except (FederationError, FederationUnreachable) as exc:
             if (
                 isinstance(exc, FederationError)
@@ -413,7 +434,6 @@ class FederationSender:
         self._origin = origin
         self._queues: dict[str, DestinationQueue] = {}
         self._nursery: trio.Nursery | None = None
-        self._pacer_send, self._pacer_recv = trio.open_memory_channel[str](10_000)
 
     @property
     def transactions_sent(self) -> int:
@@ -430,7 +450,6 @@ class FederationSender:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            nursery.start_soon(self._pace_wakeups)
             task_status.started()
             # Catch up on whatever was owed before a restart.
             pending = set(await self._db.run(fed_store.destinations_with_pending_pdus))
@@ -442,20 +461,12 @@ class FederationSender:
     # -- waking ----------------------------------------------------------------------------
 
     def wake_many(self, destinations: Sequence[str]) -> None:
-        """Wake queues, paced at ``wakeups_per_second`` (sync: never blocks)."""
+        """Wake queues, all at once (sync: never blocks). Nothing is spread here: queues
+        with an open connection send at once, and the transport bounds the handshakes of
+        new connections."""
         for destination in destinations:
-            if destination == self._origin:
-                continue
-            try:
-                self._pacer_send.send_nowait(destination)
-            except trio.WouldBlock:
+            if destination != self._origin:
                 self.wake(destination)
-
-    async def _pace_wakeups(self) -> None:
-        interval = 1.0 / self._s.config.wakeups_per_second
-        async for destination in self._pacer_recv:
-            self.wake(destination)
-            await trio.sleep(interval)
 
     def wake(self, destination: str) -> None:
         assert self._nursery is not None, "FederationSender.run() not started"

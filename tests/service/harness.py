@@ -38,6 +38,8 @@ from refserver.crypto.signing import sign_json
 from refserver.events.hashing import compute_event_id
 from refserver.events.room_versions import get_room_version
 from refserver.events.signing import add_hashes_and_signatures
+from refserver.federation.client import FederationError, FederationUnreachable
+from refserver.federation.transaction import Transaction
 from refserver.ids import UserId
 from refserver.profiles.edus import UNSTABLE_EDU_TYPE
 from refserver.profiles.fields import PutField
@@ -160,6 +162,34 @@ class FakeNetwork:
             raise httpx.ConnectError(f"no route to {request.url.host}", request=request)
         return await peer.handle(request)
 
+    @asynccontextmanager
+    async def connect(self, destination: str) -> AsyncIterator[FakeLink]:
+        """The sender's ``TransactionSender``: a destination queue's link to a fake peer."""
+        yield FakeLink(self, destination)
+
+
+@dataclass(frozen=True)
+class FakeLink:
+    """Delivers one destination's transactions as ``PUT /send/{txnId}`` to its fake peer."""
+
+    network: FakeNetwork
+    destination: str
+
+    async def send_transaction(self, transaction: Transaction) -> JsonValue:
+        request = httpx.Request(
+            "PUT",
+            f"https://{self.destination}/_matrix/federation/v1/send/{transaction.txn_id}",
+            json=transaction.to_json(),
+        )
+        try:
+            response = await self.network.handle(request)
+        except httpx.ConnectError as exc:
+            raise FederationUnreachable(self.destination, str(exc)) from None
+        body: JsonValue = response.json()
+        if response.status_code != 200:
+            raise FederationError(self.destination, response.status_code, body)
+        return body
+
 
 @dataclass
 class Homeserver:
@@ -269,15 +299,15 @@ async def running_homeserver(
     config = make_config(tmp_path, msc4259=msc4259)
     conn = connect(tmp_path / "refserver.db")
     try:
-        async with httpx.AsyncClient(
-            transport=httpx.MockTransport(FakeNetwork(*peers).handle)
-        ) as http:
+        network = FakeNetwork(*peers)
+        async with httpx.AsyncClient(transport=httpx.MockTransport(network.handle)) as http:
             services = build_services(
                 config,
                 InlineDatabase(conn),
                 signedjson.key.generate_signing_key("t"),
                 http,
                 clock=clock,
+                links=network,
             )
             async with trio.open_nursery() as nursery:
                 await nursery.start(services.sender.run)

@@ -40,6 +40,10 @@ def test_rendered_config_matches_dataclass_defaults() -> None:
         ("server = 1\n", "server_name is required"),
         ('[server]\nserver_name = "a b"\n', "invalid server_name"),
         ('[server]\nserver_name = "hs"\ntypo = 1\n', "unknown setting"),
+        (
+            '[server]\nserver_name = "hs"\n[federation]\nwakeups_per_second = 100.0\n',
+            "wakeups_per_second was removed: .*max_concurrent_handshakes",
+        ),
         ('[server]\nserver_name = "hs"\n[client]\nport = "80"\n', "must be an integer"),
         ('[server]\nserver_name = "hs"\n[registration]\nenabled = 1\n', "true or false"),
         (
@@ -105,7 +109,6 @@ ZERO_ALLOWED = [
 MUST_BE_POSITIVE = [
     ("federation", "request_timeout_s"),
     ("federation", "retry_initial_s"),
-    ("federation", "wakeups_per_second"),
     ("federation", "inbound_txn_budget_s"),
     ("msc4259", "remote_cache_ttl_s"),
     ("msc4259", "remote_cache_ttl_edu_s"),

@@ -50,6 +50,7 @@ L2 = {
     "metrics",
     "ratelimit",
     "federation.client",
+    "federation.connection",
     "federation.resolver",
     "federation.tls",
 }

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
@@ -41,6 +42,11 @@ class FakePeers:
         self.attempts: dict[str, list[float]] = {}
         self.delivered: dict[str, list[Transaction]] = {}
         self._changed = trio.Event()
+
+    @asynccontextmanager
+    async def connect(self, destination: str) -> AsyncIterator[FakePeers]:
+        """The link of one destination queue: this fake delivers everything itself."""
+        yield self
 
     async def send_transaction(self, transaction: Transaction) -> JsonValue:
         destination = transaction.destination
