@@ -2,7 +2,7 @@
 
 A transaction of 100 EDUs (what a busy sender packs, the server-server API's limit) signed with
 hs1's real key is PUT to hs2. The EDUs are checked one by one but applied together
-(docs/msc4259.md §6.17): what an observer sees is the result of applying them in order — the
+(docs/msc4259.md §6.16): what an observer sees is the result of applying them in order — the
 later value of a field wins — and every EDU is counted once, an update sent under both EDU
 types (``uk.tcpip.msc4259.profile`` and ``m.profile``) once in all.
 
