@@ -19,11 +19,13 @@ exchange. We start it while answering the joiner's ``send_join``, before the joi
 stored its membership; the joiner's receiver holds what arrives meanwhile (below), so a
 newcomer that runs refserver need not poll (docs/msc4259.md §6.13).
 
-Receiving (:class:`ProfileEduReceiver`): the handler registered for both EDU types checks
-the EDU (``profiles.edus.parse_incoming_edu``: user on the sending server, valid fields,
-size), optionally ignores users sharing no room with us, and applies it to the remote
-profile cache, which then counts as complete (§6.12). While one of our joins through another
-server is in progress, an EDU about a user sharing no room with us is held
+Receiving (:class:`ProfileEduReceiver`): the handler registered for both EDU types gets all
+of a transaction's profile EDUs at once, checks each (``profiles.edus.parse_incoming_edu``:
+user on the sending server, valid fields, size), optionally ignores users sharing no room with
+us, and applies them in order to the remote profile cache in one database transaction
+(docs/msc4259.md §6.16); a cached profile fed by EDUs counts as complete (§6.12). While one
+of our joins through another server is in progress, an EDU about a user sharing no room with us
+is held
 (:mod:`refserver.profiles.edu_hold`) instead of dropped, and checked again when the join
 ends: the resident got 200 for it and will not send it again. EDUs are never forwarded:
 nothing here enqueues anything.
