@@ -25,9 +25,8 @@ user on the sending server, valid fields, size), optionally ignores users sharin
 us, and applies them in order to the remote profile cache in one database transaction
 (docs/msc4259.md §6.16); a cached profile fed by EDUs counts as complete (§6.12). While one
 of our joins through another server is in progress, an EDU about a user sharing no room with us
-is held
-(:mod:`refserver.profiles.edu_hold`) instead of dropped, and checked again when the join
-ends: the resident got 200 for it and will not send it again. EDUs are never forwarded:
+is held (:mod:`refserver.profiles.edu_hold`) instead of dropped, and checked again when the
+join ends: the resident got 200 for it and will not send it again. EDUs are never forwarded:
 nothing here enqueues anything.
 """
 
