@@ -331,10 +331,17 @@ class ProfileEduReceiver:
 
     # -- EDUs --------------------------------------------------------------------------------
 
-    async def on_edus(self, origin: str, txn_id: str, edus: list[tuple[str, JsonValue]]) -> None:
+    async def on_edus(
+        self,
+        origin: str,
+        txn_id: str,
+        edus: list[tuple[str, JsonValue]],
+        record_answer: Callable[[sqlite3.Connection], None],
+    ) -> None:
         """The profile EDUs of one transaction (both types), in order: each is checked on
         its own (drops counted and logged per EDU), then all are applied in one database
-        transaction. The second copy of an update sent under both EDU types counts once."""
+        transaction, which also stores the transaction's answer (``record_answer``). The
+        second copy of an update sent under both EDU types counts once."""
         updates: dict[str, _UserUpdate] = {}
         seen: set[tuple[str, bytes]] = set()
         for _edu_type, content in edus:
@@ -354,10 +361,15 @@ class ProfileEduReceiver:
                 dict(update.fields)
             )
         if updates:
-            await self._receive(origin, updates)
+            await self._receive(origin, updates, record_answer=record_answer)
 
     async def _receive(
-        self, origin: str, updates: dict[str, _UserUpdate], *, released: bool = False
+        self,
+        origin: str,
+        updates: dict[str, _UserUpdate],
+        *,
+        released: bool = False,
+        record_answer: Callable[[sqlite3.Connection], None] | None = None,
     ) -> None:
         """Apply checked updates from ``origin``, or hold those about users sharing no room
         while a join is in progress (never acknowledge and forget an EDU about a user who may
@@ -371,7 +383,8 @@ class ProfileEduReceiver:
                 if held is not None:
                     update.edus.insert(0, dict(held.fields))  # the held values are older
                     update.held = True
-            outcomes = await self._db.run(self._apply_txn, origin, updates)
+            outcomes = await self._db.run(self._apply_txn, origin, updates, record_answer)
+            record_answer = None  # recorded with the first round
             strangers = {u: updates[u] for u, o in outcomes.items() if o.no_shared_room}
             applied.update((u, o) for u, o in outcomes.items() if not o.no_shared_room)
             if not strangers:
@@ -450,9 +463,15 @@ class ProfileEduReceiver:
         )
 
     def _apply_txn(
-        self, conn: sqlite3.Connection, origin: str, updates: dict[str, _UserUpdate]
+        self,
+        conn: sqlite3.Connection,
+        origin: str,
+        updates: dict[str, _UserUpdate],
+        record_answer: Callable[[sqlite3.Connection], None] | None,
     ) -> dict[str, _Outcome]:
         """Apply the updates of one transaction; what became of each user's."""
+        if record_answer is not None:
+            record_answer(conn)
         users = sorted(updates)
         shared = cache_store.sharing_room_with_local_user(conn, users)
         cached = cache_store.get_cached_many(conn, users)
