@@ -317,7 +317,7 @@ def build_services(
     )
     persisted.add_listener(member_feed.on_membership)
     for edu_type in EDU_TYPES:
-        transactions.register_edu_handler(edu_type, receiver.on_edu)
+        transactions.register_edu_handler(edu_type, receiver.on_edus)
     return Services(
         config=config,
         clock=clock,

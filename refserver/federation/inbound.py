@@ -10,13 +10,21 @@
   the spec has the sender wait for our answer before sending anything else, so a slow origin
   or a deep gap must not hold it forever. PDUs not processed when it runs out get an error
   result in ``pdus``; the answer is still 200.
-- EDUs go to the handler registered for their ``edu_type``; unknown types are logged and
-  ignored. A handler that raises costs only its own EDU. EDUs are never forwarded.
+- EDUs go to the handler registered for their ``edu_type``, in one call per handler and
+  transaction: the handler gets all its EDUs at once, in transaction order, so it can check
+  them purely and do its database work in one round trip (a handler registered for several
+  types, like MSC4259's unstable and stable names, sees both kinds together). Unknown types are
+  logged and ignored. A handler that raises costs only the EDUs given to it. EDUs are never
+  forwarded.
+- The answer is stored for deduplication in the same database transaction as the EDUs'
+  effects when the handler offers one (``record_answer``): one round trip fewer, and a crash
+  can never keep the effects while losing the record that the transaction was processed.
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -33,8 +41,14 @@ from refserver.types import JsonDict, JsonValue
 
 log = logging.getLogger(__name__)
 
-#: ``handler(origin, txn_id, content)``; ``origin`` is the X-Matrix-authenticated sender.
-EduHandler = Callable[[str, str, JsonValue], Awaitable[None]]
+#: ``handler(origin, txn_id, edus, record_answer)``: the ``(edu_type, content)`` of every EDU
+#: of one transaction registered to this handler, in transaction order; ``origin`` is the
+#: X-Matrix-authenticated sender. The handler may call ``record_answer(conn)`` inside its
+#: database transaction to store the transaction's answer with its own writes.
+EduHandler = Callable[
+    [str, str, list[tuple[str, JsonValue]], Callable[[sqlite3.Connection], None]],
+    Awaitable[None],
+]
 
 #: Rooms of one transaction processed at once (each may be fetching missing events).
 MAX_CONCURRENT_ROOMS = 8
@@ -63,16 +77,20 @@ class TransactionHandler:
                 log.info("txn %s from %s is a retry: answering from cache", txn_id, origin)
                 return cached
             results = await self._process_pdus(origin, txn_id, txn)
-            for edu in txn.edus:
-                await self._dispatch_edu(origin, txn_id, edu)
             response: JsonDict = {"pdus": results}
-            await self._db.run(
-                fed_store.store_received_transaction,
-                origin,
-                txn_id,
-                response,
-                self._clock.time_ms(),
-            )
+            recorded = False
+            # Read the time here: record_answer runs on the database thread.
+            answered_ms = self._clock.time_ms()
+
+            def record_answer(conn: sqlite3.Connection) -> None:
+                nonlocal recorded
+                fed_store.store_received_transaction(conn, origin, txn_id, response, answered_ms)
+                recorded = True
+
+            if not await self._dispatch_edus(origin, txn_id, txn.edus, record_answer):
+                recorded = False  # a handler failed: its transaction may have rolled back
+            if not recorded:
+                await self._db.run(record_answer)
             return response
 
     async def _process_pdus(
@@ -132,13 +150,37 @@ class TransactionHandler:
                 }
         return results
 
-    async def _dispatch_edu(self, origin: str, txn_id: str, edu: JsonDict) -> None:
-        edu_type = edu.get("edu_type")
-        handler = self._edu_handlers.get(edu_type) if isinstance(edu_type, str) else None
-        if handler is None:
-            log.info("ignoring EDU of unknown type %r from %s (txn %s)", edu_type, origin, txn_id)
-            return
-        try:
-            await handler(origin, txn_id, edu.get("content"))
-        except Exception:
-            log.exception("EDU handler for %s failed (origin %s, txn %s)", edu_type, origin, txn_id)
+    async def _dispatch_edus(
+        self,
+        origin: str,
+        txn_id: str,
+        edus: list[JsonDict],
+        record_answer: Callable[[sqlite3.Connection], None],
+    ) -> bool:
+        """Hand each handler its EDUs; False if one raised."""
+        # Keyed by the handler (bound methods of one object compare equal): one call per
+        # handler, whatever types it is registered for.
+        batches: dict[EduHandler, list[tuple[str, JsonValue]]] = {}
+        for edu in edus:
+            edu_type = edu.get("edu_type")
+            handler = self._edu_handlers.get(edu_type) if isinstance(edu_type, str) else None
+            if handler is None:
+                log.info(
+                    "ignoring EDU of unknown type %r from %s (txn %s)", edu_type, origin, txn_id
+                )
+                continue
+            assert isinstance(edu_type, str)
+            batches.setdefault(handler, []).append((edu_type, edu.get("content")))
+        ok = True
+        for handler, batch in batches.items():
+            try:
+                await handler(origin, txn_id, batch, record_answer)
+            except Exception:
+                ok = False
+                log.exception(
+                    "EDU handler for %s failed (origin %s, txn %s)",
+                    ", ".join(sorted({t for t, _ in batch})),
+                    origin,
+                    txn_id,
+                )
+        return ok

@@ -8,6 +8,10 @@ Server-server API §"Retrieving server keys". Rules applied here:
   lesser of valid_until_ts and 7 days into the future", rooms v5+).
 - Request signatures only accept ``verify_keys``; event signatures also accept
   ``old_verify_keys`` that expired after the event's ``origin_server_ts``.
+
+Keys read from the database are also kept in memory (every inbound request needs its
+origin's key; the rows change only through :meth:`Keyring.fetch_server_keys`, which updates
+both), so authenticating a request costs no database round trip.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ log = logging.getLogger(__name__)
 OWN_KEY_LIFETIME_MS = 24 * 3600 * 1000
 #: Cap on trusting a fetched key response (rooms v5+ signing requirements).
 MAX_KEY_VALIDITY_MS = 7 * 24 * 3600 * 1000
+#: Remote keys kept in memory; beyond this the memory copy starts afresh from the database.
+MAX_CACHED_KEYS = 100_000
 
 
 class KeyNotFound(Exception):
@@ -60,6 +66,8 @@ class Keyring:
         self._signing_key = signing_key
         self._old_keys = old_keys  # signedjson VerifyKeyWithExpiry (.expired)
         self._fetch_locks: dict[str, trio.Lock] = {}
+        #: (server, key ID) → the stored row and its decoded key (the database is the truth).
+        self._cached: dict[tuple[str, str], tuple[fed_store.StoredKey, VerifyKey]] = {}
 
     # -- ours -------------------------------------------------------------------------------
 
@@ -105,20 +113,26 @@ class Keyring:
                 raise KeyNotFound(f"no key {key_id_} of our own")
             return key
         needed_until = event_ts if event_ts is not None else self._clock.time_ms()
+        for_event = event_ts is not None
+        cached = self._cached.get((server_name, key_id_))
+        if cached is not None and self._usable(cached[0], needed_until, for_event=for_event):
+            return cached[1]
         stored = await self._db.run(fed_store.get_server_key, server_name, key_id_)
-        if stored is None or not self._usable(stored, needed_until, for_event=event_ts is not None):
+        if stored is None or not self._usable(stored, needed_until, for_event=for_event):
             async with self._fetch_locks.setdefault(server_name, trio.Lock()):
                 stored = await self._db.run(fed_store.get_server_key, server_name, key_id_)
-                if stored is None or not self._usable(
-                    stored, needed_until, for_event=event_ts is not None
-                ):
+                if stored is None or not self._usable(stored, needed_until, for_event=for_event):
                     await self.fetch_server_keys(server_name)
                     stored = await self._db.run(fed_store.get_server_key, server_name, key_id_)
-        if stored is None or not self._usable(stored, needed_until, for_event=event_ts is not None):
+        if stored is None or not self._usable(stored, needed_until, for_event=for_event):
             raise KeyNotFound(f"no valid key {key_id_} for {server_name}")
-        return signedjson.key.decode_verify_key_base64(
+        decoded: VerifyKey = signedjson.key.decode_verify_key_base64(
             "ed25519", key_id_.split(":", 1)[1], stored.verify_key
         )
+        if len(self._cached) >= MAX_CACHED_KEYS:
+            self._cached.clear()
+        self._cached[(server_name, key_id_)] = (stored, decoded)
+        return decoded
 
     @staticmethod
     def _usable(stored: fed_store.StoredKey, at_ms: int, *, for_event: bool) -> bool:
@@ -153,6 +167,9 @@ class Keyring:
             valid_until,
             fetched,
         )
+        # The rows just written replace what memory holds (read again on the next use).
+        for row in stored:
+            self._cached.pop((server_name, row.key_id), None)
         log.info("fetched keys of %s: %s", server_name, ", ".join(keys["verify_keys"]))
         assert isinstance(response, dict)
         return response

@@ -19,13 +19,14 @@ exchange. We start it while answering the joiner's ``send_join``, before the joi
 stored its membership; the joiner's receiver holds what arrives meanwhile (below), so a
 newcomer that runs refserver need not poll (docs/msc4259.md §6.13).
 
-Receiving (:class:`ProfileEduReceiver`): the handler registered for both EDU types checks
-the EDU (``profiles.edus.parse_incoming_edu``: user on the sending server, valid fields,
-size), optionally ignores users sharing no room with us, and applies it to the remote
-profile cache, which then counts as complete (§6.12). While one of our joins through another
-server is in progress, an EDU about a user sharing no room with us is held
-(:mod:`refserver.profiles.edu_hold`) instead of dropped, and checked again when the join
-ends: the resident got 200 for it and will not send it again. EDUs are never forwarded:
+Receiving (:class:`ProfileEduReceiver`): the handler registered for both EDU types gets all
+of a transaction's profile EDUs at once, checks each (``profiles.edus.parse_incoming_edu``:
+user on the sending server, valid fields, size), optionally ignores users sharing no room with
+us, and applies them in order to the remote profile cache in one database transaction
+(docs/msc4259.md §6.16); a cached profile fed by EDUs counts as complete (§6.12). While one
+of our joins through another server is in progress, an EDU about a user sharing no room with us
+is held (:mod:`refserver.profiles.edu_hold`) instead of dropped, and checked again when the
+join ends: the resident got 200 for it and will not send it again. EDUs are never forwarded:
 nothing here enqueues anything.
 """
 
@@ -38,11 +39,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from refserver.clock import Clock
+from refserver.crypto.canonical_json import encode_canonical_json
 from refserver.events.model import BAN, JOIN, LEAVE, MEMBER
 from refserver.ids import server_name_of
 from refserver.metrics import Metrics
 from refserver.notifier import Notifier
-from refserver.profiles.edu_hold import EduHold
+from refserver.profiles.edu_hold import EduHold, HeldEdu
 from refserver.profiles.edus import (
     DroppedEdu,
     FieldPolicy,
@@ -322,104 +324,233 @@ class ProfileEduReceiver:
     async def join_ended(self) -> None:
         """That join completed or failed: apply the held EDUs whose user now shares a room
         with a local user; the rest wait for the other joins in progress, or are dropped."""
+        by_origin: dict[str, list[HeldEdu]] = {}
         for held in self._hold.join_ended():
-            await self._receive(held.origin, held.txn_id, held.user_id, held.fields, released=True)
+            by_origin.setdefault(held.origin, []).append(held)
+        for origin, helds in by_origin.items():
+            await self._receive(
+                origin,
+                {h.user_id: _UserUpdate(h.txn_id, [dict(h.fields)]) for h in helds},
+                released=True,
+            )
 
     # -- EDUs --------------------------------------------------------------------------------
 
-    async def on_edu(self, origin: str, txn_id: str, content: JsonValue) -> None:
-        try:
-            update = parse_incoming_edu(content, origin=origin)
-        except DroppedEdu as exc:
-            self._metrics.profile_edus_dropped.labels(exc.reason).inc()
-            log.info("profile EDU ← %s txn=%s dropped (%s): %s", origin, txn_id, exc.reason, exc)
-            return
-        await self._receive(origin, txn_id, update.user_id, dict(update.fields))
+    async def on_edus(
+        self,
+        origin: str,
+        txn_id: str,
+        edus: list[tuple[str, JsonValue]],
+        record_answer: Callable[[sqlite3.Connection], None],
+    ) -> None:
+        """The profile EDUs of one transaction (both types), in order: each is checked on
+        its own (drops counted and logged per EDU), then all are applied in one database
+        transaction, which also stores the transaction's answer (``record_answer``). The
+        second copy of an update sent under both EDU types counts once."""
+        updates: dict[str, _UserUpdate] = {}
+        seen: set[tuple[str, bytes]] = set()
+        for _edu_type, content in edus:
+            try:
+                update = parse_incoming_edu(content, origin=origin)
+            except DroppedEdu as exc:
+                self._metrics.profile_edus_dropped.labels(exc.reason).inc()
+                log.info(
+                    "profile EDU ← %s txn=%s dropped (%s): %s", origin, txn_id, exc.reason, exc
+                )
+                continue
+            key = (update.user_id, encode_canonical_json(update.fields))
+            if key in seen:
+                continue  # the same update under the other EDU type
+            seen.add(key)
+            updates.setdefault(update.user_id, _UserUpdate(txn_id, [])).edus.append(
+                dict(update.fields)
+            )
+        if updates:
+            await self._receive(origin, updates, record_answer=record_answer)
 
     async def _receive(
         self,
         origin: str,
-        txn_id: str,
-        user_id: str,
-        fields: dict[str, JsonValue | None],
+        updates: dict[str, _UserUpdate],
         *,
         released: bool = False,
+        record_answer: Callable[[sqlite3.Connection], None] | None = None,
     ) -> None:
-        """Apply a checked update, or hold it while a join is in progress (never acknowledge
-        and forget an EDU about a user who may be joining us). ``released``: it was held
-        already (counted once in ``profile_edus_held``)."""
-        while True:
+        """Apply checked updates from ``origin``, or hold those about users sharing no room
+        while a join is in progress (never acknowledge and forget an EDU about a user who may
+        be joining us). ``released``: they were held already (counted once in
+        ``profile_edus_held``)."""
+        applied: dict[str, _Outcome] = {}
+        while updates:
             generation = self._hold.generation
-            held = self._hold.take(origin, user_id)
-            if held is not None:
-                fields = {**held.fields, **fields}  # the held values are older
-            dropped = await self._db.run(
-                self._apply_txn, origin, user_id, fields, self._clock.time_ms()
+            for user_id, update in updates.items():
+                held = self._hold.take(origin, user_id)
+                if held is not None:
+                    update.edus.insert(0, dict(held.fields))  # the held values are older
+                    update.held = True
+            outcomes = await self._db.run(
+                self._apply_txn, origin, updates, record_answer, self._clock.time_ms()
             )
-            if dropped != "no_shared_room":
+            record_answer = None  # recorded with the first round
+            strangers = {u: updates[u] for u, o in outcomes.items() if o.no_shared_room}
+            applied.update((u, o) for u, o in outcomes.items() if not o.no_shared_room)
+            if not strangers:
                 break
             if self._hold.active:
-                if self._hold.hold(origin, user_id, txn_id, fields):
-                    if not released:
-                        self._metrics.profile_edus_held.inc()
-                    log.info(
-                        "profile EDU ← %s txn=%s about %s held until a join completes",
-                        origin,
-                        txn_id,
-                        user_id,
-                    )
-                    return
-                self._metrics.profile_edus_hold_overflow.inc()
-                log.warning(
-                    "profile EDU ← %s txn=%s about %s: hold is full (%d users)",
-                    origin,
-                    txn_id,
-                    user_id,
-                    len(self._hold),
-                )
+                for user_id, update in strangers.items():
+                    self._hold_update(origin, user_id, update, released=released)
                 break
             if self._hold.generation == generation:
+                for user_id, update in strangers.items():
+                    self._metrics.profile_edus_dropped.labels("no_shared_room").inc(update.counted)
+                    log.info(
+                        "profile EDU ← %s txn=%s about %s dropped (no_shared_room)",
+                        origin,
+                        update.txn_id,
+                        user_id,
+                    )
                 break
-            # A join ended while we checked: the user may share a room now.
-        if dropped is not None:
-            self._metrics.profile_edus_dropped.labels(dropped).inc()
+            # A join ended while we checked: those users may share a room now.
+            updates = strangers
+        for user_id, outcome in applied.items():
+            update = outcome.update
+            if outcome.too_large:
+                self._metrics.profile_edus_dropped.labels("too_large").inc(outcome.too_large)
+                log.info(
+                    "profile EDU ← %s txn=%s about %s dropped (too_large)",
+                    origin,
+                    update.txn_id,
+                    user_id,
+                )
+            if outcome.fields:
+                self._metrics.profile_edus_received.labels(origin).inc(outcome.accepted)
+                log.info(
+                    "profile EDU ← %s txn=%s %s",
+                    origin,
+                    update.txn_id,
+                    json.dumps(
+                        {"user_id": user_id, "fields": outcome.fields},
+                        sort_keys=True,
+                        ensure_ascii=False,
+                    ),
+                )
+        if any(o.fields for o in applied.values()):
+            self._notifier.notify()
+
+    def _hold_update(
+        self, origin: str, user_id: str, update: _UserUpdate, *, released: bool
+    ) -> None:
+        fields: dict[str, JsonValue | None] = {}
+        for edu in update.edus:
+            fields.update(edu)
+        if self._hold.hold(origin, user_id, update.txn_id, fields):
+            if not released:
+                self._metrics.profile_edus_held.inc(update.counted)
             log.info(
-                "profile EDU ← %s txn=%s about %s dropped (%s)", origin, txn_id, user_id, dropped
+                "profile EDU ← %s txn=%s about %s held until a join completes",
+                origin,
+                update.txn_id,
+                user_id,
             )
             return
-        self._metrics.profile_edus_received.labels(origin).inc()
-        log.info(
-            "profile EDU ← %s txn=%s %s",
+        self._metrics.profile_edus_hold_overflow.inc(update.counted)
+        self._metrics.profile_edus_dropped.labels("no_shared_room").inc(update.counted)
+        log.warning(
+            "profile EDU ← %s txn=%s about %s: hold is full (%d users)",
             origin,
-            txn_id,
-            json.dumps({"user_id": user_id, "fields": fields}, sort_keys=True, ensure_ascii=False),
+            update.txn_id,
+            user_id,
+            len(self._hold),
         )
-        self._notifier.notify()
+        log.info(
+            "profile EDU ← %s txn=%s about %s dropped (no_shared_room)",
+            origin,
+            update.txn_id,
+            user_id,
+        )
 
     def _apply_txn(
         self,
         conn: sqlite3.Connection,
         origin: str,
-        user_id: str,
-        fields: dict[str, JsonValue | None],
-        now_ms: int,
-    ) -> str | None:
-        """Apply one update at ``now_ms``; the drop reason if it was not applied."""
-        shared = cache_store.shares_room_with_local_user(conn, user_id)
-        if self._policy.accept_only_shared_users and not shared:
-            return "no_shared_room"
-        cached, _ = cache_store.get_cached(conn, user_id)
-        merged = {**cached, **{k: v for k, v in fields.items() if v is not None}}
-        for key, value in fields.items():
+        updates: dict[str, _UserUpdate],
+        record_answer: Callable[[sqlite3.Connection], None] | None,
+        now: int,
+    ) -> dict[str, _Outcome]:
+        """Apply the updates of one transaction at ``now`` (ms); what became of each user's."""
+        if record_answer is not None:
+            record_answer(conn)
+        users = sorted(updates)
+        shared = cache_store.sharing_room_with_local_user(conn, users)
+        cached = cache_store.get_cached_many(conn, users)
+        outcomes: dict[str, _Outcome] = {}
+        for user_id in users:
+            update = updates[user_id]
+            if self._policy.accept_only_shared_users and user_id not in shared:
+                outcomes[user_id] = _Outcome(update, no_shared_room=True)
+                continue
+            outcome = _fold(update, cached[user_id][0])
+            outcomes[user_id] = outcome
+            if outcome.fields:
+                # An EDU from the user's own server (the origin check passed) while a room is
+                # shared makes the cached profile authoritative: its sender sends the whole
+                # profile when sharing starts and every change after (docs/msc4259.md §6.12).
+                cache_store.apply_changes(
+                    conn,
+                    user_id,
+                    outcome.fields,
+                    now,
+                    mark_complete=user_id in shared,
+                    cached=cached[user_id],
+                )
+        if any(o.fields for o in outcomes.values()):
+            cache_store.note_edu_server(conn, origin, now)
+        return outcomes
+
+
+@dataclass
+class _UserUpdate:
+    """The checked EDUs about one user from one origin, oldest first (a held update first)."""
+
+    txn_id: str
+    edus: list[dict[str, JsonValue | None]]
+    #: Its first entry came from the hold (counted there already).
+    held: bool = False
+
+    @property
+    def counted(self) -> int:
+        """EDUs this update stands for in the counters (a held one was counted already)."""
+        return len(self.edus) - (1 if self.held else 0)
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    update: _UserUpdate
+    no_shared_room: bool = False
+    fields: dict[str, JsonValue | None] = field(default_factory=dict)
+    accepted: int = 0
+    too_large: int = 0
+
+
+def _fold(update: _UserUpdate, cached: JsonDict) -> _Outcome:
+    """Apply one user's EDUs to the cached profile in order, in memory: the same result as
+    applying them one by one (a later value of a field wins; an EDU that would make the
+    profile exceed 64 KiB is dropped alone), for one database write."""
+    profile = dict(cached)
+    fields: dict[str, JsonValue | None] = {}
+    accepted = too_large = 0
+    for n, edu in enumerate(update.edus):
+        candidate = {**profile, **{k: v for k, v in edu.items() if v is not None}}
+        for key, value in edu.items():
             if value is None:
-                merged.pop(key, None)
+                candidate.pop(key, None)
+        counts = not (update.held and n == 0)
         try:
-            check_profile_size(merged)
+            check_profile_size(candidate)
         except ProfileFieldError:
-            return "too_large"
-        # An EDU from the user's own server (the origin check passed) while a room is shared
-        # makes the cached profile authoritative: its sender sends the whole profile when
-        # sharing starts and every change after (docs/msc4259.md §6.12).
-        cache_store.apply_changes(conn, user_id, fields, now_ms, mark_complete=shared)
-        cache_store.note_edu_server(conn, origin, now_ms)
-        return None
+            too_large += counts
+            continue
+        profile = candidate
+        fields.update(edu)
+        accepted += counts
+    return _Outcome(update, fields=fields, accepted=accepted, too_large=too_large)

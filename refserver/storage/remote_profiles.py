@@ -38,6 +38,35 @@ def get_cached(conn: sqlite3.Connection, user_id: str) -> tuple[JsonDict, CacheM
     return profile, (None if meta is None else CacheMeta(meta[0], meta[1], bool(meta[2])))
 
 
+def get_cached_many(
+    conn: sqlite3.Connection, user_ids: list[str]
+) -> dict[str, tuple[JsonDict, CacheMeta | None]]:
+    """:func:`get_cached` for several users in two queries per chunk of users."""
+    out: dict[str, tuple[JsonDict, CacheMeta | None]] = {u: ({}, None) for u in user_ids}
+    for chunk in _chunks(user_ids):
+        marks = ",".join("?" * len(chunk))
+        for user_id, field, value_json in conn.execute(
+            f"SELECT user_id, field, value_json FROM remote_profiles WHERE user_id IN ({marks})",
+            chunk,
+        ):
+            out[user_id][0][field] = json.loads(value_json)
+        for user_id, fetched, updated, complete in conn.execute(
+            "SELECT user_id, fetched_ms, updated_ms, complete FROM remote_profile_meta"
+            f" WHERE user_id IN ({marks})",
+            chunk,
+        ):
+            out[user_id] = (out[user_id][0], CacheMeta(fetched, updated, bool(complete)))
+    return out
+
+
+#: Users per ``IN (…)`` query: well under SQLite's bound on parameters.
+_CHUNK = 500
+
+
+def _chunks(items: list[str]) -> list[list[str]]:
+    return [items[i : i + _CHUNK] for i in range(0, len(items), _CHUNK)]
+
+
 def _stream(
     conn: sqlite3.Connection, user_id: str, field: str, value_json: str | None, now_ms: int
 ) -> None:
@@ -55,6 +84,7 @@ def apply_changes(
     *,
     replace_all: bool = False,
     mark_complete: bool = False,
+    cached: tuple[JsonDict, CacheMeta | None] | None = None,
 ) -> int:
     """Set (value) or remove (None) cached fields; with ``replace_all`` (a full query
     answer) fields not in ``changes`` are removed too. ``mark_complete`` (an EDU from the
@@ -62,8 +92,11 @@ def apply_changes(
     changed.
 
     Values are compared by their canonical JSON encoding, not with ``==``: in Python
-    ``1 == True`` and ``0 == False``, but ``1`` and ``true`` are different JSON values."""
-    current, meta = get_cached(conn, user_id)
+    ``1 == True`` and ``0 == False``, but ``1`` and ``true`` are different JSON values.
+
+    ``cached``: the entry as :func:`get_cached` returns it, when the caller read it already
+    in this transaction (batches read many users at once)."""
+    current, meta = cached if cached is not None else get_cached(conn, user_id)
     target = dict(current)
     if replace_all:
         target = {k: v for k, v in changes.items() if v is not None}
@@ -161,6 +194,23 @@ def shares_room_with_local_user(conn: sqlite3.Connection, user_id: str) -> bool:
         (user_id,),
     ).fetchone()
     return row is not None
+
+
+def sharing_room_with_local_user(conn: sqlite3.Connection, user_ids: list[str]) -> set[str]:
+    """Of ``user_ids``, those sharing a room with a user of ours
+    (:func:`shares_room_with_local_user` for many users in one query per chunk)."""
+    out: set[str] = set()
+    for chunk in _chunks(user_ids):
+        marks = ",".join("?" * len(chunk))
+        rows = conn.execute(
+            "SELECT DISTINCT theirs.user_id FROM room_memberships theirs JOIN room_memberships ours"
+            " ON ours.room_id = theirs.room_id AND ours.membership = 'join'"
+            " JOIN users u ON u.user_id = ours.user_id"
+            f" WHERE theirs.user_id IN ({marks}) AND theirs.membership = 'join'",
+            chunk,
+        )
+        out.update(r[0] for r in rows)
+    return out
 
 
 def remote_users_sharing_rooms(conn: sqlite3.Connection, server_name: str) -> list[str]:

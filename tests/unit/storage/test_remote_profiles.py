@@ -65,3 +65,40 @@ def test_mark_complete_starts_the_freshness_period_once(conn: sqlite3.Connection
     store.apply_changes(conn, CAROL, {"m.tz": "Europe/Rome"}, 3000, mark_complete=True)
     meta = store.get_cached(conn, CAROL)[1]
     assert meta is not None and meta.complete and meta.fetched_ms == 2000
+
+
+def _member(conn: sqlite3.Connection, room_id: str, user_id: str, membership: str) -> None:
+    conn.execute(
+        "INSERT INTO room_memberships (room_id, user_id, server_name, membership, event_id,"
+        " stream_ordering) VALUES (?,?,?,?,?,0)",
+        (room_id, user_id, user_id.split(":", 1)[1], membership, f"$m{room_id}{user_id}"),
+    )
+
+
+def test_the_batch_reads_agree_with_the_single_user_reads_across_chunks(
+    conn: sqlite3.Connection,
+) -> None:
+    """One transaction's EDUs are applied with one sharing query and one cache read
+    (docs/msc4259.md §6.16): they must give what the per-user reads give, past the chunk
+    size of the ``IN (…)`` queries too."""
+    conn.execute(
+        "INSERT INTO users (user_id, localpart, created_ts) VALUES ('@bob:here.example', 'bob', 0)"
+    )
+    _member(conn, "!r:here.example", "@bob:here.example", "join")
+    users = [f"@u{n}:remote.example" for n in range(1200)]
+    for n, user_id in enumerate(users):
+        if n % 3 == 0:
+            _member(conn, "!r:here.example", user_id, "join")
+        elif n % 3 == 1:
+            _member(conn, "!r:here.example", user_id, "leave")
+        if n % 2 == 0:
+            store.apply_changes(
+                conn, user_id, {"displayname": f"U{n}"}, 1000, mark_complete=n % 4 == 0
+            )
+    asked = [*users, "@nobody:remote.example"]
+
+    shared = store.sharing_room_with_local_user(conn, asked)
+    assert shared == {u for u in asked if store.shares_room_with_local_user(conn, u)}
+    assert len(shared) == 400
+    cached = store.get_cached_many(conn, asked)
+    assert cached == {u: store.get_cached(conn, u) for u in asked}
