@@ -260,7 +260,12 @@ def build_services(
     persisted.add_listener(sender.send_room_event)
     # MSC4259 sending: local changes become EDUs.
     profile_edus = ProfileEduSender(
-        db, server_name=server_name, policy=msc4259, metrics=metrics, wake=sender.wake_many
+        db,
+        server_name=server_name,
+        policy=msc4259,
+        metrics=metrics,
+        wake=sender.wake_many,
+        clock=clock,
     )
     if config.msc4259.enabled:
         sender.add_edu_source(profile_edus)

@@ -2,20 +2,24 @@
 
 Sending (:class:`ProfileEduSender`, an ``EduSource`` of the federation sender):
 
-1. a local profile write commits and notifies :meth:`ProfileEduSender.on_profile_change`;
-2. the destinations are the servers with a user joined to a room the user is joined to
-   (from ``room_memberships``, never by scanning events), minus ourselves;
-3. ``(destination, user, field)`` is marked dirty *in the database*; the value is not
-   copied, so only the latest value is ever sent and nothing is lost across restarts;
-4. the destination queues are woken (paced by the sender); when a queue builds a
-   transaction it calls :meth:`take`, which applies each field's debounce / max-delay /
-   min-interval policy (``profiles.edus``) and reads current values from the profile: one
-   EDU per user, removed fields as ``null``;
-5. when the transaction gets 200, :meth:`ack` clears exactly what it carried.
+1. a local profile write appends its ``profile_stream`` row; inside that transaction
+   :meth:`ProfileEduSender.mark_dirty_in_txn` only *reads* the servers with a user joined
+   to a room the user is joined to (``room_memberships``), minus ourselves — nothing is
+   written per destination, so the write costs the same for 10 or 10,000 servers;
+2. after the commit :meth:`ProfileEduSender.on_profile_change` wakes those destination
+   queues (in memory);
+3. each destination has a cursor into ``profile_stream`` (``storage/profile_edus``); when a
+   queue builds a transaction, :meth:`take` reads in one round trip the newest change per
+   (user, field) after the cursor for the local users sharing a room with it, applies each
+   field's leading-edge rate limit (``profiles.edus.ready_at``) and reads the current
+   values: one EDU per user, removed fields as ``null``; only the latest value is ever
+   sent and nothing is lost across restarts (a cursor behind the head is pending);
+4. when the transaction gets 200, :meth:`ack` (one round trip) records what went and moves
+   the cursor past everything no longer owed.
 
 When a server starts sharing a room with a local user (its first user joins, or our user
-joins a room on it), the user's whole profile is marked dirty for it — the join-time
-exchange. We start it while answering the joiner's ``send_join``, before the joiner has
+joins a room on it), the user's whole profile is owed to it (a ``profile_edu_owed``
+marker) — the join-time exchange. We start it while answering the joiner's ``send_join``, before the joiner has
 stored its membership; the joiner's receiver holds what arrives meanwhile (below), so a
 newcomer that runs refserver need not poll (docs/msc4259.md §6.13).
 
@@ -36,18 +40,21 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from refserver.clock import Clock
 from refserver.events.model import BAN, JOIN, LEAVE, MEMBER
 from refserver.ids import server_name_of
 from refserver.metrics import Metrics
 from refserver.notifier import Notifier
 from refserver.profiles.edu_hold import EduHold
 from refserver.profiles.edus import (
+    DirtyField,
     DroppedEdu,
     FieldPolicy,
     build_edu_content,
     build_edus,
+    cursor_after,
     parse_incoming_edu,
     select_ready,
 )
@@ -81,13 +88,26 @@ def now_ms() -> int:
 
 @dataclass(frozen=True)
 class _Token:
-    """What one transaction carries, to clear on 200."""
+    """What one transaction carries, to record on 200."""
 
-    sent: list[tuple[str, str, int]]  # (user_id, field, stream_pos)
+    sent: list[tuple[str, str]]  # (user_id, field) in the EDUs
+    covered: list[tuple[str, str]]  # superseded by a join-time exchange, not sent
+    owed_users: list[str]  # join-time exchanges carried
+    head: int  # the stream position the values were read at
+    cursor: int  # where the destination's cursor may move
+    coalesced: int  # changes merged away
     edus: int
 
 
 class ProfileEduSender:
+    """The MSC4259 :class:`~refserver.federation.sender.EduSource` (docs/msc4259.md §3–4).
+
+    A profile write costs one ``profile_stream`` row and one read of the servers sharing a
+    room (to wake them); each destination keeps a cursor into the stream
+    (``storage/profile_edus``). Building a transaction is one database round trip
+    (:meth:`take`), acknowledging it one more (:meth:`ack`).
+    """
+
     def __init__(
         self,
         db: Database,
@@ -96,7 +116,7 @@ class ProfileEduSender:
         policy: EduPolicy,
         metrics: Metrics,
         wake: Callable[[Sequence[str]], None],
-        clock: Callable[[], float] = time.time,
+        clock: Clock,
     ) -> None:
         self._db = db
         self._server_name = server_name
@@ -104,34 +124,33 @@ class ProfileEduSender:
         self._metrics = metrics
         self._wake = wake
         self._clock = clock
-        #: destination → when its next debounced field becomes ready (seconds, wall clock).
+        #: destination → when its next trailing field becomes ready (``clock.monotonic()``).
         self._next_ready: dict[str, float] = {}
+        every = [policy.default_policy, *policy.field_policies.values()]
+        #: How long a sent time matters: the longest minimum interval.
+        self._keep_ms = int(max(p.min_interval_s for p in every) * 1000)
 
     # -- inputs ---------------------------------------------------------------------------
 
     def mark_dirty_in_txn(self, conn: sqlite3.Connection, change: ProfileChange) -> list[str]:
-        """Steps 2–3, inside the profile write's transaction: a crash can never keep the
-        change while losing the fact that servers are owed it. Returns the destinations
-        marked; the write hands them to :meth:`on_profile_change` after the commit."""
+        """Inside the profile write's transaction: the servers sharing a room with the user,
+        to wake after the commit. Nothing is written: the write's own ``profile_stream`` row
+        is what every destination's cursor will reach, so durability comes with the write."""
         if change.field in self._policy.local_only_fields:
             return []
-        destinations = sorted(
+        return sorted(
             room_store.get_servers_sharing_rooms_with(conn, change.user_id) - {self._server_name}
         )
-        merged = edu_store.mark_dirty(
-            conn, destinations, change.user_id, change.field, change.stream_pos, now_ms()
-        )
-        if merged:
-            self._metrics.profile_edus_coalesced.inc(merged)
-        return destinations
 
     async def on_profile_change(self, change: ProfileChange) -> None:
-        """After the commit: wake the destinations the change was marked dirty for."""
-        self._schedule(change.destinations)
+        """After the commit: wake the destinations sharing a room (a leading-edge change is
+        sendable at once; :meth:`take` decides)."""
+        if change.destinations:
+            self._wake(change.destinations)
 
     async def on_membership(self, persisted: Persisted) -> None:
         """Join-time exchange: a join that makes a server share its first room with a local
-        user marks that user's whole profile dirty for that server."""
+        user owes that server the user's whole profile."""
         event, change = persisted.event, persisted.membership
         if event.type != MEMBER or change is None or change.after != JOIN:
             return
@@ -161,101 +180,156 @@ class ProfileEduSender:
                 # A local user joined: every other server in the room may be new to them.
                 servers = {server_name_of(m.user_id) for m in joined} - {self._server_name}
                 pairs = [(joiner, s) for s in servers]
-            woken = []
+            woken = set()
             for local_user, destination in pairs:
                 if room_store.shares_other_room(conn, local_user, destination, room_id):
                     continue
-                pos = profile_store.current_stream_pos(conn)
+                edu_store.start_cursor(conn, destination)
                 profile = profile_store.get_profile(conn, local_user)
-                for name in profile:
-                    if name not in self._policy.local_only_fields:
-                        edu_store.mark_dirty(
-                            conn, [destination], local_user, name, pos, now_ms(), due_now=True
-                        )
-                if profile:
-                    woken.append(destination)
-            return woken
+                if any(n not in self._policy.local_only_fields for n in profile):
+                    edu_store.owe_full_profile(conn, destination, local_user)
+                    woken.add(destination)
+            return sorted(woken)
 
         destinations = await self._db.run(txn)
         if destinations:
-            log.info("join-time profile exchange: %s", ", ".join(sorted(destinations)))
-            # Due at once (no debounce): the joiner holds what arrives during its join, and
-            # one EDU with the whole profile leaves no window in which it looks partial.
-            self._schedule(destinations, at_once=True)
-
-    def _schedule(self, destinations: Sequence[str], *, at_once: bool = False) -> None:
-        if not destinations:
-            return
-        soonest = self._clock() + min(
-            [
-                0.0 if at_once else self._policy.default_policy.debounce_s,
-                *(p.debounce_s for p in self._policy.field_policies.values()),
-            ]
-        )
-        for destination in destinations:
-            self._next_ready[destination] = min(self._next_ready.get(destination, soonest), soonest)
-        self._wake(destinations)
+            log.info("join-time profile exchange: %s", ", ".join(destinations))
+            # Due at once: the joiner holds what arrives during its join, and one EDU with
+            # the whole profile leaves no window in which it looks partial.
+            self._wake(destinations)
 
     # -- EduSource ------------------------------------------------------------------------
 
     async def destinations_with_pending(self) -> set[str]:
-        return await self._db.run(edu_store.destinations_with_dirty)
+        return await self._db.run(
+            lambda conn: edu_store.destinations_with_pending(
+                conn, origin=self._server_name, exclude_fields=self._policy.local_only_fields
+            )
+        )
 
     def next_ready_in(self, destination: str) -> float | None:
         at = self._next_ready.get(destination)
-        return None if at is None else max(0.0, at - self._clock())
+        return None if at is None else max(0.0, at - self._clock.monotonic())
 
     async def take(
         self, destination: str, limit: int, txn_id: str
     ) -> tuple[list[JsonDict], object]:
-        """The EDUs ready for ``destination`` now (values read at this moment)."""
-        now = self._clock()
+        """The EDUs ready for ``destination`` now, values read at this moment: one round
+        trip. Join-time exchanges first (the whole profile, due at once, one EDU per user),
+        then changed fields by ``profiles.edus.select_ready``."""
+        now_ms = self._clock.time_ms()
         per_user_types = max(1, len(self._policy.edu_types))
+        limit_users = limit // per_user_types
 
-        def txn(
-            conn: sqlite3.Connection,
-        ) -> tuple[list[JsonDict], list[tuple[str, str, int]], float | None]:
-            selection = select_ready(
-                edu_store.dirty_for(conn, destination),
-                now=now,
-                policy_for=self._policy.field_policies,
-                default_policy=self._policy.default_policy,
-                last_sent=edu_store.last_sent_for(conn, destination),
-                limit_users=limit // per_user_types,
+        def txn(conn: sqlite3.Connection) -> tuple[list[JsonDict], _Token, float | None]:
+            pending = edu_store.pending_for(
+                conn,
+                destination,
+                origin=self._server_name,
+                exclude_fields=self._policy.local_only_fields,
             )
-            contents = []
-            sent: list[tuple[str, str, int]] = []
-            for user_id, fields in sorted(selection.by_user.items()):
+            by_user: dict[str, list[DirtyField]] = {}
+            for d in pending.fields:
+                by_user.setdefault(d.user_id, []).append(d)
+            contents: list[JsonDict] = []
+            sent: list[tuple[str, str]] = []
+            covered: list[tuple[str, str]] = []
+            owed_users: list[str] = []
+            empty: list[str] = []
+            coalesced = 0
+            for user_id, since in sorted(pending.owed.items(), key=lambda kv: (kv[1], kv[0])):
+                if len(owed_users) >= limit_users:
+                    break
                 profile = profile_store.get_profile(conn, user_id)
                 values: dict[str, JsonValue | None] = {
-                    f.field: profile.get(f.field) for f in fields
+                    k: v for k, v in profile.items() if k not in self._policy.local_only_fields
                 }
+                for d in by_user.get(user_id, []):
+                    if d.field in values:
+                        continue
+                    if d.stream_pos > since:
+                        values[d.field] = None  # removed after sharing started
+                    else:
+                        covered.append((user_id, d.field))  # removed while not sharing
+                owed_users.append(user_id)
+                if not values:
+                    empty.append(user_id)
+                    continue
                 contents.append(build_edu_content(user_id, values))
-                sent.extend((f.user_id, f.field, f.stream_pos) for f in fields)
-            return build_edus(contents, self._policy.edu_types), sent, selection.next_ready
+                sent.extend((user_id, f) for f in values)
+                coalesced += sum(d.changes - 1 for d in by_user.get(user_id, []))
+            full = set(owed_users)
+            selection = select_ready(
+                [
+                    d
+                    for d in pending.fields
+                    if d.user_id not in full and d.user_id not in pending.owed
+                ],
+                now=now_ms / 1000,
+                policy_for=self._policy.field_policies,
+                default_policy=self._policy.default_policy,
+                last_sent=pending.last_sent,
+                limit_users=limit_users - len(contents),
+            )
+            profiles: dict[str, dict[str, JsonValue]] = {}
+            for user_id, fields in sorted(selection.by_user.items()):
+                profile = profiles.setdefault(user_id, profile_store.get_profile(conn, user_id))
+                contents.append(
+                    build_edu_content(user_id, {f.field: profile.get(f.field) for f in fields})
+                )
+                sent.extend((user_id, f.field) for f in fields)
+                coalesced += sum(f.changes - 1 for f in fields)
+            cursor = cursor_after(
+                pending.fields, [*sent, *covered], cursor=pending.cursor, head=pending.head
+            )
+            if empty:
+                edu_store.drop_owed(conn, destination, empty)
+            if not contents and cursor > pending.cursor:
+                # Nothing to send and nothing to acknowledge: the cursor moves now.
+                edu_store.advance_cursor(conn, destination, cursor)
+            token = _Token(sent, covered, owed_users, pending.head, cursor, coalesced, 0)
+            return contents, token, selection.next_ready
 
-        edus, sent, next_ready = await self._db.run(txn)
+        contents, token, next_ready = await self._db.run(txn)
         if next_ready is None:
             self._next_ready.pop(destination, None)
         else:
-            self._next_ready[destination] = next_ready
-        for edu in edus[::per_user_types]:
+            delay = max(0.0, next_ready - now_ms / 1000)
+            self._next_ready[destination] = self._clock.monotonic() + delay
+        edus = build_edus(contents, self._policy.edu_types)
+        for content in contents:
             # One structured line per EDU: what went where, in which transaction.
             log.info(
                 "profile EDU → %s txn=%s %s",
                 destination,
                 txn_id,
-                json.dumps(edu["content"], sort_keys=True, ensure_ascii=False),
+                json.dumps(content, sort_keys=True, ensure_ascii=False),
             )
-        return edus, _Token(sent, len(edus))
+        return edus, replace(token, edus=len(edus))
 
     async def ack(self, destination: str, token: object) -> None:
         assert isinstance(token, _Token)
-        await self._db.run(edu_store.ack_sent, destination, token.sent, now_ms())
+        await self._db.run(
+            lambda conn: edu_store.ack(
+                conn,
+                destination,
+                sent=token.sent,
+                covered=token.covered,
+                head=token.head,
+                cursor=token.cursor,
+                owed_users=token.owed_users,
+                now_ms=self._clock.time_ms(),
+                keep_ms=self._keep_ms,
+            )
+        )
         self._metrics.profile_edus_sent.labels(destination).inc(token.edus)
+        if token.coalesced:
+            self._metrics.profile_edus_coalesced.inc(token.coalesced)
 
     async def count_pending(self) -> int:
-        return await self._db.run(edu_store.count_dirty)
+        """Destinations owed profile updates (the ``refserver_profile_edu_dirty_pending``
+        gauge)."""
+        return len(await self.destinations_with_pending())
 
 
 class ProfileEduReceiver:
