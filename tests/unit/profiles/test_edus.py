@@ -8,6 +8,7 @@ server's user is never legitimate ("MUST NOT forward").
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 from typing import Any
@@ -24,8 +25,8 @@ from refserver.profiles.edus import (
     ProfileUpdate,
     build_edu_content,
     build_edus,
-    parse_incoming_edu,
     cursor_after,
+    parse_incoming_edu,
     ready_at,
     select_ready,
 )
@@ -84,16 +85,12 @@ def test_a_change_inside_the_interval_waits_for_the_interval_to_end() -> None:
 def test_the_trailing_edge_is_debounced_after_the_latest_change() -> None:
     # Sent at 100.0; changes from 100.1 to 100.9: the interval ends at 101.0, but the
     # latest change is 0.4 s old then: wait for the debounce so the burst ends first.
-    assert ready_at(dirty(first=100.1, last=100.9), POLICY, last_sent=100.0) == pytest.approx(
-        101.4
-    )
+    assert ready_at(dirty(first=100.1, last=100.9), POLICY, last_sent=100.0) == pytest.approx(101.4)
 
 
 def test_max_delay_caps_how_long_the_trailing_debounce_postpones() -> None:
     # Changed every 10 ms for a minute after an EDU: the debounce alone would wait for ever.
-    assert ready_at(dirty(first=100.1, last=160.0), POLICY, last_sent=100.0) == pytest.approx(
-        105.1
-    )
+    assert ready_at(dirty(first=100.1, last=160.0), POLICY, last_sent=100.0) == pytest.approx(105.1)
 
 
 def test_min_interval_wins_over_max_delay() -> None:
@@ -144,7 +141,7 @@ def test_a_hundred_changes_in_one_second_make_two_edus_the_last_with_the_final_v
 def test_a_field_changing_all_the_time_goes_once_per_max_delay() -> None:
     changes = [i / 10 for i in range(600)]  # every 100 ms for a minute
     sent = simulate(changes, POLICY)
-    gaps = [b - a for a, b in zip(sent, sent[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(sent)]
     assert sent[0] == 0.0
     # One EDU per max_delay_s after the first change the previous EDU did not carry.
     assert all(g == pytest.approx(5.1, abs=0.02) for g in gaps[:-1]), gaps

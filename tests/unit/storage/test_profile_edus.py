@@ -110,7 +110,8 @@ def test_pending_is_the_newest_change_per_field_of_local_users_sharing_a_room(
     put(conn, ALICE, "org.example.secret", "x")
     # A remote user's cached changes are in the stream too, never ours to send.
     conn.execute(
-        "INSERT INTO profile_stream (user_id, field, value_json, ts) VALUES ('@dave:hs3','m.tz','\"D\"',0)"
+        "INSERT INTO profile_stream (user_id, field, value_json, ts)"
+        " VALUES ('@dave:hs3', 'm.tz', '\"D\"', 0)"
     )
     p = pending(conn, exclude_fields=("org.example.secret",))
     assert p.cursor == 0
@@ -271,7 +272,8 @@ def test_the_migration_carries_dirty_rows_over_as_cursors_and_markers(tmp_path: 
         join(conn, room, user)
     # hs2 owed a change at 4, hs3 a join-time exchange at 6, hs4 nothing.
     conn.execute(
-        "INSERT INTO profile_edu_dirty VALUES ('hs2', ?, 'm.tz', 5, 5, 4), ('hs3', ?, 'm.tz', 0, 6, 6)",
+        "INSERT INTO profile_edu_dirty VALUES"
+        " ('hs2', ?, 'm.tz', 5, 5, 4), ('hs3', ?, 'm.tz', 0, 6, 6)",
         (ALICE, ALICE),
     )
     conn.commit()
