@@ -19,9 +19,9 @@ Sending (:class:`ProfileEduSender`, an ``EduSource`` of the federation sender):
 
 When a server starts sharing a room with a local user (its first user joins, or our user
 joins a room on it), the user's whole profile is owed to it (a ``profile_edu_owed``
-marker) — the join-time exchange. We start it while answering the joiner's ``send_join``, before the joiner has
-stored its membership; the joiner's receiver holds what arrives meanwhile (below), so a
-newcomer that runs refserver need not poll (docs/msc4259.md §6.13).
+marker) — the join-time exchange. We start it while answering the joiner's ``send_join``,
+before the joiner has stored its membership; the joiner's receiver holds what arrives
+meanwhile (below), so a newcomer that runs refserver need not poll (docs/msc4259.md §6.13).
 
 Receiving (:class:`ProfileEduReceiver`): the handler registered for both EDU types checks
 the EDU (``profiles.edus.parse_incoming_edu``: user on the sending server, valid fields,
