@@ -2,12 +2,11 @@
 
 Sending (:class:`ProfileEduSender`, an ``EduSource`` of the federation sender):
 
-1. a local profile write appends its ``profile_stream`` row; inside that transaction
-   :meth:`ProfileEduSender.mark_dirty_in_txn` only *reads* the servers with a user joined
-   to a room the user is joined to (``room_memberships``), minus ourselves — nothing is
-   written per destination, so the write costs the same for 10 or 10,000 servers;
-2. after the commit :meth:`ProfileEduSender.on_profile_change` wakes those destination
-   queues (in memory);
+1. a local profile write appends its ``profile_stream`` row and nothing else — nothing per
+   destination, so the write costs the same for 10 or 10,000 servers;
+2. after the commit :meth:`ProfileEduSender.on_profile_change` notes the user, and
+   :meth:`ProfileEduSender.run` reads the servers with a user joined to a room the user is
+   joined to (``room_memberships``), minus ourselves, and wakes their queues (in memory);
 3. each destination has a cursor into ``profile_stream`` (``storage/profile_edus``); when a
    queue builds a transaction, :meth:`take` reads in one round trip the newest change per
    (user, field) after the cursor for the local users sharing a room with it, applies each
@@ -41,6 +40,8 @@ import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+
+import trio
 
 from refserver.clock import Clock
 from refserver.events.model import BAN, JOIN, LEAVE, MEMBER
@@ -124,6 +125,9 @@ class ProfileEduSender:
         self._metrics = metrics
         self._wake = wake
         self._clock = clock
+        #: Users whose profile changed, not yet turned into wake-ups (:meth:`run`).
+        self._changed: set[str] = set()
+        self._changed_event = trio.Event()
         #: destination → when its next trailing field becomes ready (``clock.monotonic()``).
         self._next_ready: dict[str, float] = {}
         every = [policy.default_policy, *policy.field_policies.values()]
@@ -132,21 +136,36 @@ class ProfileEduSender:
 
     # -- inputs ---------------------------------------------------------------------------
 
-    def mark_dirty_in_txn(self, conn: sqlite3.Connection, change: ProfileChange) -> list[str]:
-        """Inside the profile write's transaction: the servers sharing a room with the user,
-        to wake after the commit. Nothing is written: the write's own ``profile_stream`` row
-        is what every destination's cursor will reach, so durability comes with the write."""
-        if change.field in self._policy.local_only_fields:
-            return []
-        return sorted(
-            room_store.get_servers_sharing_rooms_with(conn, change.user_id) - {self._server_name}
-        )
-
     async def on_profile_change(self, change: ProfileChange) -> None:
-        """After the commit: wake the destinations sharing a room (a leading-edge change is
-        sendable at once; :meth:`take` decides)."""
-        if change.destinations:
-            self._wake(change.destinations)
+        """After the commit: note the user for :meth:`run`, which wakes the servers sharing a
+        room with them. Nothing is written and nothing read here: the write's own
+        ``profile_stream`` row is what every destination's cursor will reach (durability comes
+        with the write), and reading the sharing servers costs O(destinations), so it stays
+        off the write's path."""
+        if change.field in self._policy.local_only_fields:
+            return
+        self._changed.add(change.user_id)
+        self._changed_event.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Wake the destinations sharing a room with users who changed their profile: one
+        read of ``room_memberships`` per batch of users, then ``wake`` (in memory). A failed
+        read is logged and retried; after a crash, :meth:`destinations_with_pending` at
+        start-up wakes whoever was owed."""
+        task_status.started()
+        while True:
+            await self._changed_event.wait()
+            self._changed_event = trio.Event()
+            users, self._changed = sorted(self._changed), set()
+            try:
+                servers = await self._db.run(room_store.servers_sharing_rooms_with_any, users)
+            except Exception:
+                log.exception("reading the servers to wake for %d profile changes", len(users))
+                self._changed.update(users)
+                self._changed_event.set()
+                await trio.sleep(1.0)
+                continue
+            self._wake(sorted(servers - {self._server_name}))
 
     async def on_membership(self, persisted: Persisted) -> None:
         """Join-time exchange: a join that makes a server share its first room with a local
