@@ -247,11 +247,16 @@ class FieldPolicyConfig:
     """Per-field MSC4259 sending policy (see profiles/edus.py FieldPolicy)."""
 
     debounce_s: float = setting(
-        doc="Wait this long after the latest change for more changes to merge.", ge=0
+        doc="Trailing edge: a change made within `min_interval_s` of the last EDU waits this"
+        " long after the latest change for more changes to merge.",
+        ge=0,
     )
-    max_delay_s: float = setting(doc="Upper bound on the postponement caused by debouncing.", ge=0)
+    max_delay_s: float = setting(
+        doc="Upper bound on the postponement caused by the trailing debounce.", ge=0
+    )
     min_interval_s: float = setting(
-        doc="Minimum time between EDUs about this field of the same user, per destination.",
+        doc="Minimum time between EDUs about this field of the same user, per destination; a"
+        " change with no EDU in the last interval goes at once (leading edge).",
         ge=0,
     )
 
@@ -263,9 +268,9 @@ class Msc4259Section:
     enabled: bool = setting(
         True,
         doc="Send profile EDUs for local profile changes and do the join-time exchange."
-        " `false`: nothing is marked dirty and no profile EDU is sent; updates already"
-        " pending stay in the database until it is `true` again. Incoming EDUs of both types"
-        " are still accepted.",
+        " `false`: no profile EDU is sent and no destination's cursor moves; changes made"
+        " meanwhile are sent when it is `true` again. Incoming EDUs of both types are still"
+        " accepted.",
     )
     edu_types: tuple[str, ...] = setting(
         ("uk.tcpip.msc4259.profile",),
@@ -288,20 +293,24 @@ class Msc4259Section:
     )
     debounce_s: float = setting(
         0.5,
-        doc="For `displayname`, `avatar_url` and `m.tz`: wait this long after the latest"
-        " change for more changes to merge into the same EDU. `0`: a change is ready at once.",
+        doc="For `displayname`, `avatar_url` and `m.tz`, the trailing edge: a change made"
+        " within `min_interval_s` of the last EDU about the field waits this long after the"
+        " latest change for more changes to merge into the same EDU. `0`: it goes when the"
+        " interval ends.",
         ge=0,
     )
     max_delay_s: float = setting(
         5.0,
-        doc="… but never postpone a change more than this after its first unsent change. `0`:"
-        " never postpone (no debouncing).",
+        doc="… but the debounce never postpones a trailing change more than this after its"
+        " first unsent change. `0`: no debouncing.",
         ge=0,
     )
     min_interval_s: float = setting(
         1.0,
         doc="… and send at most one EDU about the same user's field per this interval, per"
-        " destination. `0`: no minimum interval.",
+        " destination (the rate limit). A change with no EDU in the last interval is the"
+        " leading edge: it goes in the next transaction at once. `0`: every change goes at"
+        " once.",
         ge=0,
     )
     custom_debounce_s: float = setting(

@@ -226,6 +226,7 @@ async def _serve(
                 stop = trio.Event()
                 root.start_soon(_wait_for_signal, stop)
             await root.start(services.sender.run)
+            await root.start(services.profile_edus.run)
             await root.start(services.remote_profiles.run)
             done = [trio.Event(), trio.Event()]
             for app, (hc, sockets), finished in zip(apps, listeners, done, strict=True):

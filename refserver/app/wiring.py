@@ -301,7 +301,6 @@ def build_services(
     )
     if config.msc4259.enabled:
         sender.add_edu_source(profile_edus)
-        profiles.add_txn_hook(profile_edus.mark_dirty_in_txn)
         profiles.add_listener(profile_edus.on_profile_change)
         persisted.add_listener(profile_edus.on_membership)
     transactions = TransactionHandler(db, handler, budget_s=fed.inbound_txn_budget_s, clock=clock)

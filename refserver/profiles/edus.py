@@ -8,9 +8,12 @@ one EDU"; receivers MAY cache the values and "MUST NOT forward these EDUs".
 
 This module has no I/O and no clock: times are arguments. It decides
 
-- *when* a dirty ``(destination, user, field)`` may be sent (:class:`FieldPolicy`: a
-  trailing debounce, a cap on how long debouncing may postpone, and a minimum interval
-  between EDUs about the same user's field);
+- *when* a pending ``(destination, user, field)`` may be sent (:class:`FieldPolicy`,
+  :func:`ready_at`: leading-edge rate limiting — a change goes at once unless an EDU about
+  the same user's field went to the destination less than ``min_interval_s`` ago; changes
+  inside the interval merge into one trailing EDU, shaped by a debounce and a maximum
+  delay);
+- where a destination's cursor may move after a transaction (:func:`cursor_after`);
 - *what* goes on the wire (:func:`build_edus`: one EDU per user merging every ready field);
 - whether an incoming EDU is acceptable (:func:`parse_incoming_edu`).
 """
@@ -39,13 +42,15 @@ EDU_TYPES = (UNSTABLE_EDU_TYPE, STABLE_EDU_TYPE)
 
 @dataclass(frozen=True)
 class FieldPolicy:
-    """When changes of one field may go out.
+    """When changes of one field may go out (docs/msc4259.md §4.1).
 
-    - ``debounce_s``: wait this long after the *latest* change for more changes to merge;
-    - ``max_delay_s``: but never postpone a change longer than this (a field that changes
-      every second still goes out);
     - ``min_interval_s``: at most one EDU about the same user's field per interval, per
-      destination (per-field rate limit: ``m.call`` stricter than ``displayname``).
+      destination (per-field rate limit: ``m.call`` stricter than ``displayname``). A change
+      with no EDU sent in the last interval is the *leading edge* and goes at once;
+    - ``debounce_s``: a change inside the interval is *trailing*: it waits for more changes
+      to merge until this long after the latest one (and at least until the interval ends);
+    - ``max_delay_s``: but debouncing never postpones a trailing change longer than this
+      after its first change (a field that changes every second still goes out).
     """
 
     debounce_s: float
@@ -55,22 +60,45 @@ class FieldPolicy:
 
 @dataclass(frozen=True)
 class DirtyField:
-    """A field owed to a destination: changed first at ``first_change``, last at
-    ``last_change`` (seconds), ``stream_pos`` being the newest write it covers."""
+    """A field owed to a destination: its unsent changes were made between ``first_change``
+    and ``last_change`` (seconds), at stream positions ``first_pos`` to ``stream_pos``;
+    ``changes`` of them (all but one are merged away)."""
 
     user_id: str
     field: str
     first_change: float
     last_change: float
     stream_pos: int
+    first_pos: int = 0
+    changes: int = 1
 
 
 def ready_at(dirty: DirtyField, policy: FieldPolicy, last_sent: float | None) -> float:
-    """The earliest time ``dirty`` may be sent."""
+    """The earliest time ``dirty`` may be sent.
+
+    ```
+    if never sent, or first_change >= last_sent + min_interval_s:    # leading edge
+        ready = first_change                                        # at once
+    else:                                                           # trailing edge
+        ready = max(last_sent + min_interval_s,
+                    min(last_change + debounce_s, first_change + max_delay_s))
+    ```
+    """
+    if last_sent is None or dirty.first_change >= last_sent + policy.min_interval_s:
+        return dirty.first_change
     debounced = min(dirty.last_change + policy.debounce_s, dirty.first_change + policy.max_delay_s)
-    if last_sent is None:
-        return debounced
     return max(debounced, last_sent + policy.min_interval_s)
+
+
+def cursor_after(
+    pending: Iterable[DirtyField], sent: Iterable[tuple[str, str]], *, cursor: int, head: int
+) -> int:
+    """Where a destination's cursor may move once a transaction carrying ``sent``
+    ``(user, field)`` pairs (values read at stream position ``head``) is acknowledged: up to
+    the head, but never past the first change of a field still pending."""
+    done = set(sent)
+    held = [d.first_pos - 1 for d in pending if (d.user_id, d.field) not in done]
+    return max(cursor, min([head, *held]))
 
 
 @dataclass(frozen=True)

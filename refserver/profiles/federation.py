@@ -2,22 +2,25 @@
 
 Sending (:class:`ProfileEduSender`, an ``EduSource`` of the federation sender):
 
-1. a local profile write commits and notifies :meth:`ProfileEduSender.on_profile_change`;
-2. the destinations are the servers with a user joined to a room the user is joined to
-   (from ``room_memberships``, never by scanning events), minus ourselves;
-3. ``(destination, user, field)`` is marked dirty *in the database*; the value is not
-   copied, so only the latest value is ever sent and nothing is lost across restarts;
-4. the destination queues are woken (paced by the sender); when a queue builds a
-   transaction it calls :meth:`take`, which applies each field's debounce / max-delay /
-   min-interval policy (``profiles.edus``) and reads current values from the profile: one
-   EDU per user, removed fields as ``null``;
-5. when the transaction gets 200, :meth:`ack` clears exactly what it carried.
+1. a local profile write appends its ``profile_stream`` row and nothing else — nothing per
+   destination, so the write costs the same for 10 or 10,000 servers;
+2. after the commit :meth:`ProfileEduSender.on_profile_change` notes the user, and
+   :meth:`ProfileEduSender.run` reads the servers with a user joined to a room the user is
+   joined to (``room_memberships``), minus ourselves, and wakes their queues (in memory);
+3. each destination has a cursor into ``profile_stream`` (``storage/profile_edus``); when a
+   queue builds a transaction, :meth:`take` reads in one round trip the newest change per
+   (user, field) after the cursor for the local users sharing a room with it, applies each
+   field's leading-edge rate limit (``profiles.edus.ready_at``) and reads the current
+   values: one EDU per user, removed fields as ``null``; only the latest value is ever
+   sent and nothing is lost across restarts (a cursor behind the head is pending);
+4. when the transaction gets 200, :meth:`ack` (one round trip) records what went and moves
+   the cursor past everything no longer owed.
 
 When a server starts sharing a room with a local user (its first user joins, or our user
-joins a room on it), the user's whole profile is marked dirty for it — the join-time
-exchange. We start it while answering the joiner's ``send_join``, before the joiner has
-stored its membership; the joiner's receiver holds what arrives meanwhile (below), so a
-newcomer that runs refserver need not poll (docs/msc4259.md §6.13).
+joins a room on it), the user's whole profile is owed to it (a ``profile_edu_owed``
+marker) — the join-time exchange. We start it while answering the joiner's ``send_join``,
+before the joiner has stored its membership; the joiner's receiver holds what arrives
+meanwhile (below), so a newcomer that runs refserver need not poll (docs/msc4259.md §6.13).
 
 Receiving (:class:`ProfileEduReceiver`): the handler registered for both EDU types gets all
 of a transaction's profile EDUs at once, checks each (``profiles.edus.parse_incoming_edu``:
@@ -36,7 +39,9 @@ import json
 import logging
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+
+import trio
 
 from refserver.clock import Clock
 from refserver.crypto.canonical_json import encode_canonical_json
@@ -46,10 +51,12 @@ from refserver.metrics import Metrics
 from refserver.notifier import Notifier
 from refserver.profiles.edu_hold import EduHold, HeldEdu
 from refserver.profiles.edus import (
+    DirtyField,
     DroppedEdu,
     FieldPolicy,
     build_edu_content,
     build_edus,
+    cursor_after,
     parse_incoming_edu,
     select_ready,
 )
@@ -79,13 +86,26 @@ class EduPolicy:
 
 @dataclass(frozen=True)
 class _Token:
-    """What one transaction carries, to clear on 200."""
+    """What one transaction carries, to record on 200."""
 
-    sent: list[tuple[str, str, int]]  # (user_id, field, stream_pos)
+    sent: list[tuple[str, str]]  # (user_id, field) in the EDUs
+    covered: list[tuple[str, str]]  # superseded by a join-time exchange, not sent
+    owed_users: list[str]  # join-time exchanges carried
+    head: int  # the stream position the values were read at
+    cursor: int  # where the destination's cursor may move
+    coalesced: int  # changes merged away
     edus: int
 
 
 class ProfileEduSender:
+    """The MSC4259 :class:`~refserver.federation.sender.EduSource` (docs/msc4259.md §3–4).
+
+    A profile write costs one ``profile_stream`` row and one read of the servers sharing a
+    room (to wake them); each destination keeps a cursor into the stream
+    (``storage/profile_edus``). Building a transaction is one database round trip
+    (:meth:`take`), acknowledging it one more (:meth:`ack`).
+    """
+
     def __init__(
         self,
         db: Database,
@@ -105,37 +125,51 @@ class ProfileEduSender:
         # ``profile_edu_sent`` (they outlive restarts), so all of it runs on the clock's
         # wall-clock side, which is also what those rows are written with.
         self._clock = clock
-        #: destination → when its next debounced field becomes ready (seconds, wall clock).
+        #: Users whose profile changed, not yet turned into wake-ups (:meth:`run`).
+        self._changed: set[str] = set()
+        self._changed_event = trio.Event()
+        #: destination → when its next trailing field becomes ready (``clock.monotonic()``).
         self._next_ready: dict[str, float] = {}
-
-    def _now_s(self) -> float:
-        return self._clock.time_ms() / 1000
+        every = [policy.default_policy, *policy.field_policies.values()]
+        #: How long a sent time matters: the longest minimum interval.
+        self._keep_ms = int(max(p.min_interval_s for p in every) * 1000)
 
     # -- inputs ---------------------------------------------------------------------------
 
-    def mark_dirty_in_txn(self, conn: sqlite3.Connection, change: ProfileChange) -> list[str]:
-        """Steps 2–3, inside the profile write's transaction: a crash can never keep the
-        change while losing the fact that servers are owed it. Returns the destinations
-        marked; the write hands them to :meth:`on_profile_change` after the commit."""
-        if change.field in self._policy.local_only_fields:
-            return []
-        destinations = sorted(
-            room_store.get_servers_sharing_rooms_with(conn, change.user_id) - {self._server_name}
-        )
-        merged = edu_store.mark_dirty(
-            conn, destinations, change.user_id, change.field, change.stream_pos, change.at_ms
-        )
-        if merged:
-            self._metrics.profile_edus_coalesced.inc(merged)
-        return destinations
-
     async def on_profile_change(self, change: ProfileChange) -> None:
-        """After the commit: wake the destinations the change was marked dirty for."""
-        self._schedule(change.destinations)
+        """After the commit: note the user for :meth:`run`, which wakes the servers sharing a
+        room with them. Nothing is written and nothing read here: the write's own
+        ``profile_stream`` row is what every destination's cursor will reach (durability comes
+        with the write), and reading the sharing servers costs O(destinations), so it stays
+        off the write's path."""
+        if change.field in self._policy.local_only_fields:
+            return
+        self._changed.add(change.user_id)
+        self._changed_event.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Wake the destinations sharing a room with users who changed their profile: one
+        read of ``room_memberships`` per batch of users, then ``wake`` (in memory). A failed
+        read is logged and retried; after a crash, :meth:`destinations_with_pending` at
+        start-up wakes whoever was owed."""
+        task_status.started()
+        while True:
+            await self._changed_event.wait()
+            self._changed_event = trio.Event()
+            users, self._changed = sorted(self._changed), set()
+            try:
+                servers = await self._db.run(room_store.servers_sharing_rooms_with_any, users)
+            except Exception:
+                log.exception("reading the servers to wake for %d profile changes", len(users))
+                self._changed.update(users)
+                self._changed_event.set()
+                await trio.sleep(1.0)
+                continue
+            self._wake(sorted(servers - {self._server_name}))
 
     async def on_membership(self, persisted: Persisted) -> None:
         """Join-time exchange: a join that makes a server share its first room with a local
-        user marks that user's whole profile dirty for that server."""
+        user owes that server the user's whole profile."""
         event, change = persisted.event, persisted.membership
         if event.type != MEMBER or change is None or change.after != JOIN:
             return
@@ -143,7 +177,6 @@ class ProfileEduSender:
             return  # a profile change re-sends the join; nobody new shares a room
         joiner = change.user_id
         room_id = event.room_id
-        now = self._clock.time_ms()
 
         def txn(conn: sqlite3.Connection) -> list[str]:
             pairs: list[tuple[str, str]] = []  # (local user, destination)
@@ -166,101 +199,156 @@ class ProfileEduSender:
                 # A local user joined: every other server in the room may be new to them.
                 servers = {server_name_of(m.user_id) for m in joined} - {self._server_name}
                 pairs = [(joiner, s) for s in servers]
-            woken = []
+            woken = set()
             for local_user, destination in pairs:
                 if room_store.shares_other_room(conn, local_user, destination, room_id):
                     continue
-                pos = profile_store.current_stream_pos(conn)
+                edu_store.start_cursor(conn, destination)
                 profile = profile_store.get_profile(conn, local_user)
-                for name in profile:
-                    if name not in self._policy.local_only_fields:
-                        edu_store.mark_dirty(
-                            conn, [destination], local_user, name, pos, now, due_now=True
-                        )
-                if profile:
-                    woken.append(destination)
-            return woken
+                if any(n not in self._policy.local_only_fields for n in profile):
+                    edu_store.owe_full_profile(conn, destination, local_user)
+                    woken.add(destination)
+            return sorted(woken)
 
         destinations = await self._db.run(txn)
         if destinations:
-            log.info("join-time profile exchange: %s", ", ".join(sorted(destinations)))
-            # Due at once (no debounce): the joiner holds what arrives during its join, and
-            # one EDU with the whole profile leaves no window in which it looks partial.
-            self._schedule(destinations, at_once=True)
-
-    def _schedule(self, destinations: Sequence[str], *, at_once: bool = False) -> None:
-        if not destinations:
-            return
-        soonest = self._now_s() + min(
-            [
-                0.0 if at_once else self._policy.default_policy.debounce_s,
-                *(p.debounce_s for p in self._policy.field_policies.values()),
-            ]
-        )
-        for destination in destinations:
-            self._next_ready[destination] = min(self._next_ready.get(destination, soonest), soonest)
-        self._wake(destinations)
+            log.info("join-time profile exchange: %s", ", ".join(destinations))
+            # Due at once: the joiner holds what arrives during its join, and one EDU with
+            # the whole profile leaves no window in which it looks partial.
+            self._wake(destinations)
 
     # -- EduSource ------------------------------------------------------------------------
 
     async def destinations_with_pending(self) -> set[str]:
-        return await self._db.run(edu_store.destinations_with_dirty)
+        return await self._db.run(
+            lambda conn: edu_store.destinations_with_pending(
+                conn, origin=self._server_name, exclude_fields=self._policy.local_only_fields
+            )
+        )
 
     def next_ready_in(self, destination: str) -> float | None:
         at = self._next_ready.get(destination)
-        return None if at is None else max(0.0, at - self._now_s())
+        return None if at is None else max(0.0, at - self._clock.monotonic())
 
     async def take(
         self, destination: str, limit: int, txn_id: str
     ) -> tuple[list[JsonDict], object]:
-        """The EDUs ready for ``destination`` now (values read at this moment)."""
-        now = self._now_s()
+        """The EDUs ready for ``destination`` now, values read at this moment: one round
+        trip. Join-time exchanges first (the whole profile, due at once, one EDU per user),
+        then changed fields by ``profiles.edus.select_ready``."""
+        now_ms = self._clock.time_ms()
         per_user_types = max(1, len(self._policy.edu_types))
+        limit_users = limit // per_user_types
 
-        def txn(
-            conn: sqlite3.Connection,
-        ) -> tuple[list[JsonDict], list[tuple[str, str, int]], float | None]:
-            selection = select_ready(
-                edu_store.dirty_for(conn, destination),
-                now=now,
-                policy_for=self._policy.field_policies,
-                default_policy=self._policy.default_policy,
-                last_sent=edu_store.last_sent_for(conn, destination),
-                limit_users=limit // per_user_types,
+        def txn(conn: sqlite3.Connection) -> tuple[list[JsonDict], _Token, float | None]:
+            pending = edu_store.pending_for(
+                conn,
+                destination,
+                origin=self._server_name,
+                exclude_fields=self._policy.local_only_fields,
             )
-            contents = []
-            sent: list[tuple[str, str, int]] = []
-            for user_id, fields in sorted(selection.by_user.items()):
+            by_user: dict[str, list[DirtyField]] = {}
+            for d in pending.fields:
+                by_user.setdefault(d.user_id, []).append(d)
+            contents: list[JsonDict] = []
+            sent: list[tuple[str, str]] = []
+            covered: list[tuple[str, str]] = []
+            owed_users: list[str] = []
+            empty: list[str] = []
+            coalesced = 0
+            for user_id, since in sorted(pending.owed.items(), key=lambda kv: (kv[1], kv[0])):
+                if len(owed_users) >= limit_users:
+                    break
                 profile = profile_store.get_profile(conn, user_id)
                 values: dict[str, JsonValue | None] = {
-                    f.field: profile.get(f.field) for f in fields
+                    k: v for k, v in profile.items() if k not in self._policy.local_only_fields
                 }
+                for d in by_user.get(user_id, []):
+                    if d.field in values:
+                        continue
+                    if d.stream_pos > since:
+                        values[d.field] = None  # removed after sharing started
+                    else:
+                        covered.append((user_id, d.field))  # removed while not sharing
+                owed_users.append(user_id)
+                if not values:
+                    empty.append(user_id)
+                    continue
                 contents.append(build_edu_content(user_id, values))
-                sent.extend((f.user_id, f.field, f.stream_pos) for f in fields)
-            return build_edus(contents, self._policy.edu_types), sent, selection.next_ready
+                sent.extend((user_id, f) for f in values)
+                coalesced += sum(d.changes - 1 for d in by_user.get(user_id, []))
+            full = set(owed_users)
+            selection = select_ready(
+                [
+                    d
+                    for d in pending.fields
+                    if d.user_id not in full and d.user_id not in pending.owed
+                ],
+                now=now_ms / 1000,
+                policy_for=self._policy.field_policies,
+                default_policy=self._policy.default_policy,
+                last_sent=pending.last_sent,
+                limit_users=limit_users - len(contents),
+            )
+            profiles: dict[str, dict[str, JsonValue]] = {}
+            for user_id, fields in sorted(selection.by_user.items()):
+                profile = profiles.setdefault(user_id, profile_store.get_profile(conn, user_id))
+                contents.append(
+                    build_edu_content(user_id, {f.field: profile.get(f.field) for f in fields})
+                )
+                sent.extend((user_id, f.field) for f in fields)
+                coalesced += sum(f.changes - 1 for f in fields)
+            cursor = cursor_after(
+                pending.fields, [*sent, *covered], cursor=pending.cursor, head=pending.head
+            )
+            if empty:
+                edu_store.drop_owed(conn, destination, empty)
+            if not contents and cursor > pending.cursor:
+                # Nothing to send and nothing to acknowledge: the cursor moves now.
+                edu_store.advance_cursor(conn, destination, cursor)
+            token = _Token(sent, covered, owed_users, pending.head, cursor, coalesced, 0)
+            return contents, token, selection.next_ready
 
-        edus, sent, next_ready = await self._db.run(txn)
+        contents, token, next_ready = await self._db.run(txn)
         if next_ready is None:
             self._next_ready.pop(destination, None)
         else:
-            self._next_ready[destination] = next_ready
-        for edu in edus[::per_user_types]:
+            delay = max(0.0, next_ready - now_ms / 1000)
+            self._next_ready[destination] = self._clock.monotonic() + delay
+        edus = build_edus(contents, self._policy.edu_types)
+        for content in contents:
             # One structured line per EDU: what went where, in which transaction.
             log.info(
                 "profile EDU → %s txn=%s %s",
                 destination,
                 txn_id,
-                json.dumps(edu["content"], sort_keys=True, ensure_ascii=False),
+                json.dumps(content, sort_keys=True, ensure_ascii=False),
             )
-        return edus, _Token(sent, len(edus))
+        return edus, replace(token, edus=len(edus))
 
     async def ack(self, destination: str, token: object) -> None:
         assert isinstance(token, _Token)
-        await self._db.run(edu_store.ack_sent, destination, token.sent, self._clock.time_ms())
+        await self._db.run(
+            lambda conn: edu_store.ack(
+                conn,
+                destination,
+                sent=token.sent,
+                covered=token.covered,
+                head=token.head,
+                cursor=token.cursor,
+                owed_users=token.owed_users,
+                now_ms=self._clock.time_ms(),
+                keep_ms=self._keep_ms,
+            )
+        )
         self._metrics.profile_edus_sent.labels(destination).inc(token.edus)
+        if token.coalesced:
+            self._metrics.profile_edus_coalesced.inc(token.coalesced)
 
     async def count_pending(self) -> int:
-        return await self._db.run(edu_store.count_dirty)
+        """Destinations owed profile updates (the ``refserver_profile_edu_dirty_pending``
+        gauge)."""
+        return len(await self.destinations_with_pending())
 
 
 class ProfileEduReceiver:

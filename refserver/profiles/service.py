@@ -8,8 +8,8 @@ member events, MSC4259 EDUs and /sync wake-ups hang off this).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from refserver.clock import Clock
 from refserver.errors import forbidden, limit_exceeded, not_found
@@ -42,13 +42,9 @@ class ProfileChange:
     stream_pos: int
     #: When it was written (wall-clock ms, the stream row's timestamp).
     at_ms: int
-    #: Servers owed the change (MSC4259 dirty entries written in the write's transaction).
-    destinations: tuple[str, ...] = ()
 
 
 ProfileListener = Callable[[ProfileChange], Awaitable[None]]
-#: Runs inside the write's transaction; returns the servers it made owed the change.
-ProfileTxnHook = Callable[[sqlite3.Connection, ProfileChange], Sequence[str]]
 
 
 class ProfileService:
@@ -71,7 +67,6 @@ class ProfileService:
         self.policy = policy
         self._write_limiter = write_limiter
         self._listeners: list[ProfileListener] = []
-        self._txn_hooks: list[ProfileTxnHook] = []
 
     def add_listener(self, listener: ProfileListener) -> None:
         self._listeners.append(listener)
@@ -143,8 +138,7 @@ class ProfileService:
             profile[put.key_name] = put.value
             check_profile_size(profile)  # inside the transaction: checked and written together
             pos = store.set_field(conn, user_id, put.key_name, put.value, now)
-            change = ProfileChange(user_id, put.key_name, put.value, False, pos, now)
-            return self._run_txn_hooks(conn, change)
+            return ProfileChange(user_id, put.key_name, put.value, False, pos, now)
 
         change = await self._db.run(txn)
         if change is not None:
@@ -161,25 +155,11 @@ class ProfileService:
             pos = store.delete_field(conn, user_id, key_name, now)
             if pos is None:
                 return None
-            change = ProfileChange(user_id, key_name, None, True, pos, now)
-            return self._run_txn_hooks(conn, change)
+            return ProfileChange(user_id, key_name, None, True, pos, now)
 
         change = await self._db.run(txn)
         if change is not None:
             await self._notify(change)
-
-    def add_txn_hook(self, hook: ProfileTxnHook) -> None:
-        """``hook(conn, change)`` runs inside the write's own transaction: whatever it
-        records (MSC4259 dirty entries) commits or rolls back with the profile change. The
-        servers it returns reach the listeners in :attr:`ProfileChange.destinations`."""
-        self._txn_hooks.append(hook)
-
-    def _run_txn_hooks(self, conn: sqlite3.Connection, change: ProfileChange) -> ProfileChange:
-        """The change as committed: with the destinations every hook made owed it."""
-        destinations: list[str] = []
-        for hook in self._txn_hooks:
-            destinations.extend(hook(conn, change))
-        return replace(change, destinations=tuple(dict.fromkeys(destinations)))
 
     async def _notify(self, change: ProfileChange) -> None:
         if self._notifier is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from refserver.events.model import Event
@@ -179,6 +180,14 @@ def shares_other_room(
 def get_servers_sharing_rooms_with(conn: sqlite3.Connection, user_id: str) -> set[str]:
     """Every server with a user joined to a room ``user_id`` is joined to (MSC4259)."""
     return _sharing_rooms_with(conn, user_id, "server_name")
+
+
+def servers_sharing_rooms_with_any(conn: sqlite3.Connection, user_ids: Sequence[str]) -> set[str]:
+    """Every server with a user joined to a room one of ``user_ids`` is joined to."""
+    out: set[str] = set()
+    for user_id in user_ids:
+        out |= _sharing_rooms_with(conn, user_id, "server_name")
+    return out
 
 
 def users_sharing_rooms_with(conn: sqlite3.Connection, user_id: str) -> set[str]:

@@ -99,6 +99,9 @@ def metric(server: ServerProcess, name: str, **labels: str) -> float:
     )
 
 
+COALESCED = "refserver_profile_edus_coalesced_total"
+
+
 def metric_labels(server: ServerProcess, name: str, label: str) -> dict[str, float]:
     return {have[label]: value for sample, have, value in scrape(server) if sample == name}
 
@@ -411,7 +414,62 @@ def test_changes_and_a_removal_reach_the_remote_sync_and_keep_the_cache_current(
     assert metric(hs2, CACHE_HITS) >= hits + 2
 
 
-# -- 2. coalescing and pacing: tests/service/test_profile_edus.py, under a mock clock ------------
+# -- 2. coalescing -----------------------------------------------------------------------------
+
+
+def test_a_hundred_rapid_changes_make_at_most_two_edus_the_last_with_the_final_value(
+    hs1: ServerProcess, hs2: ServerProcess
+) -> None:
+    """Leading-edge rate limiting with the default policy (docs/msc4259.md §4.1): the first
+    change goes at once, the rest coalesce into one trailing EDU with the final value."""
+    alice, bob = register(hs1, "alice"), register(hs2, "bob")
+    share_room(alice, bob)
+    wait_settled(hs1)
+    watcher = SyncWatcher(bob, bob.sync()["next_batch"])
+    received = metric(hs2, RECEIVED, origin=hs1.server_name)
+    coalesced = metric(hs1, COALESCED)
+    logged = len(logged_edus(hs2, "←", about=alice.user_id))
+
+    started = time.monotonic()
+    with httpx.Client(headers={"Authorization": f"Bearer {alice.token}"}) as http:
+        for n in range(100):
+            url = hs1.url(f"/v3/profile/{quote(alice.user_id)}/m.tz")
+            r = http.put(url, json={"m.tz": f"Etc/Change{n:02d}"}, timeout=PROMPT_S)
+            assert r.status_code == 200, r.text
+            # The ≤ 2 bound needs the burst to end within max_delay_s (5 s) of its start.
+            time.sleep(max(0.0, started + (n + 1) * 0.01 - time.monotonic()))
+    took = time.monotonic() - started
+    print(f"\n100 PUTs took {took * 1000:.0f} ms")
+    # A burst longer than max_delay_s (5 s, a very slow machine) may add one EDU per 5 s.
+    at_most = 2 + int(took // 5.0)
+
+    watcher.wait_for(alice.user_id, "m.tz", "Etc/Change99")
+    wait_settled(hs1)
+    edus = [e.fields for e in logged_edus(hs2, "←", about=alice.user_id)[logged:]]
+    assert 1 <= len(edus) <= at_most, edus
+    assert edus[-1] == {"m.tz": "Etc/Change99"}
+    assert metric(hs2, RECEIVED, origin=hs1.server_name) == received + len(edus)
+    assert metric(hs1, COALESCED) == coalesced + 100 - len(edus)
+    assert watcher.values_of(alice.user_id, "m.tz")[-1] == "Etc/Change99"
+
+
+def test_an_isolated_change_goes_at_once_without_waiting_for_a_debounce(
+    hs2: ServerProcess, spawn: Callable[..., list[ServerProcess]]
+) -> None:
+    """A change with no EDU in the last min_interval_s is the leading edge: it goes in the
+    next transaction even with a 30 s debounce (which now shapes only the trailing edge)."""
+    (slow,) = spawn({("msc4259", "debounce_s"): "30.0", ("msc4259", "max_delay_s"): "60.0"})
+    alice, bob = register(slow, "alice"), register(hs2, "bob")
+    share_room(alice, bob)
+    wait_settled(slow)
+    watcher = SyncWatcher(bob, bob.sync()["next_batch"])
+    started = time.monotonic()
+    alice.put_field("m.tz", "Europe/Oslo")
+    # Well inside the 30 s debounce: only the leading edge can deliver it in time.
+    took = watcher.wait_for(alice.user_id, "m.tz", "Europe/Oslo", timeout=10.0)
+    total_ms = (time.monotonic() - started) * 1000
+    print(f"\nisolated change, debounce_s=30: in bob's /sync {total_ms:.0f} ms after the PUT")
+    print(f"({took * 1000:.0f} ms after the PUT returned)")
 
 
 # -- 3. downtime and restarts ------------------------------------------------------------------
@@ -742,8 +800,9 @@ def test_an_invite_does_not_produce_profile_updates_null(
 # -- 8. measurement ----------------------------------------------------------------------------
 
 
-def measure_latency(alice: User, bob: User, count: int) -> list[float]:
-    """Seconds from the start of alice's PUT to bob's parked long-poll returning it."""
+def measure_latency(alice: User, bob: User, count: int, *, gap_s: float = 0.0) -> list[float]:
+    """Seconds from the start of alice's PUT to bob's parked long-poll returning it, the PUTs
+    at least ``gap_s`` apart (more than ``min_interval_s``: isolated changes)."""
     watcher = SyncWatcher(bob, bob.sync()["next_batch"])
     latencies = []
     for n in range(count):
@@ -751,7 +810,7 @@ def measure_latency(alice: User, bob: User, count: int) -> list[float]:
         with ThreadPoolExecutor(max_workers=1) as pool:
             mark = len(watcher.seen)
             polling = pool.submit(watcher.poll, 30_000)
-            time.sleep(0.1)  # let the long-poll park
+            time.sleep(max(0.1, gap_s))  # let the long-poll park
             started = time.monotonic()
             alice.put_field("m.tz", value)
             polling.result()
@@ -781,7 +840,9 @@ def test_measure_latency_from_put_to_remote_sync(
     alice, bob = register(hs1, "alice"), register(hs2, "bob")
     share_room(alice, bob)
     wait_settled(hs1)
-    report("default settings (debounce_s=0.5, min_interval_s=1.0)", measure_latency(alice, bob, 5))
+    # Isolated changes (further apart than min_interval_s): the leading edge, no debounce.
+    latencies = measure_latency(alice, bob, 10, gap_s=1.1)
+    report("default settings (min_interval_s=1.0), isolated changes", latencies)
 
 
 # -- receiver filter and the refresher -----------------------------------------------------------

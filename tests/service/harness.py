@@ -311,6 +311,7 @@ async def running_homeserver(
             )
             async with trio.open_nursery() as nursery:
                 await nursery.start(services.sender.run)
+                await nursery.start(services.profile_edus.run)
                 if remote_profile_tasks:
                     await nursery.start(services.remote_profiles.run)
                 yield Homeserver(services, clock)

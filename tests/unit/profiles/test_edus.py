@@ -8,6 +8,7 @@ server's user is never legitimate ("MUST NOT forward").
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 from typing import Any
@@ -24,6 +25,7 @@ from refserver.profiles.edus import (
     ProfileUpdate,
     build_edu_content,
     build_edus,
+    cursor_after,
     parse_incoming_edu,
     ready_at,
     select_ready,
@@ -58,32 +60,37 @@ def test_edus_is_pure() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-# -- ready_at ---------------------------------------------------------------------------------
+# -- ready_at: leading-edge rate limiting (docs/msc4259.md §4.1) --------------------------------
 
 
-def test_a_single_change_is_ready_one_debounce_after_it() -> None:
-    assert ready_at(dirty(first=100.0), POLICY, None) == pytest.approx(100.5)
+def test_a_change_with_no_edu_ever_sent_is_ready_at_once() -> None:
+    assert ready_at(dirty(first=100.0), POLICY, None) == pytest.approx(100.0)
 
 
-def test_debounce_trails_the_latest_change() -> None:
-    assert ready_at(dirty(first=100.0, last=102.0), POLICY, None) == pytest.approx(102.5)
+def test_a_change_after_the_interval_has_passed_is_ready_at_once() -> None:
+    assert ready_at(dirty(first=100.0), POLICY, last_sent=50.0) == pytest.approx(100.0)
+    # Exactly one interval after the last EDU is already outside it.
+    assert ready_at(dirty(first=100.0), POLICY, last_sent=99.0) == pytest.approx(100.0)
 
 
-def test_max_delay_caps_how_long_debouncing_postpones_a_change() -> None:
-    # Changed every second for a minute: debounce alone would wait for ever.
-    assert ready_at(dirty(first=100.0, last=160.0), POLICY, None) == pytest.approx(105.0)
+def test_a_leading_change_ignores_the_debounce_even_if_more_changes_followed() -> None:
+    # Changes merged into a leading change before its transaction was built go with it.
+    assert ready_at(dirty(first=100.0, last=100.3), POLICY, None) == pytest.approx(100.0)
 
 
-def test_debounce_exactly_at_the_cap_is_the_cap() -> None:
-    assert ready_at(dirty(first=100.0, last=104.5), POLICY, None) == pytest.approx(105.0)
-
-
-def test_min_interval_holds_back_a_change_after_a_recent_edu() -> None:
+def test_a_change_inside_the_interval_waits_for_the_interval_to_end() -> None:
     assert ready_at(dirty(first=100.0), POLICY, last_sent=99.8) == pytest.approx(100.8)
 
 
-def test_min_interval_does_not_delay_when_the_last_edu_is_old() -> None:
-    assert ready_at(dirty(first=100.0), POLICY, last_sent=50.0) == pytest.approx(100.5)
+def test_the_trailing_edge_is_debounced_after_the_latest_change() -> None:
+    # Sent at 100.0; changes from 100.1 to 100.9: the interval ends at 101.0, but the
+    # latest change is 0.4 s old then: wait for the debounce so the burst ends first.
+    assert ready_at(dirty(first=100.1, last=100.9), POLICY, last_sent=100.0) == pytest.approx(101.4)
+
+
+def test_max_delay_caps_how_long_the_trailing_debounce_postpones() -> None:
+    # Changed every 10 ms for a minute after an EDU: the debounce alone would wait for ever.
+    assert ready_at(dirty(first=100.1, last=160.0), POLICY, last_sent=100.0) == pytest.approx(105.1)
 
 
 def test_min_interval_wins_over_max_delay() -> None:
@@ -92,8 +99,88 @@ def test_min_interval_wins_over_max_delay() -> None:
     assert ready_at(dirty(first=100.0, last=100.0), slow, last_sent=99.0) == pytest.approx(159.0)
 
 
-def test_zero_policy_makes_a_change_ready_at_once() -> None:
-    assert ready_at(dirty(first=7.0), FieldPolicy(0.0, 0.0, 0.0), None) == pytest.approx(7.0)
+def test_zero_policy_makes_every_change_ready_at_once() -> None:
+    zero = FieldPolicy(0.0, 0.0, 0.0)
+    assert ready_at(dirty(first=7.0), zero, None) == pytest.approx(7.0)
+    assert ready_at(dirty(first=7.0), zero, last_sent=7.0) == pytest.approx(7.0)
+
+
+def simulate(changes: list[float], policy: FieldPolicy, *, tick: float = 0.01) -> list[float]:
+    """Send times of one (destination, user, field) under ``policy``, the queue checking
+    every ``tick`` seconds: the rule as the sender applies it."""
+    sent: list[float] = []
+    pending: list[float] = []
+    t, i = 0.0, 0
+    end = max(changes) + 120.0
+    while t <= end:
+        while i < len(changes) and changes[i] <= t:
+            pending.append(changes[i])
+            i += 1
+        if pending:
+            d = DirtyField(ALICE, "displayname", pending[0], pending[-1], 1)
+            if ready_at(d, policy, sent[-1] if sent else None) <= t + 1e-9:
+                sent.append(t)
+                pending = []
+        t = round(t + tick, 6)
+    return sent
+
+
+def test_an_isolated_change_goes_in_the_next_transaction() -> None:
+    assert simulate([5.0], POLICY) == [5.0]
+
+
+def test_a_hundred_changes_in_one_second_make_two_edus_the_last_with_the_final_value() -> None:
+    changes = [i / 100 for i in range(100)]  # 0.00 … 0.99
+    sent = simulate(changes, POLICY)
+    assert len(sent) == 2
+    assert sent[0] == pytest.approx(0.0)  # leading edge: at once
+    assert sent[1] >= changes[-1]  # trailing edge: after the final change, so it carries it
+    assert sent[1] == pytest.approx(1.49)  # interval ended at 1.0, last change + 0.5 s
+
+
+def test_a_field_changing_all_the_time_goes_once_per_max_delay() -> None:
+    changes = [i / 10 for i in range(600)]  # every 100 ms for a minute
+    sent = simulate(changes, POLICY)
+    gaps = [b - a for a, b in itertools.pairwise(sent)]
+    assert sent[0] == 0.0
+    # One EDU per max_delay_s after the first change the previous EDU did not carry.
+    assert all(g == pytest.approx(5.1, abs=0.02) for g in gaps[:-1]), gaps
+    assert sent[-1] >= changes[-1]
+
+
+def test_changes_spaced_wider_than_the_interval_each_go_at_once() -> None:
+    changes = [0.0, 1.5, 3.0, 4.5]
+    assert simulate(changes, POLICY) == pytest.approx(changes)
+
+
+def test_a_stricter_per_field_policy_limits_that_field_harder() -> None:
+    call = FieldPolicy(debounce_s=5.0, max_delay_s=30.0, min_interval_s=60.0)
+    changes = [i * 2.0 for i in range(30)]  # a call flapping every 2 s for a minute
+    sent = simulate(changes, call)
+    assert sent[0] == 0.0
+    # max_delay_s (30 s after the change at 2 s) has passed when the interval ends at 60 s.
+    assert len(sent) == 2 and sent[1] == pytest.approx(60.0)
+
+
+# -- cursor_after -----------------------------------------------------------------------------
+
+
+def test_the_cursor_moves_to_the_head_when_everything_pending_was_sent() -> None:
+    pending = [DirtyField(ALICE, "m.tz", 1, 1, 7, first_pos=5)]
+    assert cursor_after(pending, [(ALICE, "m.tz")], cursor=3, head=9) == 9
+
+
+def test_the_cursor_stops_before_the_first_change_of_a_field_held_back() -> None:
+    pending = [
+        DirtyField(ALICE, "m.tz", 1, 1, 7, first_pos=5),
+        DirtyField(BOB, "displayname", 1, 1, 8, first_pos=6),
+    ]
+    assert cursor_after(pending, [(BOB, "displayname")], cursor=3, head=9) == 4
+
+
+def test_the_cursor_never_moves_back() -> None:
+    pending = [DirtyField(ALICE, "m.tz", 1, 1, 7, first_pos=2)]
+    assert cursor_after(pending, [], cursor=3, head=9) == 3
 
 
 # -- select_ready -----------------------------------------------------------------------------
@@ -126,16 +213,17 @@ def test_ready_fields_are_grouped_per_user() -> None:
     assert sel.next_ready is None
 
 
-def test_a_field_still_debouncing_is_left_and_reported_as_next_ready() -> None:
+def test_a_field_still_rate_limited_is_left_and_reported_as_next_ready() -> None:
     items = [dirty(ALICE, "displayname", first=100.0), dirty(ALICE, "m.tz", first=100.3)]
-    sel = select(items, now=100.6)
+    sel = select(items, now=100.6, last_sent={(ALICE, "m.tz"): 99.8})
     assert [f.field for f in sel.by_user[ALICE]] == ["displayname"]
     assert sel.next_ready == pytest.approx(100.8)
 
 
 def test_next_ready_is_the_soonest_of_the_waiting_fields() -> None:
     items = [dirty(ALICE, first=100.0, last=103.0), dirty(BOB, first=100.0, last=101.0)]
-    sel = select(items, now=100.0)
+    recent = {(ALICE, "displayname"): 99.5, (BOB, "displayname"): 99.5}
+    sel = select(items, now=100.0, last_sent=recent)
     assert sel.by_user == {}
     assert sel.next_ready == pytest.approx(101.5)
 
@@ -143,9 +231,10 @@ def test_next_ready_is_the_soonest_of_the_waiting_fields() -> None:
 def test_per_field_policies_override_the_default() -> None:
     slow = FieldPolicy(debounce_s=5.0, max_delay_s=30.0, min_interval_s=60.0)
     items = [dirty(ALICE, "m.call", first=100.0), dirty(ALICE, "displayname", first=100.0)]
-    sel = select(items, now=101.0, policy_for={"m.call": slow})
+    recent = {(ALICE, "m.call"): 99.5, (ALICE, "displayname"): 99.5}
+    sel = select(items, now=101.0, policy_for={"m.call": slow}, last_sent=recent)
     assert [f.field for f in sel.by_user[ALICE]] == ["displayname"]
-    assert sel.next_ready == pytest.approx(105.0)
+    assert sel.next_ready == pytest.approx(159.5)
 
 
 def test_last_sent_is_looked_up_per_user_and_field() -> None:
