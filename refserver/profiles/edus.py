@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from refserver.crypto.canonical_json import CanonicalJsonError, check_canonical_values
 from refserver.ids import InvalidId, UserId
@@ -90,8 +91,20 @@ def ready_at(dirty: DirtyField, policy: FieldPolicy, last_sent: float | None) ->
     return max(debounced, last_sent + policy.min_interval_s)
 
 
+class PendingPosition(Protocol):
+    """Where a pending (user, field) starts in the stream (a :class:`DirtyField`, or the row
+    storage reads it from)."""
+
+    @property
+    def user_id(self) -> str: ...
+    @property
+    def field(self) -> str: ...
+    @property
+    def first_pos(self) -> int: ...
+
+
 def cursor_after(
-    pending: Iterable[DirtyField], sent: Iterable[tuple[str, str]], *, cursor: int, head: int
+    pending: Iterable[PendingPosition], sent: Iterable[tuple[str, str]], *, cursor: int, head: int
 ) -> int:
     """Where a destination's cursor may move once a transaction carrying ``sent``
     ``(user, field)`` pairs (values read at stream position ``head``) is acknowledged: up to

@@ -247,8 +247,20 @@ class ProfileEduSender:
                 origin=self._server_name,
                 exclude_fields=self._policy.local_only_fields,
             )
+            changed = [
+                DirtyField(
+                    c.user_id,
+                    c.field,
+                    c.first_ms / 1000,
+                    c.last_ms / 1000,
+                    c.stream_pos,
+                    first_pos=c.first_pos,
+                    changes=c.changes,
+                )
+                for c in pending.fields
+            ]
             by_user: dict[str, list[DirtyField]] = {}
-            for d in pending.fields:
+            for d in changed:
                 by_user.setdefault(d.user_id, []).append(d)
             contents: list[JsonDict] = []
             sent: list[tuple[str, str]] = []
@@ -279,11 +291,7 @@ class ProfileEduSender:
                 coalesced += sum(d.changes - 1 for d in by_user.get(user_id, []))
             full = set(owed_users)
             selection = select_ready(
-                [
-                    d
-                    for d in pending.fields
-                    if d.user_id not in full and d.user_id not in pending.owed
-                ],
+                [d for d in changed if d.user_id not in full and d.user_id not in pending.owed],
                 now=now_ms / 1000,
                 policy_for=self._policy.field_policies,
                 default_policy=self._policy.default_policy,
@@ -299,7 +307,7 @@ class ProfileEduSender:
                 sent.extend((user_id, f.field) for f in fields)
                 coalesced += sum(f.changes - 1 for f in fields)
             cursor = cursor_after(
-                pending.fields, [*sent, *covered], cursor=pending.cursor, head=pending.head
+                changed, [*sent, *covered], cursor=pending.cursor, head=pending.head
             )
             if empty:
                 edu_store.drop_owed(conn, destination, empty)

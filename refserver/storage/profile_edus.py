@@ -20,8 +20,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-
-from refserver.profiles.edus import DirtyField
+from typing import NamedTuple
 
 #: Local users sharing a room with the destination ``:d`` (``:origin`` is our server name).
 _SHARING = (
@@ -32,6 +31,19 @@ _SHARING = (
 )
 
 
+class ChangedField(NamedTuple):
+    """The unsent changes of one (user, field) after a destination's cursor: stream
+    positions ``first_pos`` to ``stream_pos``, written ``first_ms`` to ``last_ms``."""
+
+    user_id: str
+    field: str
+    first_ms: int
+    last_ms: int
+    stream_pos: int
+    first_pos: int
+    changes: int
+
+
 @dataclass(frozen=True)
 class Pending:
     """What ``destination`` is owed, read in one transaction."""
@@ -40,7 +52,7 @@ class Pending:
     #: The stream head when read: values read in the same transaction are current at it.
     head: int
     #: Per (user, field): the unsent changes after the cursor (users sharing a room only).
-    fields: list[DirtyField]
+    fields: list[ChangedField]
     #: When an EDU about (user, field) last went, for the pending fields (seconds).
     last_sent: dict[tuple[str, str], float]
     #: Join-time exchange: user → the stream position its whole profile is owed as of.
@@ -89,10 +101,7 @@ def pending_for(
         + " GROUP BY s.user_id, s.field",
         params,
     ).fetchall()
-    fields = [
-        DirtyField(r[0], r[1], r[4] / 1000, r[5] / 1000, r[3], first_pos=r[2], changes=r[6])
-        for r in rows
-    ]
+    fields = [ChangedField(r[0], r[1], r[4], r[5], r[3], r[2], r[6]) for r in rows]
     last_sent = {(r[0], r[1]): r[7] / 1000 for r in rows if r[7] is not None}
     conn.execute(
         f"DELETE FROM profile_edu_owed WHERE destination = :d AND user_id NOT IN ({_SHARING})",
