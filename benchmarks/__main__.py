@@ -16,6 +16,7 @@ import trio
 from benchmarks.report import Machine, write_report
 from benchmarks.runner import run_latency, run_target
 from benchmarks.scenarios import Latency, TargetResults
+from benchmarks.targets import ExternalTarget
 from tests.servers import REPO
 
 FULL_SIZES = [50, 100, 200]
@@ -36,7 +37,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--join-budget", type=float, default=240.0, help="seconds per join storm before it stops"
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--target",
+        nargs=3,
+        metavar=("CLIENT_URL", "SERVER_NAME", "PID"),
+        help="run the fleet scenarios against this already running server instead (it must "
+        "trust the CA in --ca-dir; no latency pair, no Synapse)",
+    )
+    parser.add_argument(
+        "--ca-dir", type=Path, help="development CA (ca.pem, ca.key) the --target server trusts"
+    )
+    args = parser.parse_args(argv)
+    if args.target and not args.ca_dir:
+        parser.error("--target needs --ca-dir")
+    return args
 
 
 async def main_async(args: argparse.Namespace) -> int:
@@ -51,6 +65,21 @@ async def main_async(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="refserver-bench-") as tmp:
         base = Path(tmp)
         ca_dir = base / "ca"
+        if args.target:
+            url, name, pid = args.target
+            external = ExternalTarget(url, name, int(pid))
+            results.append(
+                await run_target(
+                    "external",
+                    base / "external-fleet",
+                    args.ca_dir,
+                    sizes,
+                    join_budget_s=args.join_budget,
+                    inbound_transactions=inbound_txns,
+                    external=external,
+                )
+            )
+            kinds = []
         for kind in kinds:
             results.append(
                 await run_target(

@@ -90,6 +90,7 @@ def _fanout_cell(f: FanOut | None) -> str:
     ]
     parts.append(f"CPU {_s(f.cpu_s)}")
     parts.append(f"{f.handshakes} new TLS conns")
+    parts.append(f"(fleet CPU {_s(f.fleet_cpu_s)})")
     return " · ".join(parts)
 
 
@@ -141,6 +142,18 @@ def plot(results: list[TargetResults], out_dir: Path) -> list[str]:
                 if points:
                     xs, ys = zip(*points, strict=True)
                     ax.plot(xs, ys, style, label=f"{r.kind} {fld} ({mode})")
+            pdu_points = [
+                (f.n, f.pdu.last_s)
+                for f in r.fanouts
+                if metric == "time" and f.field == "displayname" and f.mode == "warm" and f.pdu
+            ]
+            if r.kind != "synapse" and any(v is not None for _, v in pdu_points):
+                xs, ys = zip(*[(n, v) for n, v in pdu_points if v is not None], strict=True)
+                ax.plot(xs, ys, "-.x", label=f"{r.kind} displayname member PDU only (warm)")
+        ax.set_title(
+            "last delivery: PDU and EDU where both arrive" if metric == "time" else ylabel,
+            fontsize=9,
+        )
         ax.set_xlabel("fleet servers in the room (N)")
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
@@ -194,6 +207,11 @@ def write_report(
         f"| load average (1/5/15 min) at start | {_loads(machine.load_start)} |",
         f"| load average at end | {_loads(machine.load_end)} |",
         f"| duration | {machine.duration_s:.0f} s |",
+        *[
+            f"| fleet cost ({r.kind} run) | {r.fleet_overhead} |"
+            for r in results
+            if r.fleet_overhead
+        ],
         "",
         "The machine is shared: other processes ran during the measurement (see the load "
         "average), so absolute numbers are noisy; both servers ran one after the other under "
@@ -383,8 +401,24 @@ def write_report(
                     lines.append(f"| {mode} | {ratio_t} | {ratio_c} |")
     lines += [
         "",
-        "Raw results: [`docs/benchmarks/results.json`](benchmarks/results.json). Reproduce: "
-        "`just bench` (or `python -m benchmarks --quick` for small fleets).",
+        "Raw results: [`docs/benchmarks/results.json`](benchmarks/results.json).",
+        "",
+        "## How to run",
+        "",
+        "- `just bench` (= `pip install -e '.[test,bench]'` and `python -m benchmarks`): every "
+        "scenario for refserver and Synapse (installed into `REFSERVER_SYNAPSE_VENV`, default "
+        "`.synapse-venv`, as for the interop tests); writes this file, the plots and "
+        "`results.json`. `--quick` uses fleets of 5 and 10; `--sizes 50,100,200` picks fleet "
+        "sizes; `--servers refserver` skips Synapse; `--label TEXT` heads the report; "
+        "`--out PATH` writes elsewhere.",
+        "- Any other server: `python -m benchmarks --target CLIENT_URL SERVER_NAME PID --ca-dir "
+        "DIR` runs the fleet scenarios against a running server that trusts the CA in `DIR` "
+        "(`ca.pem` and `ca.key`, e.g. from `refserver init --ca-dir DIR`); the fleet's "
+        "certificate is issued from it.",
+        "- The parts: `benchmarks/fleet.py` (the simulated servers), `benchmarks/scenarios.py` "
+        "(the scenarios), `benchmarks/runner.py` (order and server start-up), "
+        "`benchmarks/report.py` (this document). Smoke test: "
+        "`tests/integration/test_bench_fleet.py`.",
         "",
     ]
     out.write_text("\n".join(lines))

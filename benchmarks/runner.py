@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +24,13 @@ from benchmarks.scenarios import (
     register_and_room,
     settle_rss,
 )
-from benchmarks.targets import RefserverTarget, SynapseTarget, rss_bytes, start_target
+from benchmarks.targets import (
+    ExternalTarget,
+    RefserverTarget,
+    SynapseTarget,
+    rss_bytes,
+    start_target,
+)
 from refserver.federation.tls import issue_certificate, load_or_create_ca
 
 #: Seconds between fan-outs: longer than refserver's default displayname min interval (1 s),
@@ -51,11 +58,17 @@ async def run_target(
     *,
     join_budget_s: float,
     inbound_transactions: int,
+    external: ExternalTarget | None = None,
     log: Callable[[str], None] = print,
 ) -> TargetResults:
+    """The fleet scenarios against a server of ``kind`` started here, or ``external``."""
     cert, key = fleet_certificate(base_dir, ca_dir)
-    target = await trio.to_thread.run_sync(start_target, kind, base_dir / kind, ca_dir)
-    results = TargetResults(kind, target.version)
+    target: RefserverTarget | SynapseTarget | ExternalTarget
+    if external is not None:
+        target = external
+    else:
+        target = await trio.to_thread.run_sync(start_target, kind, base_dir / kind, ca_dir)
+    results = TargetResults(target.kind, target.version)
     pid = target.pid
     try:
         async with (
@@ -64,11 +77,18 @@ async def run_target(
         ):
             fleet = Fleet(cert, key, ca_dir / "ca.pem")
             await nursery.start(fleet.run)
+            own_rss0, own_t0 = rss_bytes(os.getpid()), time.monotonic()
+            await fleet.grow(max(sizes))
+            results.fleet_overhead = (
+                f"{max(sizes)} fleet servers started in {time.monotonic() - own_t0:.2f} s, "
+                f"{(rss_bytes(os.getpid()) - own_rss0) / max(sizes) / 1024:.1f} KiB RSS each"
+            )
+            pool = list(fleet.servers)
             alice, room_id = await register_and_room(http, target.base_url)
             rss0 = rss_bytes(pid)
             joined: list[FleetServer] = []
             for index, n in enumerate(sizes):
-                new = await fleet.grow(n - len(joined))
+                new = pool[len(joined) : n]
                 log(f"[{kind}] {len(new)} fleet servers join ({len(joined)} → {n})")
                 storm, ok = await join_storm(
                     fleet,

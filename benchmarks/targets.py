@@ -113,6 +113,20 @@ class SynapseTarget:
         return self.peer.stop()
 
 
+@dataclass
+class ExternalTarget:
+    """A server started by someone else: its client URL, server name and PID are given."""
+
+    base_url: str
+    server_name: str
+    pid: int
+    version: str = "external"
+    kind: str = "external"
+
+    def stop(self) -> object:
+        return None
+
+
 def start_target(kind: str, data_dir: Path, ca_dir: Path) -> RefserverTarget | SynapseTarget:
     if kind == "refserver":
         return RefserverTarget.start(data_dir, ca_dir)
