@@ -19,7 +19,7 @@ from benchmarks.scenarios import Latency, TargetResults
 from benchmarks.targets import ExternalTarget
 from tests.servers import REPO
 
-FULL_SIZES = [50, 100, 200]
+FULL_SIZES = [25, 50, 100]
 QUICK_SIZES = [5, 10]
 
 

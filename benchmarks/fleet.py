@@ -142,6 +142,8 @@ class Fleet:
         self.servers: list[FleetServer] = []
         self.watches: list[Watch] = []
         self.unknown_requests: Counter[str] = Counter()
+        #: ``time.monotonic()`` of the latest transaction any fleet server received.
+        self.last_arrival = 0.0
         self._connections: set[trio.CancelScope] = set()
         self._nursery: trio.Nursery | None = None
         self.http: httpx.AsyncClient | None = None
@@ -276,6 +278,7 @@ class Fleet:
         if not isinstance(txn, dict):
             raise _BadRequest("transaction is not an object")
         server.transactions += 1
+        self.last_arrival = t
         results: JsonDict = {}
         for pdu in txn.get("pdus", []):
             if not isinstance(pdu, dict):

@@ -224,8 +224,11 @@ def write_report(
         "",
         "Time from the `PUT /profile` to the last fleet server's first arrival of the member PDU "
         "(displayname, every server) and the MSC4259 EDU; the server's CPU over the same "
-        "window; the new TLS connections the fleet accepted. *cold*: the fleet closed every "
-        "connection first; *warm*: a fan-out had just happened (1.5 s earlier).",
+        "window; the new TLS connections the fleet accepted. Before each change the server had "
+        "sent everything queued (no transaction to any fleet server for 1.5 s). *cold*: the "
+        "fleet then closed every connection; *warm*: a fan-out had just happened (connections "
+        "the server kept open are still open). The fleet's own CPU (this process) is shown "
+        "too: when it nears the delivery time, the fleet was the bottleneck.",
         "",
         f"| change | N | {' | '.join(heads)} |",
         f"|---|---|{'---|' * len(heads)}",
@@ -242,6 +245,10 @@ def write_report(
 
     lines += [
         "## Join storm: fleet servers join one room one after another",
+        "",
+        "Wall and CPU: first `make_join` to the last `send_join` answer; then until the server "
+        "had delivered every join event to every member (no transaction for 1.5 s; the CPU "
+        "figure includes those 1.5 s).",
         "",
         f"| N before → after | {' | '.join(heads)} |",
         f"|---|{'---|' * len(heads)}",
@@ -260,6 +267,13 @@ def write_report(
             cell = f"{j.joined}/{j.attempted} joined · wall {_s(j.wall_s)} · CPU {_s(j.cpu_s)}"
             if j.joined:
                 cell += f" ({j.cpu_s / j.joined * 1000:.0f} ms CPU per join)"
+            if j.drained_s is None:
+                cell += f" · still sending join PDUs {_s(j.wall_s)} + 240 s later"
+            else:
+                cell += (
+                    f" · every join PDU delivered after {_s(j.drained_s)}, "
+                    f"CPU until then {_s(j.cpu_drained_s)}"
+                )
             if j.error:
                 cell += f" · stopped: {j.error}"
             cells.append(cell)

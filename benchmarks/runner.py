@@ -13,10 +13,13 @@ import trio
 from benchmarks.client import Client
 from benchmarks.fleet import Fleet, FleetServer
 from benchmarks.scenarios import (
+    DRAIN_MAX_S,
+    DRAIN_QUIET_S,
     Latency,
     Memory,
     TargetResults,
     burst,
+    drain,
     fanout,
     inbound,
     join_storm,
@@ -33,8 +36,8 @@ from benchmarks.targets import (
 )
 from refserver.federation.tls import issue_certificate, load_or_create_ca
 
-#: Seconds between fan-outs: longer than refserver's default displayname min interval (1 s),
-#: so each change is an isolated one, and shorter than keep-alive expiry (5 s), so "warm" is.
+#: Seconds between isolated displayname changes in the latency pair: longer than refserver's
+#: default displayname min interval (1 s).
 GAP_S = 1.5
 IDLE_S = 3.0
 #: Between isolated custom-field changes: longer than refserver's default custom-field
@@ -110,15 +113,17 @@ async def run_target(
                     ("displayname", "warm"),
                     (f"org.example.bench_n{len(joined)}", "warm"),
                 ):
+                    # Isolated: everything queued before has been delivered.
+                    await drain(fleet, quiet_s=DRAIN_QUIET_S, max_s=DRAIN_MAX_S)
                     value = f"{key_name.rsplit('.', 1)[-1]}-{len(joined)}-{mode}-{time.time_ns()}"
                     result = await fanout(
                         fleet, alice, joined, pid, key=key_name, value=value, mode=mode
                     )
                     results.fanouts.append(result)
                     log(f"[{kind}] fan-out: {result}")
-                    await trio.sleep(GAP_S)
                 if index == 0:
                     for key_name in ("displayname", "org.example.burst"):
+                        await drain(fleet, quiet_s=DRAIN_QUIET_S, max_s=DRAIN_MAX_S)
                         b = await burst(
                             fleet, alice, joined, key=key_name, tag=f"burst{time.time_ns()}"
                         )
@@ -127,7 +132,6 @@ async def run_target(
                             f"[{kind}] burst {key_name}: EDUs/destination "
                             f"{b.edus_per_destination[:5]}…, final at {b.final_value_at}"
                         )
-                        await trio.sleep(GAP_S)
                 if storm.error:
                     results.errors.append(f"join storm stopped: {storm.error}")
                     break

@@ -34,6 +34,9 @@ EDU_GRACE_S = 5.0
 #: How long an EDU-only change (custom field) is waited for when it reaches nobody.
 EDU_ONLY_TIMEOUT_S = 10.0
 POLL_S = 0.01
+#: A server that sent nothing to the fleet for this long has drained its queues.
+DRAIN_QUIET_S = 1.5
+DRAIN_MAX_S = 240.0
 
 
 def fanout_timeout(n: int) -> float:
@@ -104,9 +107,13 @@ class JoinStorm:
     n_after: int
     attempted: int
     joined: int
-    wall_s: float
+    wall_s: float  #: first make_join → last send_join answer
     cpu_s: float
     error: str | None
+    #: first make_join → the last transaction the fleet received before the server went
+    #: quiet (every join PDU delivered to every member); None: still sending at the cap
+    drained_s: float | None = None
+    cpu_drained_s: float = math.nan  #: CPU until it went quiet
 
 
 @dataclass
@@ -196,7 +203,24 @@ async def join_storm(
         joined.append(server)
     wall, cpu = time.monotonic() - t0, cpu_seconds(pid) - cpu0
     storm = JoinStorm(n_before, n_before + len(joined), len(servers), len(joined), wall, cpu, error)
+    last = await drain(fleet, quiet_s=DRAIN_QUIET_S, max_s=DRAIN_MAX_S)
+    storm.cpu_drained_s = cpu_seconds(pid) - cpu0
+    storm.drained_s = None if last is None else max(last - t0, wall)
     return storm, joined
+
+
+async def drain(fleet: Fleet, *, quiet_s: float, max_s: float) -> float | None:
+    """Wait until no fleet server has received a transaction for ``quiet_s`` (the server under
+    test has sent everything it had queued). Returns the time of the last arrival, or None if
+    transactions kept coming for ``max_s``."""
+    start = time.monotonic()
+    while True:
+        now = time.monotonic()
+        if now - max(fleet.last_arrival, start) >= quiet_s:
+            return fleet.last_arrival if fleet.last_arrival >= start else start
+        if now - start >= max_s:
+            return None
+        await trio.sleep(0.1)
 
 
 async def _wait(
