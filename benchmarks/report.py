@@ -247,8 +247,8 @@ def write_report(
         "## Join storm: fleet servers join one room one after another",
         "",
         "Wall and CPU: first `make_join` to the last `send_join` answer; then until the server "
-        "had delivered every join event to every member (no transaction for 1.5 s; the CPU "
-        "figure includes those 1.5 s).",
+        "had delivered the storm: the last joiner's join event had reached every other fleet "
+        "member and no transaction followed for 1.5 s (the CPU figure includes those 1.5 s).",
         "",
         f"| N before → after | {' | '.join(heads)} |",
         f"|---|{'---|' * len(heads)}",
@@ -268,7 +268,7 @@ def write_report(
             if j.joined:
                 cell += f" ({j.cpu_s / j.joined * 1000:.0f} ms CPU per join)"
             if j.drained_s is None:
-                cell += f" · still sending join PDUs {_s(j.wall_s)} + 240 s later"
+                cell += " · join events not delivered to every member within 240 s more"
             else:
                 cell += (
                     f" · every join PDU delivered after {_s(j.drained_s)}, "

@@ -99,7 +99,7 @@ async def run_target(
                     target.server_name,
                     room_id,
                     pid,
-                    n_before=len(joined),
+                    members=joined,
                     budget_s=join_budget_s,
                 )
                 joined += ok

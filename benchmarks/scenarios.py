@@ -111,7 +111,8 @@ class JoinStorm:
     cpu_s: float
     error: str | None
     #: first make_join → the last transaction the fleet received before the server went
-    #: quiet (every join PDU delivered to every member); None: still sending at the cap
+    #: quiet, once the last joiner's join event had reached every other fleet member; None:
+    #: not delivered everywhere, or still sending, after DRAIN_MAX_S
     drained_s: float | None = None
     cpu_drained_s: float = math.nan  #: CPU until it went quiet
 
@@ -184,29 +185,65 @@ async def join_storm(
     room_id: str,
     pid: int,
     *,
-    n_before: int,
+    members: Sequence[FleetServer],
     budget_s: float,
 ) -> tuple[JoinStorm, list[FleetServer]]:
-    """``servers`` join ``room_id`` one after another; stops at the first failure or budget."""
+    """``servers`` join ``room_id`` one after another (``members`` joined before); stops at the
+    first failure or when ``budget_s`` is used up.
+
+    Then waits (up to ``DRAIN_MAX_S``) until the last joiner's join event has reached every
+    other fleet member — the server has delivered the storm — and the server went quiet."""
     joined: list[FleetServer] = []
     error = None
+    last_join: Watch | None = None
     cpu0, t0 = cpu_seconds(pid), time.monotonic()
-    for server in servers:
-        if time.monotonic() - t0 > budget_s:
-            error = f"budget of {budget_s:.0f} s used up after {len(joined)} joins"
-            break
-        try:
-            await fleet.join(server, destination, room_id)
-        except Exception as exc:
-            error = f"join {len(joined) + 1}: {exc!r}"[:300]
-            break
-        joined.append(server)
-    wall, cpu = time.monotonic() - t0, cpu_seconds(pid) - cpu0
-    storm = JoinStorm(n_before, n_before + len(joined), len(servers), len(joined), wall, cpu, error)
-    last = await drain(fleet, quiet_s=DRAIN_QUIET_S, max_s=DRAIN_MAX_S)
+    try:
+        for server in servers:
+            if time.monotonic() - t0 > budget_s:
+                error = f"budget of {budget_s:.0f} s used up after {len(joined)} joins"
+                break
+            watch = fleet.watch(member_join(server.user_id), [*members, *joined])
+            try:
+                await fleet.join(server, destination, room_id)
+            except Exception as exc:
+                fleet.unwatch(watch)
+                error = f"join {len(joined) + 1}: {exc!r}"[:300]
+                break
+            if last_join is not None:
+                fleet.unwatch(last_join)
+            last_join = watch
+            joined.append(server)
+        wall, cpu = time.monotonic() - t0, cpu_seconds(pid) - cpu0
+        storm = JoinStorm(
+            len(members), len(members) + len(joined), len(servers), len(joined), wall, cpu, error
+        )
+        delivered = True
+        if last_join is not None:
+            with trio.move_on_after(DRAIN_MAX_S):
+                await last_join.done.wait()
+            delivered = last_join.done.is_set()
+        quiet = await drain(fleet, quiet_s=DRAIN_QUIET_S, max_s=DRAIN_MAX_S)
+    finally:
+        if last_join is not None:
+            fleet.unwatch(last_join)
     storm.cpu_drained_s = cpu_seconds(pid) - cpu0
-    storm.drained_s = None if last is None else max(last - t0, wall)
+    if delivered and quiet is not None:
+        storm.drained_s = max(quiet - t0, wall)
     return storm, joined
+
+
+def member_join(user_id: str) -> Callable[[str, JsonDict], bool]:
+    def match(kind: str, item: JsonDict) -> bool:
+        content = item.get("content")
+        return (
+            kind == "pdu"
+            and item.get("type") == "m.room.member"
+            and item.get("state_key") == user_id
+            and isinstance(content, dict)
+            and content.get("membership") == "join"
+        )
+
+    return match
 
 
 async def drain(fleet: Fleet, *, quiet_s: float, max_s: float) -> float | None:
