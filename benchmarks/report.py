@@ -207,11 +207,8 @@ def write_report(
         f"| load average (1/5/15 min) at start | {_loads(machine.load_start)} |",
         f"| load average at end | {_loads(machine.load_end)} |",
         f"| duration | {machine.duration_s:.0f} s |",
-        *[
-            f"| fleet cost ({r.kind} run) | {r.fleet_overhead} |"
-            for r in results
-            if r.fleet_overhead
-        ],
+        # Only the first run's: later runs reuse memory this process already holds.
+        *[f"| fleet cost | {r.fleet_overhead} |" for r in results[:1] if r.fleet_overhead],
         "",
         "The machine is shared: other processes ran during the measurement (see the load "
         "average), so absolute numbers are noisy; both servers ran one after the other under "
