@@ -14,8 +14,12 @@ run:
 test *ARGS:
     python3 -m venv {{venv}} && {{venv}}/bin/pip install -q -e '.[test]' && {{venv}}/bin/pytest {{ARGS}}
 
-# ruff + mypy (strict), over refserver/ and tests/ (mypy takes both from pyproject.toml).
+# Fleet benchmark of refserver against Synapse; writes docs/benchmarks.md (ARGS: --quick, --sizes 50,100).
+bench *ARGS:
+    python3 -m venv {{venv}} && {{venv}}/bin/pip install -q -e '.[test,bench]' && {{venv}}/bin/python -m benchmarks {{ARGS}}
+
+# ruff + mypy (strict), over refserver/, tests/ and benchmarks/ (mypy takes them from pyproject.toml).
 lint:
-    {{venv}}/bin/ruff check refserver tests
-    {{venv}}/bin/ruff format --check refserver tests
+    {{venv}}/bin/ruff check refserver tests benchmarks
+    {{venv}}/bin/ruff format --check refserver tests benchmarks
     {{venv}}/bin/mypy

@@ -1,0 +1,435 @@
+"""``docs/benchmarks.md``: the machine, the command, tables of every measured value and PNG
+plots (matplotlib) of delivery time and CPU against the fleet size."""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import platform
+import statistics
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchmarks.scenarios import Delivery, FanOut, Latency, TargetResults
+from tests.servers import REPO
+
+
+@dataclass
+class Machine:
+    command: str
+    date_utc: str
+    nproc: int
+    cpu_model: str
+    python: str
+    commit: str
+    load_start: tuple[float, float, float]
+    load_end: tuple[float, float, float] = (math.nan, math.nan, math.nan)
+    duration_s: float = math.nan
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def probe(cls, command: str) -> Machine:
+        model = "unknown"
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+        except OSError:
+            pass
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO
+        ).stdout.strip()
+        return cls(
+            command=command,
+            date_utc=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            nproc=os.cpu_count() or 0,
+            cpu_model=model,
+            python=platform.python_version(),
+            commit=commit or "unknown",
+            load_start=os.getloadavg(),
+        )
+
+    def finish(self, duration_s: float) -> None:
+        self.load_end = os.getloadavg()
+        self.duration_s = duration_s
+
+
+# -- formatting -------------------------------------------------------------------------------
+
+
+def _s(value: float | None) -> str:
+    if value is None or math.isnan(value):
+        return "–"
+    return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
+
+
+def _loads(loads: tuple[float, float, float]) -> str:
+    return " / ".join(f"{x:.2f}" for x in loads)
+
+
+def _delivery(name: str, d: Delivery | None, waited: float) -> str:
+    if d is None:
+        return ""
+    if d.last_s is not None:
+        return f"{name} {_s(d.last_s)}"
+    if d.reached == 0:
+        return f"{name} reaches nobody (0/{d.servers} within {waited:.1f} s)"
+    return f"{name} timed out ({d.reached}/{d.servers} within {waited:.1f} s)"
+
+
+def _fanout_cell(f: FanOut | None) -> str:
+    if f is None:
+        return "not run"
+    if f.put_status != 200:
+        return f"PUT answered {f.put_status}: reaches nobody"
+    parts = [
+        p for p in (_delivery("PDU", f.pdu, f.waited_s), _delivery("EDU", f.edu, f.waited_s)) if p
+    ]
+    parts.append(f"CPU {_s(f.cpu_s)}")
+    parts.append(f"{f.handshakes} new TLS conns")
+    parts.append(f"(fleet CPU {_s(f.fleet_cpu_s)})")
+    return " · ".join(parts)
+
+
+def last_delivery(f: FanOut) -> float | None:
+    """Time until everything that was delivered everywhere had arrived (PDU and/or EDU)."""
+    done = [d.last_s for d in (f.pdu, f.edu) if d is not None and d.last_s is not None]
+    return max(done) if done else None
+
+
+def percentile(samples: list[float], p: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(samples)
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def _find(r: TargetResults, n: int, fld: str, mode: str) -> FanOut | None:
+    return next((f for f in r.fanouts if f.n == n and f.field == fld and f.mode == mode), None)
+
+
+# -- plots ----------------------------------------------------------------------------------
+
+
+def plot(results: list[TargetResults], out_dir: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = []
+    for metric, ylabel, fname in (
+        ("time", "last delivery (s)", "delivery_vs_n.png"),
+        ("cpu", "server CPU per fan-out (s)", "cpu_vs_n.png"),
+    ):
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        for r in results:
+            for fld, mode, style in (
+                ("displayname", "warm", "-o"),
+                ("displayname", "cold", "--s"),
+                ("custom", "warm", ":^"),
+            ):
+                points = [
+                    (f.n, last_delivery(f) if metric == "time" else f.cpu_s)
+                    for f in r.fanouts
+                    if f.field == fld and f.mode == mode
+                ]
+                points = [(n, v) for n, v in points if v is not None]
+                if points:
+                    xs, ys = zip(*points, strict=True)
+                    ax.plot(xs, ys, style, label=f"{r.kind} {fld} ({mode})")
+            pdu_points = [
+                (f.n, f.pdu.last_s)
+                for f in r.fanouts
+                if metric == "time" and f.field == "displayname" and f.mode == "warm" and f.pdu
+            ]
+            if r.kind != "synapse" and any(v is not None for _, v in pdu_points):
+                xs, ys = zip(*[(n, v) for n, v in pdu_points if v is not None], strict=True)
+                ax.plot(xs, ys, "-.x", label=f"{r.kind} displayname member PDU only (warm)")
+        ax.set_title(
+            "last delivery: PDU and EDU where both arrive" if metric == "time" else ylabel,
+            fontsize=9,
+        )
+        ax.set_xlabel("fleet servers in the room (N)")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out_dir / fname, dpi=110)
+        plt.close(fig)
+        names.append(fname)
+    return names
+
+
+# -- the document -----------------------------------------------------------------------------
+
+
+def write_report(
+    out: Path,
+    machine: Machine,
+    results: list[TargetResults],
+    latencies: list[Latency],
+    *,
+    label: str,
+    quick: bool,
+) -> None:
+    plots = plot(results, out.parent / "benchmarks")
+    by_kind = {r.kind: r for r in results}
+    heads = [f"{r.kind} ({r.version})" for r in results]
+    lines: list[str] = ["# Benchmarks: profile fan-out at federation scale", ""]
+    if label:
+        lines += [f"**{label}**", ""]
+    if quick:
+        lines += ["**`--quick` run (small fleets): for development, not for conclusions.**", ""]
+    lines += [
+        "Every number below was measured by `benchmarks/` in the run described here; a scenario "
+        "that failed or timed out says so. The fleet (`benchmarks/fleet.py`) is N simulated "
+        "federation servers in one Trio process on loopback TLS (own ports, own ed25519 keys, "
+        "real signed `make_join`/`send_join`), recording the arrival time and size of every PDU "
+        "and EDU. CPU is the server under test's user+system time from `/proc/<pid>/stat`; RSS "
+        "from `/proc/<pid>/status`.",
+        "",
+        "## Machine and command",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| date | {machine.date_utc} |",
+        f"| command | `{machine.command}` |",
+        f"| CPUs (`nproc`) | {machine.nproc} |",
+        f"| CPU model | {machine.cpu_model} |",
+        f"| Python | {machine.python} |",
+        f"| refserver commit | {machine.commit} |",
+        *[f"| {r.kind} | {r.version} |" for r in results],
+        f"| load average (1/5/15 min) at start | {_loads(machine.load_start)} |",
+        f"| load average at end | {_loads(machine.load_end)} |",
+        f"| duration | {machine.duration_s:.0f} s |",
+        # Only the first run's: later runs reuse memory this process already holds.
+        *[f"| fleet cost | {r.fleet_overhead} |" for r in results[:1] if r.fleet_overhead],
+        "",
+        "The machine is shared: other processes ran during the measurement (see the load "
+        "average), so absolute numbers are noisy; both servers ran one after the other under "
+        "the same conditions, and the ratios are what count.",
+        "",
+    ]
+    sizes = sorted({f.n for r in results for f in r.fanouts})
+    lines += [
+        "## Fan-out: one profile change → every fleet server",
+        "",
+        "Time from the `PUT /profile` to the last fleet server's first arrival of the member PDU "
+        "(displayname, every server) and the MSC4259 EDU; the server's CPU over the same "
+        "window; the new TLS connections the fleet accepted. Before each change the server had "
+        "sent everything queued (no transaction to any fleet server for 1.5 s). *cold*: the "
+        "fleet then closed every connection; *warm*: a fan-out had just happened (connections "
+        "the server kept open are still open). The fleet's own CPU (this process) is shown "
+        "too: when it nears the delivery time, the fleet was the bottleneck.",
+        "",
+        f"| change | N | {' | '.join(heads)} |",
+        f"|---|---|{'---|' * len(heads)}",
+    ]
+    for fld, mode, title in (
+        ("displayname", "cold", "displayname, cold"),
+        ("displayname", "warm", "displayname, warm"),
+        ("custom", "warm", "custom field, warm"),
+    ):
+        for n in sizes:
+            cells = [_fanout_cell(_find(r, n, fld, mode)) for r in results]
+            lines.append(f"| {title} | {n} | {' | '.join(cells)} |")
+    lines += ["", *[f"![{p}](benchmarks/{p})" for p in plots], ""]
+
+    lines += [
+        "## Join storm: fleet servers join one room one after another",
+        "",
+        "Wall and CPU: first `make_join` to the last `send_join` answer; then until the server "
+        "had delivered the storm: the last joiner's join event had reached every other fleet "
+        "member and no transaction followed for 1.5 s (the CPU figure includes those 1.5 s).",
+        "",
+        f"| N before → after | {' | '.join(heads)} |",
+        f"|---|{'---|' * len(heads)}",
+    ]
+    steps = sorted({(j.n_before, j.n_before + j.attempted) for r in results for j in r.joins})
+    for before, after in steps:
+        cells = []
+        for r in results:
+            j = next(
+                (j for j in r.joins if j.n_before == before and j.n_before + j.attempted == after),
+                None,
+            )
+            if j is None:
+                cells.append("not run")
+                continue
+            cell = f"{j.joined}/{j.attempted} joined · wall {_s(j.wall_s)} · CPU {_s(j.cpu_s)}"
+            if j.joined:
+                cell += f" ({j.cpu_s / j.joined * 1000:.0f} ms CPU per join)"
+            if j.drained_s is None:
+                cell += " · join events not delivered to every member within 240 s more"
+            else:
+                cell += (
+                    f" · every join PDU delivered after {_s(j.drained_s)}, "
+                    f"CPU until then {_s(j.cpu_drained_s)}"
+                )
+            if j.error:
+                cell += f" · stopped: {j.error}"
+            cells.append(cell)
+        lines.append(f"| {before} → {after} | {' | '.join(cells)} |")
+
+    lines += [
+        "",
+        "## Memory per known destination",
+        "",
+        "RSS after the fleet joined and then idled 3 s, minus RSS before the first join, divided "
+        "by N (includes the room's grown state, not only per-destination sender state).",
+        "",
+        f"| N | {' | '.join(heads)} |",
+        f"|---|{'---|' * len(heads)}",
+    ]
+    for n in sorted({m.n for r in results for m in r.memory}):
+        cells = []
+        for r in results:
+            m = next((m for m in r.memory if m.n == n), None)
+            cells.append(
+                "–"
+                if m is None
+                else f"{(m.rss_after - m.rss_before) / 2**20:+.1f} MiB total · "
+                f"{m.per_destination / 1024:.1f} KiB per destination"
+            )
+        lines.append(f"| {n} | {' | '.join(cells)} |")
+
+    lines += [
+        "",
+        "## Burst: 100 changes of one field in about 1 s",
+        "",
+        "Per destination: MSC4259 EDUs carrying the field, member PDUs (displayname), and how "
+        "many destinations got the final value last.",
+        "",
+        f"| field | {' | '.join(heads)} |",
+        f"|---|{'---|' * len(heads)}",
+    ]
+    for fld in ("displayname", "custom"):
+        cells = []
+        for r in results:
+            b = next((b for b in r.bursts if b.field == fld), None)
+            if b is None:
+                cells.append("not run")
+                continue
+            e, p = b.edus_per_destination, b.pdus_per_destination
+            cell = (
+                f"N={b.n}, {b.changes} PUTs in {b.burst_s:.2f} s ({b.failed_puts} failed) · "
+                f"EDUs/destination min {min(e)} mean {statistics.fmean(e):.1f} max {max(e)}"
+            )
+            if fld == "displayname":
+                cell += f" · member PDUs/destination mean {statistics.fmean(p):.1f}"
+            cell += f" · final value delivered at {b.final_value_at}/{b.n}"
+            cells.append(cell)
+        lines.append(f"| {fld} | {' | '.join(cells)} |")
+
+    lines += [
+        "",
+        "## Inbound: transactions of 100 profile EDUs from many origins",
+        "",
+        f"| | {' | '.join(heads)} |",
+        f"|---|{'---|' * len(heads)}",
+    ]
+    rows: dict[str, list[str]] = {"sent": [], "rate": [], "cpu": [], "check": []}
+    for r in results:
+        i = r.inbound
+        if i is None:
+            for v in rows.values():
+                v.append("not run")
+            continue
+        rows["sent"].append(
+            f"{i.transactions} transactions ({i.edus} EDUs) from {i.origins} origins, "
+            f"{i.ok} answered 200"
+        )
+        rows["rate"].append(f"{i.edus / i.wall_s:.0f} EDUs/s (wall {_s(i.wall_s)})")
+        rows["cpu"].append(
+            f"{_s(i.cpu_s)} · {i.edus / i.cpu_s:.0f} EDUs per CPU-second" if i.cpu_s else "–"
+        )
+        rows["check"].append(i.check.replace("|", "\\|"))
+    for title, key in (
+        ("sent", "sent"),
+        ("throughput", "rate"),
+        ("server CPU", "cpu"),
+        ("applied?", "check"),
+    ):
+        lines.append(f"| {title} | {' | '.join(rows[key])} |")
+
+    lines += [
+        "",
+        "## Latency: profile PUT on hs1 → a client's `/sync` on hs2",
+        "",
+        "Two servers of the same kind, default config; bob on hs2 long-polls `/sync` (refserver: "
+        "with the MSC4429 `profile_fields` filter for the field) and the first response showing "
+        "the new value counts, per route. Changes are isolated: displayname changes 1.5 s "
+        "apart, custom-field changes 5.5 s apart (longer than refserver's default min "
+        "intervals, 1 s / 5 s).",
+        "",
+        "| server | field | route | changes | p50 | p95 | p99 | max | not seen within 10 s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for lat in latencies:
+        if lat.error:
+            lines.append(f"| {lat.kind} | {lat.key} | failed: {lat.error} | | | | | | |")
+        if not lat.routes:
+            lines.append(
+                f"| {lat.kind} | {lat.key} | none: no `users` section in its /sync, and no "
+                "member event for this field | | | | | | |"
+            )
+        for route, samples in lat.routes.items():
+            got = [x for x in samples if x is not None]
+            stats = [_s(percentile(got, p)) if got else "–" for p in (50, 95, 99, 100)]
+            lines.append(
+                f"| {lat.kind} | {lat.key} | {route} | {len(samples)} | {' | '.join(stats)} | "
+                f"{len(samples) - len(got)} |"
+            )
+
+    errors = [(r.kind, e) for r in results for e in r.errors]
+    if errors:
+        lines += ["", "## Failures", ""]
+        lines += [f"- {kind}: {e}" for kind, e in errors]
+
+    if "refserver" in by_kind and "synapse" in by_kind and sizes:
+        common = [n for n in sizes if _find(by_kind["synapse"], n, "displayname", "warm")]
+        if common:
+            n_max = max(common)
+            lines += ["", f"## Ratios at N = {n_max} (refserver ÷ Synapse, same run)", ""]
+            lines += [
+                "Last delivery: refserver's member PDU and EDU both, Synapse's member PDU.",
+                "",
+                "| displayname fan-out | last delivery | server CPU |",
+                "|---|---|---|",
+            ]
+            for mode in ("warm", "cold"):
+                ours = _find(by_kind["refserver"], n_max, "displayname", mode)
+                theirs = _find(by_kind["synapse"], n_max, "displayname", mode)
+                if ours and theirs:
+                    ta, tb = last_delivery(ours), last_delivery(theirs)
+                    ratio_t = f"{ta / tb:.2f}×" if ta and tb else "–"
+                    ratio_c = f"{ours.cpu_s / theirs.cpu_s:.2f}×" if theirs.cpu_s else "–"
+                    lines.append(f"| {mode} | {ratio_t} | {ratio_c} |")
+    lines += [
+        "",
+        "Raw results: [`docs/benchmarks/results.json`](benchmarks/results.json).",
+        "",
+        "## How to run",
+        "",
+        "- `just bench` (= `pip install -e '.[test,bench]'` and `python -m benchmarks`): every "
+        "scenario for refserver and Synapse (installed into `REFSERVER_SYNAPSE_VENV`, default "
+        "`.synapse-venv`, as for the interop tests); writes this file, the plots and "
+        "`results.json`. `--quick` uses fleets of 5 and 10; `--sizes 50,100,200` picks fleet "
+        "sizes; `--servers refserver` skips Synapse; `--label TEXT` heads the report; "
+        "`--out PATH` writes elsewhere.",
+        "- Any other server: `python -m benchmarks --target CLIENT_URL SERVER_NAME PID --ca-dir "
+        "DIR` runs the fleet scenarios against a running server that trusts the CA in `DIR` "
+        "(`ca.pem` and `ca.key`, e.g. from `refserver init --ca-dir DIR`); the fleet's "
+        "certificate is issued from it.",
+        "- The parts: `benchmarks/fleet.py` (the simulated servers), `benchmarks/scenarios.py` "
+        "(the scenarios), `benchmarks/runner.py` (order and server start-up), "
+        "`benchmarks/report.py` (this document). Smoke test: "
+        "`tests/integration/test_bench_fleet.py`.",
+        "",
+    ]
+    out.write_text("\n".join(lines))

@@ -1,0 +1,66 @@
+"""Smoke test of the benchmark fleet (``benchmarks/fleet.py``) against a real refserver.
+
+Three simulated federation servers join a public room with signed ``make_join``/``send_join``
+(server-server API §"Joining Rooms"); a local user's displayname change must then reach each
+of them as an ``m.room.member`` PDU and an MSC4259 profile EDU (§"EDU Format"), recorded with
+arrival time and size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from benchmarks.client import Client
+from benchmarks.fleet import Fleet
+from benchmarks.runner import fleet_certificate
+from benchmarks.scenarios import fanout
+from tests.servers import ServerProcess
+
+
+@pytest.fixture
+def refserver(make_federation: Callable[[int], list[ServerProcess]]) -> ServerProcess:
+    return make_federation(1)[0]
+
+
+async def test_three_fleet_servers_join_and_receive_a_displayname_change(
+    refserver: ServerProcess, tmp_path: Path
+) -> None:
+    assert refserver.proc is not None
+    ca_dir = refserver.ca_pem.parent
+    cert, key = fleet_certificate(tmp_path / "fleet", ca_dir)
+    async with httpx.AsyncClient(timeout=30.0) as http, trio.open_nursery() as nursery:
+        fleet = Fleet(cert, key, refserver.ca_pem)
+        await nursery.start(fleet.run)
+        servers = await fleet.grow(3)
+        alice = await Client.register(http, refserver.base_url, "alice")
+        room_id = await alice.create_public_room()
+        for server in servers:
+            await fleet.join(server, refserver.server_name, room_id)
+
+        result = await fanout(
+            fleet,
+            alice,
+            servers,
+            refserver.proc.pid,
+            key="displayname",
+            value="Alice B",
+            mode="warm",
+        )
+
+        assert result.put_status == 200
+        assert result.pdu is not None
+        assert (result.pdu.reached, result.edu.reached) == (3, 3), (
+            f"expected the member PDU and the MSC4259 EDU at all 3 fleet servers, got {result}"
+        )
+        for server in servers:
+            kinds = {(a.kind, a.type) for a in server.arrivals}
+            assert ("pdu", "m.room.member") in kinds, f"{server.server_name} saw {kinds}"
+            assert ("edu", "uk.tcpip.msc4259.profile") in kinds, f"{server.server_name} saw {kinds}"
+            assert all(a.size > 0 for a in server.arrivals)
+            assert server.handshakes >= 1
+        nursery.cancel_scope.cancel()
