@@ -39,7 +39,7 @@ from refserver.federation.membership import FederationMembership
 from refserver.federation.profile_query import RemoteProfiles
 from refserver.federation.reads import FederationReads
 from refserver.federation.resident import ResidentMembership
-from refserver.federation.resolver import default_resolver
+from refserver.federation.resolver import OutboundAddressGuard, default_resolver
 from refserver.federation.routes.events import event_routes
 from refserver.federation.routes.keys import key_routes
 from refserver.federation.routes.membership import membership_routes
@@ -177,14 +177,16 @@ def build_services(
     clock = clock or Clock()
     # I/O adapters
     metrics = Metrics()
+    guard = OutboundAddressGuard(fed.outbound_ip_allowlist)
     client = FederationClient(
         http,
         origin=server_name,
         signing_key=signing_key,
-        resolver=default_resolver(http, clock=clock),
+        resolver=default_resolver(http, clock=clock, guard=guard),
         timeout_s=fed.request_timeout_s,
         ssl_context=outbound_ssl_context(config),
         max_concurrent_handshakes=fed.max_concurrent_handshakes,
+        guard=guard,
         metrics=metrics,
     )
     # Services
