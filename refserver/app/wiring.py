@@ -167,17 +167,20 @@ def build_services(
     *,
     clock: Clock | None = None,
     links: TransactionSender | None = None,
+    guard: OutboundAddressGuard | None = None,
 ) -> Services:
     """Every service, built once. ``clock`` is the one source of time they all share
     (default: the real one; tests pass a :class:`~refserver.clock.LinkedClock`). ``links``
     gives the destination queues their transport (default: the federation client's own
-    keep-alive connection per destination; the in-process test tier passes fake peers)."""
+    keep-alive connection per destination; the in-process test tier passes fake peers), and
+    ``guard`` where outbound connections may go (default: ``[federation]
+    outbound_ip_allowlist`` with the system resolver; the test tier resolves fake names)."""
     server_name = config.server.server_name
     fed = config.federation
     clock = clock or Clock()
     # I/O adapters
     metrics = Metrics()
-    guard = OutboundAddressGuard(fed.outbound_ip_allowlist)
+    guard = guard or OutboundAddressGuard(fed.outbound_ip_allowlist)
     client = FederationClient(
         http,
         origin=server_name,
