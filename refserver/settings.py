@@ -10,6 +10,7 @@ the bottom of the layers (no I/O); reading and checking the file is
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -116,6 +117,16 @@ class ClientListener:
     )
 
 
+def _are_networks(values: Any) -> bool:
+    """Whether every item of a list setting is a CIDR range (or a bare address)."""
+    try:
+        for text in values:
+            ipaddress.ip_network(text.strip(), strict=False)
+    except (ValueError, AttributeError):
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class FederationListener:
     """Server-server API listener (TLS), outbound federation and the per-destination sender."""
@@ -135,6 +146,15 @@ class FederationListener:
         doc="Extra CA or certificate PEM files trusted for outbound federation, in addition to"
         " the system store: the shared development CA, a Synapse's self-signed certificate, …",
         default_doc="`[]` (`init` writes the absolute path of `<ca-dir>/ca.pem`)",
+    )
+    outbound_ip_allowlist: tuple[str, ...] = setting(
+        (),
+        doc="Address ranges (CIDR) outbound federation may reach although they are refused by"
+        " default: private (RFC 1918, ULA), loopback, link-local, CGNAT, multicast,"
+        " unspecified, reserved and documentation ranges, and IPv6 forms embedding them."
+        " Checked after DNS, on every connection and .well-known redirect.",
+        valid=(_are_networks, "CIDR ranges such as `10.1.0.0/16`, `::1/128`"),
+        default_doc='`[]` (`init` and `demo` write `["127.0.0.0/8", "::1/128"]`)',
     )
     verify_tls: bool = setting(
         True,

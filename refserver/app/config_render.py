@@ -27,6 +27,7 @@ from refserver.app.config import (
     is_policy_table,
     settings_of,
 )
+from refserver.federation.resolver import LOOPBACK_ALLOWANCE
 
 
 def render_config(
@@ -36,10 +37,12 @@ def render_config(
     client_port: int = 8008,
     federation_port: int = 8448,
     trusted_ca_files: tuple[str, ...] = (),
+    outbound_ip_allowlist: tuple[str, ...] = LOOPBACK_ALLOWANCE,
 ) -> str:
     """The commented config file ``refserver init`` writes: every setting, with its doc.
 
-    Each setting has its default, except the values ``init`` chooses (given here).
+    Each setting has its default, except the values ``init`` chooses (given here). Local
+    setups federate over loopback, so the loopback ranges are allowed unless told otherwise.
     """
     chosen: dict[str, Any] = {
         "server.server_name": server_name,
@@ -48,6 +51,7 @@ def render_config(
         "federation.bind": bind,
         "federation.port": federation_port,
         "federation.trusted_ca_files": tuple(trusted_ca_files),
+        "federation.outbound_ip_allowlist": tuple(outbound_ip_allowlist),
     }
     lines = [
         "# refserver configuration. Every setting is listed with its default; see"

@@ -39,7 +39,7 @@ from refserver.federation.membership import FederationMembership
 from refserver.federation.profile_query import RemoteProfiles
 from refserver.federation.reads import FederationReads
 from refserver.federation.resident import ResidentMembership
-from refserver.federation.resolver import default_resolver
+from refserver.federation.resolver import OutboundAddressGuard, default_resolver
 from refserver.federation.routes.events import event_routes
 from refserver.federation.routes.keys import key_routes
 from refserver.federation.routes.membership import membership_routes
@@ -167,24 +167,29 @@ def build_services(
     *,
     clock: Clock | None = None,
     links: TransactionSender | None = None,
+    guard: OutboundAddressGuard | None = None,
 ) -> Services:
     """Every service, built once. ``clock`` is the one source of time they all share
     (default: the real one; tests pass a :class:`~refserver.clock.LinkedClock`). ``links``
     gives the destination queues their transport (default: the federation client's own
-    keep-alive connection per destination; the in-process test tier passes fake peers)."""
+    keep-alive connection per destination; the in-process test tier passes fake peers), and
+    ``guard`` where outbound connections may go (default: ``[federation]
+    outbound_ip_allowlist`` with the system resolver; the test tier resolves fake names)."""
     server_name = config.server.server_name
     fed = config.federation
     clock = clock or Clock()
     # I/O adapters
     metrics = Metrics()
+    guard = guard or OutboundAddressGuard(fed.outbound_ip_allowlist)
     client = FederationClient(
         http,
         origin=server_name,
         signing_key=signing_key,
-        resolver=default_resolver(http, clock=clock),
+        resolver=default_resolver(http, clock=clock, guard=guard),
         timeout_s=fed.request_timeout_s,
         ssl_context=outbound_ssl_context(config),
         max_concurrent_handshakes=fed.max_concurrent_handshakes,
+        guard=guard,
         metrics=metrics,
     )
     # Services

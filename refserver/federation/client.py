@@ -36,7 +36,12 @@ from refserver.federation.connection import (
     DestinationConnection,
     SessionCache,
 )
-from refserver.federation.resolver import Resolver, ServerResolutionError
+from refserver.federation.resolver import (
+    OutboundAddressGuard,
+    Resolver,
+    ServerResolutionError,
+    url_host,
+)
 from refserver.federation.transaction import Transaction
 from refserver.federation.xmatrix import build_authorization_header
 from refserver.metrics import Metrics
@@ -126,9 +131,12 @@ class FederationClient:
         timeout_s: float,
         ssl_context: ssl.SSLContext | None = None,
         max_concurrent_handshakes: int = DEFAULT_MAX_CONCURRENT_HANDSHAKES,
+        guard: OutboundAddressGuard | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         self._http = http
+        #: Where connections may go; by default nowhere private, loopback, link-local, ….
+        self.guard = guard or OutboundAddressGuard()
         self.origin = origin
         self._signing_key = signing_key
         self._resolver = resolver
@@ -206,13 +214,12 @@ class FederationClient:
         try:
             with trio.fail_after(timeout_s or self._timeout_s):
                 resolved = await self._resolver.resolve(destination)
-                url = f"https://{resolved.authority}{uri}"
+                # Connect to a checked address, not to a name httpx would resolve again.
+                addresses = await self.guard.addresses(resolved.host_for_connect, resolved.port)
+                url = f"https://{url_host(addresses[0])}:{resolved.port}{uri}"
                 headers["Host"] = resolved.host_header
                 extensions = {}
-                if (
-                    resolved.tls_server_name
-                    and resolved.tls_server_name != resolved.host_for_connect
-                ):
+                if resolved.tls_server_name:
                     extensions["sni_hostname"] = resolved.tls_server_name
                 content = None if body is None else json.dumps(body).encode()
                 request = self._http.build_request(
@@ -238,6 +245,7 @@ class FederationClient:
             ssl_context=self._ssl_context,
             handshakes=self.handshakes,
             sessions=self._sessions,
+            guard=self.guard,
             metrics=self._metrics,
         )
         try:

@@ -10,7 +10,8 @@ gives the lifetime), on the stack Hypercorn itself uses: h11 for HTTP/1.1 framin
 trio's ``SSLStream``.
 
 - **On demand.** Nothing is opened until the first request; resolution (server-server API
-  §"Resolving server names") happens at each opening.
+  §"Resolving server names") happens at each opening, and the TCP connection goes to an
+  address the ``guard`` allows (never to a name resolved again behind its back).
 - **Bounded opening, free reuse.** Only the TLS handshake of a *new* connection waits for a
   slot of the shared ``handshakes`` limiter (``[federation] max_concurrent_handshakes``): a
   fan-out to servers with open connections goes out at once, while thousands of cold
@@ -40,7 +41,7 @@ from dataclasses import dataclass
 import h11
 import trio
 
-from refserver.federation.resolver import ResolvedServer, Resolver
+from refserver.federation.resolver import OutboundAddressGuard, ResolvedServer, Resolver
 from refserver.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -163,10 +164,12 @@ class DestinationConnection:
         ssl_context: ssl.SSLContext,
         handshakes: trio.CapacityLimiter,
         sessions: SessionCache,
+        guard: OutboundAddressGuard,
         metrics: Metrics | None = None,
     ) -> None:
         self.destination = destination
         self._resolver = resolver
+        self._guard = guard
         self._ssl_context = ssl_context
         self._handshakes = handshakes
         self._sessions = sessions
@@ -242,7 +245,7 @@ class DestinationConnection:
 
     async def _open(self, scope: trio.CancelScope) -> Http11Connection:
         resolved = self.resolved = await self._resolver.resolve(self.destination)
-        tcp = await trio.open_tcp_stream(resolved.host_for_connect, resolved.port)
+        tcp = await self._connect_tcp(resolved)
         try:
             # The certificate must match tls_server_name, or the IP when there is none (the
             # ssl module then sends no SNI): server-server API §"Resolving server names".
@@ -281,6 +284,20 @@ class DestinationConnection:
             ", session resumed" if conn.resumed else "",
         )
         return conn
+
+    async def _connect_tcp(self, resolved: ResolvedServer) -> trio.SocketStream:
+        """A TCP connection to the first allowed address of ``host_for_connect`` that
+        answers (raises :class:`~refserver.federation.resolver.DeniedAddress` if none is
+        allowed, or the last connection error)."""
+        addresses = await self._guard.addresses(resolved.host_for_connect, resolved.port)
+        error: OSError | None = None
+        for address in addresses:
+            try:
+                return await trio.open_tcp_stream(address, resolved.port)
+            except OSError as exc:
+                error = exc
+        assert error is not None
+        raise error
 
     async def _drop(self) -> None:
         conn, self._conn = self._conn, None

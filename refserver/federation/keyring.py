@@ -9,6 +9,10 @@ Server-server API §"Retrieving server keys". Rules applied here:
 - Request signatures only accept ``verify_keys``; event signatures also accept
   ``old_verify_keys`` that expired after the event's ``origin_server_ts``.
 
+A failed fetch is remembered for :data:`KEY_FETCH_FAILURE_TTL_S`: requests naming a dead or
+bogus origin (or notary queries for it) do not each trigger a fetch. Notary queries name at
+most :data:`MAX_NOTARY_SERVERS` servers, fetched concurrently under one time limit.
+
 Keys read from the database are also kept in memory (every inbound request needs its
 origin's key; the rows change only through :meth:`Keyring.fetch_server_keys`, which updates
 both), so authenticating a request costs no database round trip.
@@ -18,7 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import signedjson.key
 import trio
@@ -42,6 +46,15 @@ OWN_KEY_LIFETIME_MS = 24 * 3600 * 1000
 MAX_KEY_VALIDITY_MS = 7 * 24 * 3600 * 1000
 #: Remote keys kept in memory; beyond this the memory copy starts afresh from the database.
 MAX_CACHED_KEYS = 100_000
+#: A server whose keys could not be fetched is not asked again for this long.
+KEY_FETCH_FAILURE_TTL_S = 10.0
+#: Servers whose failures are remembered; beyond this the memory starts afresh.
+MAX_REMEMBERED_FAILURES = 10_000
+#: Server names one notary query may name (POST ``/_matrix/key/v2/query``).
+MAX_NOTARY_SERVERS = 20
+#: Time limit of one notary query's fetches, all together; servers not fetched by then are
+#: answered from the cache or omitted ("unreachable servers with no cache are omitted").
+NOTARY_TIMEOUT_S = 15.0
 
 
 class KeyNotFound(Exception):
@@ -66,6 +79,8 @@ class Keyring:
         self._signing_key = signing_key
         self._old_keys = old_keys  # signedjson VerifyKeyWithExpiry (.expired)
         self._fetch_locks: dict[str, trio.Lock] = {}
+        #: server → monotonic time until which a failed fetch is not repeated.
+        self._failed_until: dict[str, float] = {}
         #: (server, key ID) → the stored row and its decoded key (the database is the truth).
         self._cached: dict[tuple[str, str], tuple[fed_store.StoredKey, VerifyKey]] = {}
 
@@ -141,15 +156,23 @@ class Keyring:
         return stored.valid_until_ts >= at_ms
 
     async def fetch_server_keys(self, server_name: str) -> JsonDict:
-        """GET https://<server>/_matrix/key/v2/server, checked and cached."""
+        """GET https://<server>/_matrix/key/v2/server, checked and cached. A failure is
+        remembered for :data:`KEY_FETCH_FAILURE_TTL_S` (raises at once meanwhile)."""
+        now = self._clock.monotonic()
+        if self._failed_until.get(server_name, 0.0) > now:
+            raise KeyNotFound(f"could not fetch keys of {server_name} (failed recently)")
         try:
             response = await self._client.request(
                 "GET", server_name, "/_matrix/key/v2/server", signed=False
             )
-        except (FederationError, FederationUnreachable) as exc:
+            keys = self._check_key_response(server_name, response)
+        except (FederationError, FederationUnreachable, KeyNotFound) as exc:
             log.info("key fetch from %s failed: %s", server_name, exc)
-            raise KeyNotFound(f"could not fetch keys of {server_name}: {exc}") from None
-        keys = self._check_key_response(server_name, response)
+            if len(self._failed_until) >= MAX_REMEMBERED_FAILURES:
+                self._failed_until.clear()
+            self._failed_until[server_name] = self._clock.monotonic() + KEY_FETCH_FAILURE_TTL_S
+            raise KeyNotFound(f"could not fetch keys of {server_name}") from None
+        self._failed_until.pop(server_name, None)
         fetched = self._clock.time_ms()
         valid_until = min(int(response["valid_until_ts"]), fetched + MAX_KEY_VALIDITY_MS)
         stored = [
@@ -233,23 +256,51 @@ class Keyring:
 
     # -- notary ----------------------------------------------------------------------------
 
-    async def notary_query(self, server_keys: Mapping[str, JsonValue]) -> list[JsonDict]:
-        """POST /_matrix/key/v2/query: cached (or freshly fetched) responses, co-signed by us."""
-        results: list[JsonDict] = []
-        for server_name in server_keys:
-            if server_name == self.server_name:
-                results.append(self.own_keys_response())
-                continue
-            cached = await self._db.run(fed_store.get_key_response, server_name)
-            response: JsonDict | None = (
-                json.loads(cached[0]) if cached and cached[1] > self._clock.time_ms() else None
-            )
-            if response is None:
-                try:
-                    response = await self.fetch_server_keys(server_name)
-                except KeyNotFound:
-                    # "Unreachable servers with no cache are omitted."
-                    response = json.loads(cached[0]) if cached else None
+    async def notary_query(
+        self, server_names: Sequence[str], *, timeout_s: float = NOTARY_TIMEOUT_S
+    ) -> list[JsonDict]:
+        """POST /_matrix/key/v2/query: cached (or freshly fetched) responses, co-signed by us.
+
+        The servers are fetched concurrently; after ``timeout_s`` those not fetched are
+        answered from the cache, if any, or omitted. The caller bounds the number of names
+        (:data:`MAX_NOTARY_SERVERS`).
+        """
+        names = list(dict.fromkeys(server_names))
+        found: dict[str, JsonDict] = {}
+
+        async def one(server_name: str) -> None:
+            response = await self._notary_response(server_name)
             if response is not None:
-                results.append(sign_json(response, self.server_name, self._signing_key))
-        return results
+                found[server_name] = response
+
+        with trio.move_on_after(timeout_s):
+            async with trio.open_nursery() as nursery:
+                for server_name in names:
+                    nursery.start_soon(one, server_name)
+        for server_name in names:
+            if server_name not in found and server_name != self.server_name:
+                cached = await self._db.run(fed_store.get_key_response, server_name)
+                if cached:
+                    found[server_name] = json.loads(cached[0])
+        return [
+            found[name]
+            if name == self.server_name
+            else sign_json(found[name], self.server_name, self._signing_key)
+            for name in names
+            if name in found
+        ]
+
+    async def _notary_response(self, server_name: str) -> JsonDict | None:
+        """Our own keys, a fresh cached response, or a fetched one (None if none)."""
+        if server_name == self.server_name:
+            return self.own_keys_response()
+        cached = await self._db.run(fed_store.get_key_response, server_name)
+        if cached and cached[1] > self._clock.time_ms():
+            response: JsonDict = json.loads(cached[0])
+            return response
+        try:
+            async with self._fetch_locks.setdefault(server_name, trio.Lock()):
+                return await self.fetch_server_keys(server_name)
+        except KeyNotFound:
+            # "Unreachable servers with no cache are omitted."
+            return json.loads(cached[0]) if cached else None

@@ -37,10 +37,10 @@ class RemoteProfiles:
             raise MatrixError(
                 502, M_UNKNOWN, f"{destination} could not answer the profile query"
             ) from None
-        except FederationUnreachable as exc:
-            raise MatrixError(
-                502, M_UNKNOWN, f"could not reach {destination}: {exc.reason}"
-            ) from None
+        except FederationUnreachable:
+            # The reason (refused, timed out, address not allowed, …) is logged by the
+            # client; telling it to the requester would make this a port scanner.
+            raise MatrixError(502, M_UNKNOWN, f"could not reach {destination}") from None
         if not isinstance(body, dict):
             raise MatrixError(502, M_UNKNOWN, f"{destination} sent a malformed profile")
         return valid_profile_fields(body)

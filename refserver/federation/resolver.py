@@ -15,7 +15,12 @@ certificate is for an IP address). Steps, numbered as in the spec:
 6. ``<hostname>`` at 8448.
 
 A/AAAA/CNAME lookups are left to whoever opens the connection (``host_for_connect`` may be a
-hostname). The resolution never changes the names used for signing and X-Matrix.
+hostname): it asks :class:`OutboundAddressGuard` for the addresses, which refuses those in
+private, loopback, link-local, multicast and other special ranges (as Synapse's
+``ip_range_blacklist``) unless ``[federation] outbound_ip_allowlist`` allows them, and then
+connects to a checked address, sending the name as SNI and ``Host``: a name resolved twice
+cannot point somewhere else the second time. The resolution never changes the names used for
+signing and X-Matrix.
 
 I/O is injected so tests need no network: ``fetch_well_known`` (default
 :class:`HttpxWellKnownFetcher`) and ``lookup_srv`` (default :class:`DnsPythonSrvLookup`, which
@@ -54,6 +59,8 @@ WELL_KNOWN_ERROR_MAX_TTL_S: Final = 3600.0
 #: Synapse's WELL_KNOWN_MAX_SIZE: a well-known document is tiny; refuse anything bigger.
 WELL_KNOWN_MAX_BYTES: Final = 50 * 1024
 WELL_KNOWN_TIMEOUT_S: Final = 10.0
+#: Redirects a .well-known lookup follows (httpx's default limit is 20).
+WELL_KNOWN_MAX_REDIRECTS: Final = 5
 DNS_TIMEOUT_S: Final = 5.0
 # Spec steps 3.3/3.4 and 4/5: the current service name first, then the deprecated one.
 SRV_SERVICES: Final = ("_matrix-fed._tcp", "_matrix._tcp")
@@ -61,6 +68,151 @@ SRV_SERVICES: Final = ("_matrix-fed._tcp", "_matrix._tcp")
 
 class ServerResolutionError(Exception):
     """The server name is invalid, or DNS failed in a way that is not "no such record"."""
+
+
+class DeniedAddress(ServerResolutionError):
+    """Every address of the host is in a range outbound requests may not reach."""
+
+
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: Synapse's DEFAULT_IP_RANGE_BLACKLIST (plus ``0.0.0.0/8`` and ``::/128``, which it always
+#: adds), the IPv4-embedding IPv6 prefixes handled separately (:func:`embedded_ipv4`).
+#: Addresses that ``ipaddress`` does not call global are refused as well.
+DENIED_NETWORKS: Final[tuple[IpNetwork, ...]] = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "0.0.0.0/8",
+        "10.0.0.0/8",
+        "100.64.0.0/10",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "172.16.0.0/12",
+        "192.0.0.0/24",
+        "192.0.2.0/24",
+        "192.88.99.0/24",
+        "192.168.0.0/16",
+        "198.18.0.0/15",
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "224.0.0.0/4",
+        "240.0.0.0/4",
+        "::/96",  # unspecified, loopback and the deprecated IPv4-compatible addresses
+        "100::/64",
+        "2001:db8::/32",
+        "fc00::/7",
+        "fe80::/10",
+        "fec0::/10",
+        "ff00::/8",
+    )
+)
+#: What ``init`` and ``demo`` allow: every local setup federates over loopback.
+LOOPBACK_ALLOWANCE: Final = ("127.0.0.0/8", "::1/128")
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def embedded_ipv4(address: IpAddress) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address carries (IPv4-mapped ``::ffff:a.b.c.d``, 6to4
+    ``2002::/16``, NAT64 ``64:ff9b::/96``)."""
+    if isinstance(address, ipaddress.IPv4Address):
+        return None
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address in _NAT64:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
+def parse_networks(networks: Sequence[str]) -> tuple[IpNetwork, ...]:
+    """CIDR strings (``10.1.0.0/16``, ``::1/128``, a bare address) → networks."""
+    return tuple(ipaddress.ip_network(n.strip(), strict=False) for n in networks)
+
+
+def is_valid_network(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        return False
+    return True
+
+
+def _special(address: IpAddress) -> bool:
+    return (
+        not address.is_global
+        or address.is_private
+        or address.is_loopback
+        or address.is_link_local
+        or address.is_multicast
+        or address.is_reserved
+        or address.is_unspecified
+        or any(address in net for net in DENIED_NETWORKS if net.version == address.version)
+    )
+
+
+def address_allowed(address: IpAddress, allow: Sequence[IpNetwork] = ()) -> bool:
+    """Whether outbound requests may connect to ``address``.
+
+    Refused: the ranges of :data:`DENIED_NETWORKS` and whatever ``ipaddress`` does not call
+    global; an IPv6 address embedding an IPv4 one is judged by that IPv4 address (the
+    packets go there). ``allow`` overrides, matched against either form, so ``127.0.0.0/8``
+    also allows ``::ffff:127.0.0.1``.
+    """
+    inner = embedded_ipv4(address)
+    for candidate in (address,) if inner is None else (address, inner):
+        if any(candidate in net for net in allow if net.version == candidate.version):
+            return True
+    return not _special(address if inner is None else inner)
+
+
+#: ``await lookup(host, port)`` → the host's addresses (A/AAAA), as strings.
+AddressLookup = Callable[[str, int], Awaitable[list[str]]]
+
+
+async def system_lookup(host: str, port: int) -> list[str]:
+    """The system resolver's addresses for ``host`` (``getaddrinfo``, TCP), in its order."""
+    try:
+        infos = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_STREAM)
+    except OSError as exc:  # socket.gaierror
+        raise ServerResolutionError(f"could not resolve {host}: {exc}") from exc
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+class OutboundAddressGuard:
+    """The addresses an outbound connection to a host may use.
+
+    Every outbound federation connection (transactions, one-off requests, .well-known and
+    each of its redirects) asks :meth:`addresses` and connects to one of the answers, never
+    to the name itself.
+    """
+
+    def __init__(self, allow: Sequence[str] = (), *, lookup: AddressLookup = system_lookup):
+        self.allow = parse_networks(allow)
+        self._lookup = lookup
+
+    def allowed(self, address: str) -> bool:
+        return address_allowed(ipaddress.ip_address(address), self.allow)
+
+    async def addresses(self, host: str, port: int) -> list[str]:
+        """The allowed addresses of ``host`` (an IP literal, IPv6 with or without
+        brackets, or a name to resolve). Raises :class:`DeniedAddress` if there are none,
+        :class:`ServerResolutionError` if the name does not resolve."""
+        literal = host[1:-1] if host.startswith("[") else host
+        try:
+            found = [str(ipaddress.ip_address(literal))]
+        except ValueError:
+            found = await self._lookup(host, port)
+        usable = [a for a in found if self.allowed(a.split("%", 1)[0])]
+        if not usable:
+            raise DeniedAddress(f"{host}: no address outbound requests may reach ({found})")
+        return usable
+
+
+def url_host(address: str) -> str:
+    """An address as the host part of a URL (IPv6 in brackets)."""
+    return f"[{address}]" if ":" in address else address
 
 
 @dataclass(frozen=True)
@@ -313,32 +465,73 @@ def pick_srv_record(records: Sequence[SrvRecord], rng: Callable[[], float]) -> S
 class HttpxWellKnownFetcher:
     """Default :data:`WellKnownFetcher`: ``GET https://<hostname>/.well-known/matrix/server``.
 
-    Follows redirects (httpx stops redirect loops with ``TooManyRedirects``), reads at most
-    :data:`WELL_KNOWN_MAX_BYTES` and gives up after ``timeout_s``. The client carries the TLS
-    settings (trusted CAs), so pass the federation client.
+    Follows at most :data:`WELL_KNOWN_MAX_REDIRECTS` redirects, to ``https:`` URLs only; each
+    hop connects to an address ``guard`` allows (SNI and ``Host`` stay the hop's name), so
+    neither the name nor a redirect can point the request at an internal service. Reads at
+    most :data:`WELL_KNOWN_MAX_BYTES` and gives up after ``timeout_s``. The client carries
+    the TLS settings (trusted CAs), so pass the federation client. ``guard`` None checks no
+    address (for tests with a mock transport).
     """
 
-    def __init__(self, client: httpx.AsyncClient, *, timeout_s: float = WELL_KNOWN_TIMEOUT_S):
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        *,
+        guard: OutboundAddressGuard | None = None,
+        timeout_s: float = WELL_KNOWN_TIMEOUT_S,
+    ):
         self._client = client
+        self._guard = guard
         self._timeout_s = timeout_s
 
     async def __call__(self, hostname: str) -> WellKnownResponse:
         url = f"https://{hostname}/.well-known/matrix/server"
         try:
             with trio.fail_after(self._timeout_s):
-                async with self._client.stream("GET", url, follow_redirects=True) as response:
-                    body = bytearray()
-                    async for chunk in response.aiter_bytes():
-                        body += chunk
-                        if len(body) > WELL_KNOWN_MAX_BYTES:
-                            raise WellKnownFetchError(f"{url}: response is too large")
-                    return WellKnownResponse(
-                        status=response.status_code,
-                        body=bytes(body),
-                        cache_control=response.headers.get("cache-control"),
-                    )
-        except (httpx.HTTPError, trio.TooSlowError) as exc:
+                for _ in range(WELL_KNOWN_MAX_REDIRECTS + 1):
+                    response = await self._get(httpx.URL(url))
+                    try:
+                        location = response.headers.get("location")
+                        if response.is_redirect and location:
+                            url = str(httpx.URL(url).join(location))
+                            continue
+                        body = bytearray()
+                        async for chunk in response.aiter_bytes():
+                            body += chunk
+                            if len(body) > WELL_KNOWN_MAX_BYTES:
+                                raise WellKnownFetchError(f"{url}: response is too large")
+                        return WellKnownResponse(
+                            status=response.status_code,
+                            body=bytes(body),
+                            cache_control=response.headers.get("cache-control"),
+                        )
+                    finally:
+                        await response.aclose()
+                raise WellKnownFetchError(f"{url}: more than {WELL_KNOWN_MAX_REDIRECTS} redirects")
+        except (httpx.HTTPError, ServerResolutionError, trio.TooSlowError) as exc:
             raise WellKnownFetchError(f"{url}: {exc!r}") from exc
+
+    async def _get(self, url: httpx.URL) -> httpx.Response:
+        if url.scheme != "https":
+            raise WellKnownFetchError(f"{url}: not https (a redirect to http is not followed)")
+        request = self._client.build_request("GET", url)
+        if self._guard is not None:
+            addresses = await self._guard.addresses(url.host, url.port or 443)
+            request = self._client.build_request(
+                "GET",
+                url.copy_with(host=addresses[0]),
+                headers={"Host": url.netloc.decode("ascii")},
+                extensions={} if _is_ip(url.host) else {"sni_hostname": url.host},
+            )
+        return await self._client.send(request, stream=True, follow_redirects=False)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 class DnsPythonSrvLookup:
@@ -378,11 +571,14 @@ class DnsPythonSrvLookup:
         ]
 
 
-def default_resolver(client: httpx.AsyncClient, *, clock: Clock) -> ServerResolver:
-    """A :class:`ServerResolver` using ``client`` for .well-known and system DNS for SRV,
-    timing its .well-known cache on ``clock``'s monotonic side."""
+def default_resolver(
+    client: httpx.AsyncClient, *, clock: Clock, guard: OutboundAddressGuard
+) -> ServerResolver:
+    """A :class:`ServerResolver` using ``client`` for .well-known (connecting only where
+    ``guard`` allows) and system DNS for SRV, timing its .well-known cache on ``clock``'s
+    monotonic side."""
     return ServerResolver(
-        fetch_well_known=HttpxWellKnownFetcher(client),
+        fetch_well_known=HttpxWellKnownFetcher(client, guard=guard),
         lookup_srv=DnsPythonSrvLookup(),
         clock=clock.monotonic,
     )

@@ -39,6 +39,7 @@ from refserver.events.hashing import compute_event_id
 from refserver.events.room_versions import get_room_version
 from refserver.events.signing import add_hashes_and_signatures
 from refserver.federation.client import FederationError, FederationUnreachable
+from refserver.federation.resolver import OutboundAddressGuard
 from refserver.federation.transaction import Transaction
 from refserver.ids import UserId
 from refserver.profiles.edus import UNSTABLE_EDU_TYPE
@@ -151,13 +152,13 @@ class FakeHomeserver:
 
 class FakeNetwork:
     """The ``httpx`` transport of the server under test: each request goes to the fake peer
-    named by its host and port."""
+    named by its ``Host`` header (the URL holds the address :func:`fake_lookup` gave)."""
 
     def __init__(self, *peers: FakeHomeserver) -> None:
         self._peers = {p.server_name: p for p in peers}
 
     async def handle(self, request: httpx.Request) -> httpx.Response:
-        peer = self._peers.get(f"{request.url.host}:{request.url.port}")
+        peer = self._peers.get(request.headers["host"])
         if peer is None:
             raise httpx.ConnectError(f"no route to {request.url.host}", request=request)
         return await peer.handle(request)
@@ -166,6 +167,12 @@ class FakeNetwork:
     async def connect(self, destination: str) -> AsyncIterator[FakeLink]:
         """The sender's ``TransactionSender``: a destination queue's link to a fake peer."""
         yield FakeLink(self, destination)
+
+
+async def fake_lookup(host: str, port: int) -> list[str]:
+    """Every fake peer's name resolves to one public address; the transport routes by
+    ``Host``, so the address only has to pass the outbound check."""
+    return ["93.184.216.34"]
 
 
 @dataclass(frozen=True)
@@ -308,6 +315,7 @@ async def running_homeserver(
                 http,
                 clock=clock,
                 links=network,
+                guard=OutboundAddressGuard(lookup=fake_lookup),
             )
             async with trio.open_nursery() as nursery:
                 await nursery.start(services.sender.run)

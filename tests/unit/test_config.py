@@ -27,10 +27,19 @@ from tests.servers import set_config_value
 
 def test_rendered_config_matches_dataclass_defaults() -> None:
     parsed = parse_config(
-        render_config(server_name="hs.test", client_port=8008, federation_port=8448),
+        render_config(
+            server_name="hs.test", client_port=8008, federation_port=8448, outbound_ip_allowlist=()
+        ),
         base_dir=Path("/x"),
     )
     assert parsed == Config(server=ServerSection(server_name="hs.test"), base_dir=Path("/x"))
+
+
+def test_rendered_config_allows_loopback_by_default_but_the_setting_does_not() -> None:
+    """``init`` and ``demo`` federate over loopback; the built-in default refuses it."""
+    parsed = parse_config(render_config(server_name="hs.test"), base_dir=Path("/x"))
+    assert parsed.federation.outbound_ip_allowlist == ("127.0.0.0/8", "::1/128")
+    assert FederationListener().outbound_ip_allowlist == ()
 
 
 @pytest.mark.parametrize(
@@ -58,6 +67,10 @@ def test_rendered_config_matches_dataclass_defaults() -> None:
         ),
         ('[server]\nserver_name = "hs"\n[federation]\nretry_multiplier = 0.5\n', "at least 1"),
         ('[server]\nserver_name = "hs"\nlog_level = "LOUD"\n', "logging level"),
+        (
+            '[server]\nserver_name = "hs"\n[federation]\noutbound_ip_allowlist = ["10.0.0.0/33"]\n',
+            "invalid outbound_ip_allowlist",
+        ),
         ('[server]\nserver_name = "hs"\n[msc4259]\nedu_types = ["m.typing"]\n', "unknown EDU type"),
         (
             '[server]\nserver_name = "hs"\n[client]\nport = 9000\n[federation]\nport = 9000\n',
@@ -255,7 +268,7 @@ def test_a_stale_docs_table_is_noticed() -> None:
 
 def test_the_rendered_file_holds_every_setting_under_its_section_with_its_doc() -> None:
     """``set_config_value`` (tests/servers.py) finds every key, and every doc is a comment."""
-    text = render_config(server_name="hs.test")
+    text = render_config(server_name="hs.test", outbound_ip_allowlist=())
     comments = " ".join(line[2:] for line in text.splitlines() if line.startswith("# "))
     for section, cls in _sections():
         for f in settings_of(cls):

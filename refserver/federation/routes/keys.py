@@ -5,7 +5,7 @@ from __future__ import annotations
 from quart import Blueprint, request
 
 from refserver.errors import bad_json
-from refserver.federation.keyring import Keyring
+from refserver.federation.keyring import MAX_NOTARY_SERVERS, Keyring
 from refserver.types import JsonDict
 from refserver.web import read_json_object
 
@@ -25,16 +25,20 @@ def key_routes(keyring: Keyring) -> Blueprint:
     @bp.get("/_matrix/key/v2/query/<server_name>")
     async def per_server_key_query(server_name: str) -> JsonDict:
         """GET /_matrix/key/v2/query/{serverName} (notary)."""
-        return {"server_keys": await keyring.notary_query({server_name: {}})}
+        return {"server_keys": await keyring.notary_query([server_name])}
 
     @bp.post("/_matrix/key/v2/query")
     async def query_keys() -> JsonDict:
-        """POST /_matrix/key/v2/query (notary): ``{"server_keys": {server: {key_id: …}}}``."""
+        """POST /_matrix/key/v2/query (notary): ``{"server_keys": {server: {key_id: …}}}``,
+        at most :data:`~refserver.federation.keyring.MAX_NOTARY_SERVERS` servers."""
         body = await read_json_object(request)
         server_keys = body.get("server_keys", {})
         if not isinstance(server_keys, dict):
             raise bad_json("server_keys must be an object")
-        return {"server_keys": await keyring.notary_query(server_keys)}
+        # Each name may cost an outbound fetch: bound the fan-out of one request.
+        if len(server_keys) > MAX_NOTARY_SERVERS:
+            raise bad_json(f"server_keys may name at most {MAX_NOTARY_SERVERS} servers")
+        return {"server_keys": await keyring.notary_query(list(server_keys))}
 
     @bp.get("/_matrix/federation/v1/version")
     async def get_version() -> JsonDict:

@@ -26,7 +26,11 @@ import trustme
 from refserver.clock import Clock
 from refserver.crypto.keys import SigningKey
 from refserver.federation.client import FederationClient, FederationUnreachable
-from refserver.federation.resolver import ResolvedServer
+from refserver.federation.resolver import (
+    LOOPBACK_ALLOWANCE,
+    OutboundAddressGuard,
+    ResolvedServer,
+)
 from refserver.federation.sender import FederationSender, QueueState
 from refserver.federation.tls import client_ssl_context
 from refserver.federation.transaction import Transaction
@@ -215,6 +219,7 @@ def _client(
 ) -> FederationClient:
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
+    kwargs.setdefault("guard", OutboundAddressGuard(LOOPBACK_ALLOWANCE))
     return FederationClient(
         httpx.AsyncClient(),
         origin=ORIGIN,
@@ -430,3 +435,17 @@ async def test_waiting_for_a_handshake_slot_does_not_count_against_the_time_limi
 async def _send_one(client: FederationClient, destination: str) -> None:
     async with client.connect(destination) as link:
         await link.send_transaction(_txn(destination, 1))
+
+
+async def test_by_default_no_connection_goes_to_a_loopback_address(
+    server: FakeFederationServer, ca: trustme.CA, signing_key: SigningKey, tmp_path: Path
+) -> None:
+    """Without an allow-list, neither a transaction nor a one-off request connects to
+    127.0.0.1, and the failure is "unreachable" like any other."""
+    client = _client(server, ca, signing_key, tmp_path, guard=OutboundAddressGuard())
+    async with client.connect("peer.test") as link:
+        with pytest.raises(FederationUnreachable, match="DeniedAddress"):
+            await link.send_transaction(_txn("peer.test", 1))
+    with pytest.raises(FederationUnreachable, match="DeniedAddress"):
+        await client.request("GET", "peer.test", "/_matrix/key/v2/server", signed=False)
+    assert server.connections == []

@@ -24,6 +24,7 @@ import trio
 from refserver.federation.resolver import (
     DnsPythonSrvLookup,
     HttpxWellKnownFetcher,
+    OutboundAddressGuard,
     ResolvedServer,
     Resolver,
     ServerResolutionError,
@@ -515,6 +516,61 @@ async def test_fetcher_times_out() -> None:
 
     with pytest.raises(WellKnownFetchError):
         await _fetcher(handler, timeout_s=0.05)("example.org")
+
+
+async def test_fetcher_does_not_follow_a_redirect_to_http() -> None:
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        return httpx.Response(302, headers={"Location": "http://169.254.169.254/latest"})
+
+    with pytest.raises(WellKnownFetchError, match="not https"):
+        await _fetcher(handler)("example.org")
+    assert seen == ["https://example.org/.well-known/matrix/server"]
+
+
+def _guard(answers: dict[str, list[str]]) -> OutboundAddressGuard:
+    async def lookup(host: str, port: int) -> list[str]:
+        return answers[host]
+
+    return OutboundAddressGuard(lookup=lookup)
+
+
+async def test_fetcher_connects_to_the_checked_address_with_the_name_as_host_and_sni() -> None:
+    seen: list[tuple[str, str, object]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(
+            (str(request.url), request.headers["host"], request.extensions.get("sni_hostname"))
+        )
+        if len(seen) == 1:
+            return httpx.Response(301, headers={"Location": "https://www.example.org:8443/wk"})
+        return httpx.Response(200, json={"m.server": "m.example.org"})
+
+    guard = _guard({"example.org": ["93.184.216.34"], "www.example.org": ["2606:4700::1"]})
+    response = await _fetcher(handler, guard=guard)("example.org")
+    assert parse_well_known(response) == "m.example.org"
+    assert seen == [
+        ("https://93.184.216.34/.well-known/matrix/server", "example.org", "example.org"),
+        ("https://[2606:4700::1]:8443/wk", "www.example.org:8443", "www.example.org"),
+    ]
+
+
+async def test_fetcher_refuses_a_name_or_redirect_into_a_private_range() -> None:
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        return httpx.Response(302, headers={"Location": "https://internal.example.org/x"})
+
+    guard = _guard({"example.org": ["93.184.216.34"], "internal.example.org": ["10.0.0.7"]})
+    with pytest.raises(WellKnownFetchError, match="DeniedAddress"):
+        await _fetcher(handler, guard=guard)("example.org")
+    assert seen == ["https://93.184.216.34/.well-known/matrix/server"]
+    with pytest.raises(WellKnownFetchError, match="DeniedAddress"):
+        await _fetcher(handler, guard=guard)("internal.example.org")
+    assert len(seen) == 1  # nothing sent to 10.0.0.7
 
 
 # --- default SRV lookup (dnspython against a loopback DNS server) ------------------------------
