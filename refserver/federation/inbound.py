@@ -11,11 +11,13 @@
   or a deep gap must not hold it forever. PDUs not processed when it runs out get an error
   result in ``pdus``; the answer is still 200.
 - The body is decoded permissively (floats and integers beyond ±(2^53−1) allowed, nesting up
-  to :data:`~refserver.web.MAX_FEDERATION_DEPTH`) and each PDU and EDU is checked on its own:
-  a PDU nested deeper than :data:`~refserver.web.MAX_PDU_EDU_DEPTH` or holding a value that
-  is not canonical JSON gets an error in ``pdus``; such an EDU is dropped, logged and counted
-  (:attr:`TransactionHandler.invalid_edus_dropped`). The rest of the transaction goes on, as
-  in Synapse (docs/msc4259.md §4.6, docs/limits.md).
+  to :data:`~refserver.web.MAX_FEDERATION_DEPTH`) and each PDU and EDU is checked on its own,
+  as Synapse does (docs/limits.md, docs/msc4259.md §4.6): a PDU nested deeper than
+  :data:`~refserver.web.MAX_PDU_EDU_DEPTH` gets an error in ``pdus`` before anything walks it,
+  and one with a non-canonical number fails the format check (§"Checks performed on receipt
+  of a PDU", step 1); an EDU nested too deeply is dropped, logged and counted
+  (:attr:`TransactionHandler.edus_too_deep`) before its handler sees it, and its handler drops
+  one with a non-canonical value it uses (the profile EDU handler counts them).
 - EDUs go to the handler registered for their ``edu_type``, in one call per handler and
   transaction: the handler gets all its EDUs at once, in transaction order, so it can check
   them purely and do its database work in one round trip (a handler registered for several
@@ -36,7 +38,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from refserver.clock import Clock
-from refserver.crypto.canonical_json import CanonicalJsonError, check_canonical_values, json_depth
+from refserver.crypto.canonical_json import json_depth
 from refserver.federation.handler import FederationEventHandler, PduRejected
 from refserver.federation.transaction import (
     ParsedTransaction,
@@ -73,8 +75,8 @@ class TransactionHandler:
         self._edu_handlers: dict[str, EduHandler] = {}
         # One transaction per origin at a time: a retry racing the original waits for it.
         self._origin_locks: dict[str, trio.Lock] = {}
-        #: EDUs dropped because they were too deep or not canonical JSON, since start.
-        self.invalid_edus_dropped = 0
+        #: EDUs dropped since start for nesting deeper than MAX_PDU_EDU_DEPTH.
+        self.edus_too_deep = 0
 
     def register_edu_handler(self, edu_type: str, handler: EduHandler) -> None:
         self._edu_handlers[edu_type] = handler
@@ -184,14 +186,17 @@ class TransactionHandler:
         batches: dict[EduHandler, list[tuple[str, JsonValue]]] = {}
         for edu in edus:
             edu_type = edu.get("edu_type")
-            try:
-                if json_depth(edu) > MAX_PDU_EDU_DEPTH:
-                    raise CanonicalJsonError(f"nested deeper than {MAX_PDU_EDU_DEPTH} levels")
-                check_canonical_values(edu)
-            except CanonicalJsonError as exc:
-                self.invalid_edus_dropped += 1
+            depth = json_depth(edu)
+            if depth > MAX_PDU_EDU_DEPTH:
+                self.edus_too_deep += 1
                 log.warning(
-                    "dropping EDU of type %r from %s (txn %s): %s", edu_type, origin, txn_id, exc
+                    "dropping EDU of type %r from %s (txn %s): nested %d levels deep; at most"
+                    " %d allowed",
+                    edu_type,
+                    origin,
+                    txn_id,
+                    depth,
+                    MAX_PDU_EDU_DEPTH,
                 )
                 continue
             handler = self._edu_handlers.get(edu_type) if isinstance(edu_type, str) else None
