@@ -6,7 +6,8 @@ NaN/Infinity and integers outside ±(2^53−1) are refused here, once, for every
 
 Nesting is bounded before a body is decoded (docs/limits.md): a value nested hundreds of levels
 deep is refused with 400 ``M_BAD_JSON`` instead of reaching code that recurses over it
-(deep copies, JSON encoders). The spec sets no number; :data:`MAX_JSON_DEPTH` is ours.
+(deep copies, JSON encoders). The spec sets no number; the limits
+(:mod:`refserver.crypto.canonical_json`) are ours.
 """
 
 from __future__ import annotations
@@ -21,21 +22,11 @@ from urllib.parse import unquote_to_bytes
 
 from quart import Blueprint, Request
 
+from refserver.crypto.canonical_json import MAX_JSON_DEPTH
 from refserver.errors import M_NOT_JSON, MatrixError, bad_json
 from refserver.types import JsonDict, JsonValue
 
 MAX_SAFE_INT = 2**53 - 1
-
-#: Deepest nesting accepted in a request body, counting the top-level object as level 1
-#: (``{"a": {"b": 1}}`` is 2 deep), for client-server bodies. See docs/limits.md.
-MAX_JSON_DEPTH = 64
-#: The same for federation bodies: room for PDUs and EDUs at their own limit
-#: (:data:`MAX_PDU_EDU_DEPTH`) inside a transaction's envelope, so that in ``/send`` a too-deep
-#: PDU or EDU up to this bound is refused on its own, not with the whole transaction.
-MAX_FEDERATION_DEPTH = 128
-#: Deepest nesting of one PDU or EDU inside a transaction (the PDU/EDU object is level 1):
-#: a client value at :data:`MAX_JSON_DEPTH` plus the event or EDU envelope around it.
-MAX_PDU_EDU_DEPTH = MAX_JSON_DEPTH + 8
 
 # A JSON string (escapes included); possessive, so long strings never backtrack.
 _JSON_STRING_RE = re.compile(rb'"(?:[^"\\]++|\\.)*+"', re.DOTALL)

@@ -28,6 +28,18 @@ from refserver.types import JsonValue
 MAX_SAFE_INTEGER = 2**53 - 1
 MIN_SAFE_INTEGER = -(2**53) + 1
 
+#: Deepest nesting accepted in a request body, counting the top-level object as level 1
+#: (``{"a": {"b": 1}}`` is 2 deep), for client-server bodies. See docs/limits.md.
+MAX_JSON_DEPTH = 64
+#: The same for federation bodies: room for PDUs and EDUs at their own limit
+#: (:data:`MAX_PDU_EDU_DEPTH`) inside a transaction's envelope, so that in ``/send`` a too-deep
+#: PDU or EDU up to this bound is refused on its own, not with the whole transaction.
+MAX_FEDERATION_DEPTH = 128
+#: Deepest nesting of one PDU or EDU inside a transaction (the PDU/EDU object is level 1):
+#: a client value at :data:`MAX_JSON_DEPTH` plus the event or EDU envelope around it.
+MAX_PDU_EDU_DEPTH = MAX_JSON_DEPTH + 8
+
+
 # A lone surrogate (e.g. from json.loads('"\\ud800"')) cannot be encoded as UTF-8.
 _SURROGATE_RE = re.compile("[\ud800-\udfff]")
 # Standard and URL-safe alphabets together; padding is stripped before matching.

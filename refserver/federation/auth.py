@@ -13,11 +13,12 @@ from collections.abc import Callable
 
 from quart import Request
 
+from refserver.crypto.canonical_json import MAX_FEDERATION_DEPTH
 from refserver.errors import MatrixError
 from refserver.federation.keyring import KeyNotFound, Keyring
 from refserver.federation.xmatrix import XMatrixError, parse_authorization_header, verify_request
 from refserver.types import JsonDict
-from refserver.web import MAX_FEDERATION_DEPTH, parse_json
+from refserver.web import parse_json
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class FederationAuthenticator:
     ) -> tuple[str, JsonDict | None]:
         """Return ``(origin, body)`` of a correctly signed request, or raise 401.
 
-        The body may nest :data:`~refserver.web.MAX_FEDERATION_DEPTH` levels. ``/send`` turns
+        The body may nest ``MAX_FEDERATION_DEPTH`` levels. ``/send`` turns
         ``strict_numbers`` off: its PDUs and EDUs are checked one by one, so one float or huge
         integer costs only its own PDU or EDU (server-server API §"Transactions").
         """

@@ -11,9 +11,9 @@
   or a deep gap must not hold it forever. PDUs not processed when it runs out get an error
   result in ``pdus``; the answer is still 200.
 - The body is decoded permissively (floats and integers beyond ±(2^53−1) allowed, nesting up
-  to :data:`~refserver.web.MAX_FEDERATION_DEPTH`) and each PDU and EDU is checked on its own,
+  to ``MAX_FEDERATION_DEPTH``) and each PDU and EDU is checked on its own,
   as Synapse does (docs/limits.md, docs/msc4259.md §4.6): a PDU nested deeper than
-  :data:`~refserver.web.MAX_PDU_EDU_DEPTH` gets an error in ``pdus`` before anything walks it,
+  ``MAX_PDU_EDU_DEPTH`` gets an error in ``pdus`` before anything walks it,
   and one with a non-canonical number fails the format check (§"Checks performed on receipt
   of a PDU", step 1); an EDU nested too deeply is dropped, logged and counted
   (:attr:`TransactionHandler.edus_too_deep`) before its handler sees it, and its handler drops
@@ -38,7 +38,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from refserver.clock import Clock
-from refserver.crypto.canonical_json import json_depth
+from refserver.crypto.canonical_json import MAX_PDU_EDU_DEPTH, json_depth
 from refserver.federation.handler import FederationEventHandler, PduRejected
 from refserver.federation.transaction import (
     ParsedTransaction,
@@ -47,7 +47,6 @@ from refserver.federation.transaction import (
 from refserver.storage import federation as fed_store
 from refserver.storage.database import Database
 from refserver.types import JsonDict, JsonValue
-from refserver.web import MAX_PDU_EDU_DEPTH
 
 log = logging.getLogger(__name__)
 

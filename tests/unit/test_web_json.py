@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from refserver.crypto.canonical_json import MAX_JSON_DEPTH
 from refserver.errors import MatrixError
-from refserver.web import MAX_JSON_DEPTH, json_nesting_depth, parse_json
+from refserver.web import json_nesting_depth, parse_json
 
 
 @pytest.mark.parametrize(
