@@ -116,7 +116,8 @@ class TransactionHandler:
             event_id = await self._events.event_id_of(pdu)
             depth = json_depth(pdu)
             if depth > MAX_PDU_EDU_DEPTH:
-                # Refused before any check that walks the PDU recursively.
+                # Refused before the checks that walk the whole PDU (its event ID needs only
+                # the redacted form, and the body's own bound keeps that walk shallow).
                 log.info(
                     "txn %s from %s: PDU %s is nested %d deep", txn_id, origin, event_id, depth
                 )
