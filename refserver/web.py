@@ -3,21 +3,36 @@
 CS API "API Standards": bodies are JSON objects; invalid JSON is ``M_NOT_JSON``, valid JSON
 of the wrong shape is ``M_BAD_JSON``. Matrix JSON is canonical-JSON compatible, so floats,
 NaN/Infinity and integers outside ±(2^53−1) are refused here, once, for every endpoint.
+
+Nesting is bounded before a body is decoded (docs/limits.md): a value nested hundreds of levels
+deep is refused with 400 ``M_BAD_JSON`` instead of reaching code that recurses over it
+(deep copies, JSON encoders). The spec sets no number; the limits
+(:mod:`refserver.crypto.canonical_json`) are ours.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from array import array
 from collections.abc import Callable, Sequence
+from itertools import accumulate
 from typing import Any, TypeVar
 from urllib.parse import unquote_to_bytes
 
 from quart import Blueprint, Request
 
+from refserver.crypto.canonical_json import MAX_JSON_DEPTH
 from refserver.errors import M_NOT_JSON, MatrixError, bad_json
 from refserver.types import JsonDict, JsonValue
 
 MAX_SAFE_INT = 2**53 - 1
+
+# A JSON string (escapes included); possessive, so long strings never backtrack.
+_JSON_STRING_RE = re.compile(rb'"(?:[^"\\]++|\\.)*+"', re.DOTALL)
+# Openers become 1 and closers 0xFF (-1 as a signed byte); every other byte is deleted.
+_BRACKET_TABLE = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[{]}")
 
 
 class _NonCanonical(ValueError):
@@ -39,10 +54,34 @@ def _parse_constant(text: str) -> float:
     raise _NonCanonical(f"{text} is not valid JSON")
 
 
-def parse_json(data: bytes) -> JsonValue:
-    """Decode a request body; raise M_NOT_JSON / M_BAD_JSON as a MatrixError."""
+def json_nesting_depth(data: bytes) -> int:
+    """How deeply the arrays and objects of the JSON text ``data`` nest (0 for a scalar).
+
+    Counted on the bytes, before decoding, without recursion and in C-speed passes (strings
+    are cut out, brackets kept, a running sum taken), so a deep body is never built.
+    """
+    brackets = _JSON_STRING_RE.sub(b"", data).translate(_BRACKET_TABLE, _NOT_BRACKETS)
+    if not brackets:
+        return 0
+    return max(accumulate(array("b", brackets)))
+
+
+def parse_json(
+    data: bytes, *, max_depth: int = MAX_JSON_DEPTH, strict_numbers: bool = True
+) -> JsonValue:
+    """Decode a request body; raise M_NOT_JSON / M_BAD_JSON as a MatrixError.
+
+    Nesting deeper than ``max_depth`` is 400 ``M_BAD_JSON``. With ``strict_numbers`` off,
+    floats and integers outside ±(2^53−1) are decoded instead of refused: a federation
+    transaction checks them per PDU and EDU (server-server API §"Transactions").
+    """
+    depth = json_nesting_depth(data)
+    if depth > max_depth:
+        raise bad_json(f"request body is nested {depth} levels deep; at most {max_depth} allowed")
     try:
         text = data.decode("utf-8")
+        if not strict_numbers:
+            return json.loads(text, parse_constant=_parse_constant)
         return json.loads(
             text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant
         )

@@ -4,14 +4,25 @@ CS API "API Standards": every response is JSON, errors are ``{errcode, error}``;
 endpoints are 404 ``M_UNRECOGNIZED`` and wrong methods 405 ``M_UNRECOGNIZED`` — never
 Quart's HTML pages. Every path answers ``OPTIONS`` preflights without running endpoint
 logic, and every response carries the recommended CORS headers.
+
+An error answered before the request body was read in full (404, 405, 413, a 401 from a
+missing token) closes the connection (``Connection: close``): HTTP/1.1 would otherwise have
+to wait for the rest of that body before the next request on the connection, and a client
+sending it slowly, or never, would hold the connection with no answer (RFC 9112 §9.3,
+§9.6 allows closing). quart-trio cancels the request's tasks as soon as the response is
+sent, which would cancel hypercorn's close of the connection midway; the final send is
+therefore shielded (:class:`_ShieldFinalSend`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-from quart import Blueprint, Response, request
+import trio
+from quart import Blueprint, Request, Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
@@ -47,6 +58,44 @@ def _dumps(body: object) -> str:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
 
 
+class _ShieldFinalSend:
+    """ASGI middleware: the last ``http.response.body`` message is sent in a shielded scope.
+
+    For a ``Connection: close`` response hypercorn closes the socket inside that send; without
+    the shield the cancellation quart-trio issues once the response is out interrupts it and
+    the connection stays open, waiting for a body that may never come.
+    """
+
+    def __init__(self, app: Callable[[Any, Any, Any], Awaitable[None]]) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope.get("type") != "http":
+            await self._app(scope, receive, send)
+            return
+
+        async def shielded_send(message: Any) -> None:
+            if message.get("type") == "http.response.body" and not message.get("more_body"):
+                with trio.CancelScope(shield=True):
+                    await send(message)
+            else:
+                await send(message)
+
+        await self._app(scope, receive, shielded_send)
+
+
+def _body_read(req: Request) -> bool:
+    """Whether the request's body has arrived in full (trivially so if it declared none)."""
+    if req.content_length == 0 or (
+        req.content_length is None and "chunked" not in req.headers.get("Transfer-Encoding", "")
+    ):
+        return True
+    # quart sets ``_complete`` once the last body chunk arrived; treat anything else as unread.
+    complete = getattr(req.body, "_complete", None)
+    is_set = getattr(complete, "is_set", None)
+    return bool(is_set()) if callable(is_set) else False
+
+
 def create_app(
     blueprints: list[Blueprint], *, max_body_bytes: int, name: str = "refserver"
 ) -> QuartTrio:
@@ -55,6 +104,7 @@ def create_app(
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     for bp in blueprints:
         app.register_blueprint(bp)
+    app.asgi_app = _ShieldFinalSend(app.asgi_app)  # type: ignore[method-assign]
 
     @app.before_request
     async def preflight() -> Response | None:
@@ -66,6 +116,8 @@ def create_app(
     @app.after_request
     async def cors(response: Response) -> Response:
         response.headers.update(CORS_HEADERS)
+        if response.status_code >= 400 and not _body_read(request):
+            response.headers["Connection"] = "close"
         return response
 
     # One handler for both client-facing kinds. quart-trio's handle_user_exception unwraps

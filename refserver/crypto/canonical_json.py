@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 
 import canonicaljson
@@ -26,6 +27,18 @@ from refserver.types import JsonValue
 #: Appendices §"Canonical JSON": integers must lie in [-(2**53)+1, (2**53)-1].
 MAX_SAFE_INTEGER = 2**53 - 1
 MIN_SAFE_INTEGER = -(2**53) + 1
+
+#: Deepest nesting accepted in a request body, counting the top-level object as level 1
+#: (``{"a": {"b": 1}}`` is 2 deep), for client-server bodies. See docs/limits.md.
+MAX_JSON_DEPTH = 64
+#: The same for federation bodies: room for PDUs and EDUs at their own limit
+#: (:data:`MAX_PDU_EDU_DEPTH`) inside a transaction's envelope, so that in ``/send`` a too-deep
+#: PDU or EDU up to this bound is refused on its own, not with the whole transaction.
+MAX_FEDERATION_DEPTH = 128
+#: Deepest nesting of one PDU or EDU inside a transaction (the PDU/EDU object is level 1):
+#: a client value at :data:`MAX_JSON_DEPTH` plus the event or EDU envelope around it.
+MAX_PDU_EDU_DEPTH = MAX_JSON_DEPTH + 8
+
 
 # A lone surrogate (e.g. from json.loads('"\\ud800"')) cannot be encoded as UTF-8.
 _SURROGATE_RE = re.compile("[\ud800-\udfff]")
@@ -47,9 +60,67 @@ def encode_canonical_json(value: JsonValue) -> bytes:
     infinities and strings that are not valid Unicode.
     """
     try:
-        return canonicaljson.encode_canonical_json(value)
+        try:
+            return canonicaljson.encode_canonical_json(value)
+        except RecursionError:
+            # The C encoder recurses once per level; a value too deep for it (one that
+            # predates the parse-time nesting limit, or one built in code) is encoded
+            # without recursion instead, to the same bytes.
+            return _encode_canonical_iteratively(value)
     except (ValueError, TypeError) as exc:  # NaN/inf, lone surrogates, unknown types
         raise CanonicalJsonError(f"value is not canonical JSON: {exc}") from exc
+
+
+_SCALAR_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def _encode_canonical_iteratively(value: JsonValue) -> bytes:
+    """Canonical JSON like ``canonicaljson`` (sorted keys, no whitespace, raw UTF-8), with an
+    explicit stack instead of recursion. Slower; used only for values too deep for the C one.
+    """
+    out: list[str] = []
+    # Items are values to encode or literal text (a tuple) to emit as is.
+    stack: list[JsonValue | tuple[str]] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, tuple):
+            out.append(item[0])
+        elif isinstance(item, dict):
+            keys = sorted(item)
+            pending: list[JsonValue | tuple[str]] = [("{",)]
+            for n, key in enumerate(keys):
+                if not isinstance(key, str):
+                    raise TypeError(f"object keys must be strings, not {key!r}")
+                prefix = "," if n else ""
+                pending += [(prefix + _SCALAR_ENCODER.encode(key) + ":",), item[key]]
+            pending.append(("}",))
+            stack.extend(reversed(pending))
+        elif isinstance(item, list | tuple):
+            pending = [("[",)]
+            for n, child in enumerate(item):
+                if n:
+                    pending.append((",",))
+                pending.append(child)
+            pending.append(("]",))
+            stack.extend(reversed(pending))
+        else:
+            out.append(_SCALAR_ENCODER.encode(item))
+    return "".join(out).encode("utf-8")
+
+
+def json_depth(value: JsonValue) -> int:
+    """How deeply the arrays and objects of ``value`` nest (0 for a scalar), without recursion."""
+    deepest = 0
+    stack: list[tuple[JsonValue, int]] = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in item.values())
+        elif isinstance(item, list):
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in item)
+    return deepest
 
 
 def check_canonical_values(value: JsonValue) -> None:

@@ -2,7 +2,7 @@
 
 Spec: appendices §"Signing JSON" and §"Checking for a signature".
 
-Signing (``signedjson`` does steps 1–4):
+Signing (:func:`sign_json`, as ``signedjson`` does it but without recursion over the value):
 
 1. Remove ``signatures`` and ``unsigned``.
 2. Encode the rest as canonical JSON and sign it with ed25519.
@@ -16,13 +16,11 @@ loading and generating them lives in :mod:`refserver.crypto.keys`, not here.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 
-import signedjson.sign
 from signedjson.types import BaseKey, SigningKey, VerifyKey
 
-from refserver.crypto.canonical_json import decode_base64, encode_canonical_json
+from refserver.crypto.canonical_json import decode_base64, encode_base64, encode_canonical_json
 from refserver.types import JsonDict, JsonValue
 
 #: Appendices §"Signing Details": ed25519 is the only algorithm in use.
@@ -44,10 +42,24 @@ def sign_json(obj: Mapping[str, JsonValue], signing_name: str, signing_key: Sign
     """Return a copy of ``obj`` with a signature from ``signing_name`` added.
 
     Appendices §"Signing JSON". ``obj`` itself is not modified; existing signatures are kept.
+    Signing only touches the top level (``signatures`` and ``unsigned``), so the copy is
+    shallow apart from ``signatures``: no recursion over a value an input could nest deeply.
     """
-    signed: JsonDict = signedjson.sign.sign_json(
-        copy.deepcopy(dict(obj)), signing_name, signing_key
-    )
+    message = {k: v for k, v in obj.items() if k not in ("signatures", "unsigned")}
+    signature = signing_key.sign(encode_canonical_json(message)).signature
+    existing = obj.get("signatures")
+    signatures: JsonDict = {}
+    if isinstance(existing, Mapping):
+        signatures = {
+            entity: dict(sigs) if isinstance(sigs, Mapping) else sigs
+            for entity, sigs in existing.items()
+        }
+    by_entity = signatures.get(signing_name)
+    if not isinstance(by_entity, dict):
+        by_entity = signatures[signing_name] = {}
+    by_entity[key_id_of(signing_key)] = encode_base64(signature)
+    signed: JsonDict = dict(obj)
+    signed["signatures"] = signatures
     return signed
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from quart import Request
 
+from refserver.crypto.canonical_json import MAX_FEDERATION_DEPTH
 from refserver.errors import MatrixError
 from refserver.federation.keyring import KeyNotFound, Keyring
 from refserver.federation.xmatrix import XMatrixError, parse_authorization_header, verify_request
@@ -36,8 +37,15 @@ class FederationAuthenticator:
         self._keyring = keyring
         self._on_authenticated = on_authenticated
 
-    async def authenticate(self, request: Request) -> tuple[str, JsonDict | None]:
-        """Return ``(origin, body)`` of a correctly signed request, or raise 401."""
+    async def authenticate(
+        self, request: Request, *, strict_numbers: bool = True
+    ) -> tuple[str, JsonDict | None]:
+        """Return ``(origin, body)`` of a correctly signed request, or raise 401.
+
+        The body may nest ``MAX_FEDERATION_DEPTH`` levels. ``/send`` turns
+        ``strict_numbers`` off: its PDUs and EDUs are checked one by one, so one float or huge
+        integer costs only its own PDU or EDU (server-server API §"Transactions").
+        """
         headers = [
             h for h in request.headers.getlist("Authorization") if h.lower().startswith("x-matrix")
         ]
@@ -47,7 +55,7 @@ class FederationAuthenticator:
         assert isinstance(data, bytes)
         body: JsonDict | None = None
         if data.strip():
-            parsed = parse_json(data)
+            parsed = parse_json(data, max_depth=MAX_FEDERATION_DEPTH, strict_numbers=strict_numbers)
             if not isinstance(parsed, dict):
                 raise MatrixError(400, "M_BAD_JSON", "request body must be a JSON object")
             body = parsed

@@ -10,6 +10,14 @@
   the spec has the sender wait for our answer before sending anything else, so a slow origin
   or a deep gap must not hold it forever. PDUs not processed when it runs out get an error
   result in ``pdus``; the answer is still 200.
+- The body is decoded permissively (floats and integers beyond ±(2^53−1) allowed, nesting up
+  to ``MAX_FEDERATION_DEPTH``) and each PDU and EDU is checked on its own,
+  as Synapse does (docs/limits.md, docs/msc4259.md §4.6): a PDU nested deeper than
+  ``MAX_PDU_EDU_DEPTH`` gets an error in ``pdus`` before anything walks it,
+  and one with a non-canonical number fails the format check (§"Checks performed on receipt
+  of a PDU", step 1); an EDU nested too deeply is dropped, logged and counted
+  (:attr:`TransactionHandler.edus_too_deep`) before its handler sees it, and its handler drops
+  one with a non-canonical value it uses (the profile EDU handler counts them).
 - EDUs go to the handler registered for their ``edu_type``, in one call per handler and
   transaction: the handler gets all its EDUs at once, in transaction order, so it can check
   them purely and do its database work in one round trip (a handler registered for several
@@ -30,6 +38,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from refserver.clock import Clock
+from refserver.crypto.canonical_json import MAX_PDU_EDU_DEPTH, json_depth
 from refserver.federation.handler import FederationEventHandler, PduRejected
 from refserver.federation.transaction import (
     ParsedTransaction,
@@ -65,6 +74,8 @@ class TransactionHandler:
         self._edu_handlers: dict[str, EduHandler] = {}
         # One transaction per origin at a time: a retry racing the original waits for it.
         self._origin_locks: dict[str, trio.Lock] = {}
+        #: EDUs dropped since start for nesting deeper than MAX_PDU_EDU_DEPTH.
+        self.edus_too_deep = 0
 
     def register_edu_handler(self, edu_type: str, handler: EduHandler) -> None:
         self._edu_handlers[edu_type] = handler
@@ -97,16 +108,28 @@ class TransactionHandler:
         self, origin: str, txn_id: str, txn: ParsedTransaction
     ) -> dict[str, JsonDict]:
         """Each PDU's result, by event ID, within the time budget."""
+        results: dict[str, JsonDict] = {}
         by_room: dict[str, list[JsonDict]] = {}
-        for pdu in txn.pdus:
-            by_room.setdefault(repr(pdu.get("room_id")), []).append(pdu)
         # Event IDs first, so PDUs the budget cuts off can still be answered.
         expected: dict[int, str] = {}
         for pdu in txn.pdus:
             event_id = await self._events.event_id_of(pdu)
+            depth = json_depth(pdu)
+            if depth > MAX_PDU_EDU_DEPTH:
+                # Refused before the checks that walk the whole PDU (its event ID needs only
+                # the redacted form, and the body's own bound keeps that walk shallow).
+                log.info(
+                    "txn %s from %s: PDU %s is nested %d deep", txn_id, origin, event_id, depth
+                )
+                if event_id is not None:
+                    results[event_id] = {
+                        "error": f"PDU is nested {depth} levels deep; at most"
+                        f" {MAX_PDU_EDU_DEPTH} allowed"
+                    }
+                continue
+            by_room.setdefault(repr(pdu.get("room_id")), []).append(pdu)
             if event_id is not None:
                 expected[id(pdu)] = event_id
-        results: dict[str, JsonDict] = {}
         unexpected: list[Exception] = []
         limiter = trio.CapacityLimiter(MAX_CONCURRENT_ROOMS)
 
@@ -163,6 +186,19 @@ class TransactionHandler:
         batches: dict[EduHandler, list[tuple[str, JsonValue]]] = {}
         for edu in edus:
             edu_type = edu.get("edu_type")
+            depth = json_depth(edu)
+            if depth > MAX_PDU_EDU_DEPTH:
+                self.edus_too_deep += 1
+                log.warning(
+                    "dropping EDU of type %r from %s (txn %s): nested %d levels deep; at most"
+                    " %d allowed",
+                    edu_type,
+                    origin,
+                    txn_id,
+                    depth,
+                    MAX_PDU_EDU_DEPTH,
+                )
+                continue
             handler = self._edu_handlers.get(edu_type) if isinstance(edu_type, str) else None
             if handler is None:
                 log.info(

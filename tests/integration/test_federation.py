@@ -711,6 +711,66 @@ def test_bad_pdus_fail_alone_and_the_good_one_in_the_same_transaction_is_stored(
     assert "alice never said this" not in texts and "let me in" not in texts
 
 
+def _nested_list(levels: int) -> Any:
+    value: Any = "bottom"
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def test_non_canonical_or_too_deep_pdus_fail_alone_in_a_transaction(forge: ForgeRoom) -> None:
+    """Item 7 and deep nesting: a float, an integer beyond ±(2^53−1) or a value nested past
+    the per-PDU limit (docs/limits.md) costs only its own PDU an error in ``pdus``, never the
+    whole transaction (which used to answer 400, or 500 for the deep one)."""
+    remote = forge.remote
+    good = forge.craft_message("good one next to non-canonical ones")
+
+    def sibling(body: str, extra: dict[str, Any]) -> Event:
+        pdu = build_pdu(
+            room_version=RV12,
+            room_id=forge.room_id,
+            sender=forge.carol.user_id,
+            event_type="m.room.message",
+            content={"msgtype": "m.text", "body": body, **extra},
+            prev_events=good.prev_event_ids,
+            auth_events=good.auth_event_ids,
+            depth=good.depth,
+            origin_server_ts=now_ms(),
+        )
+        return finalise_pdu(pdu, RV12, signing_name=remote.name, signing_key=remote.signing_key)
+
+    bad = [
+        sibling("has a float", {"org.example.n": 1.5}),
+        sibling("has a huge integer", {"org.example.n": 2**53}),
+        sibling("has a negative huge integer", {"org.example.n": -(2**53)}),
+        sibling("is nested 100 deep", {"org.example.n": _nested_list(100)}),
+    ]
+    r = remote.send(
+        "PUT", forge.hs1, txn_uri(), body=remote.txn_body([e.pdu for e in bad] + [good.pdu])
+    )
+    assert r.status_code == 200, r.text
+    results = r.json()["pdus"]
+    assert results[good.event_id] == {}
+    for event in bad:
+        assert "error" in results[event.event_id], (event.pdu["content"]["body"], results)
+        assert not forge.stored_on_hs1(event.event_id)
+    assert forge.stored_on_hs1(good.event_id)
+    texts = forge.alice.texts(forge.room_id)
+    assert "good one next to non-canonical ones" in texts
+    assert not {"has a float", "has a huge integer", "is nested 100 deep"} & set(texts)
+
+
+def test_transaction_nested_past_the_federation_limit_is_refused_whole(forge: ForgeRoom) -> None:
+    """Past the parse-time bound for federation bodies (docs/limits.md) the transaction is
+    400 ``M_BAD_JSON`` before any PDU is looked at; never a 500."""
+    event = forge.craft_message("inside a far too deep transaction")
+    body = forge.remote.txn_body([event.pdu])
+    body["org.example.padding"] = _nested_list(490)
+    r = forge.remote.send("PUT", forge.hs1, txn_uri(), body=body)
+    assert_error(r, 400, "M_BAD_JSON")
+    assert not forge.stored_on_hs1(event.event_id)
+
+
 def test_pdu_whose_content_hash_fails_is_stored_redacted(forge: ForgeRoom) -> None:
     """3. "If the hash check fails, the event is redacted and then processed as normal". The
     signature covers only the redacted form, so altering a message's content after signing

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
 from urllib.parse import quote
 
@@ -152,3 +153,50 @@ def test_domain_errors_answer_their_own_status_and_errcode(
         body = response.json()
         assert body["errcode"] == errcode, f"{what}: expected {errcode}, got {body}"
         assert isinstance(body["error"], str) and body["error"], f"{what}: {body}"
+
+
+def _answer_or_close_after_early_error(server: ServerProcess, request_line: str) -> bytes:
+    """Send ``request_line`` with a 100 kB Content-Length and only part of the body, then a
+    second request on the same connection; return everything the server sent until it closed
+    the connection or went quiet for 30 s."""
+    host, port = server.base_url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(
+            f"{request_line} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            "Content-Length: 100000\r\n\r\n".encode()
+            + b'{"a": "'
+            + b"x" * 1000
+        )
+        # The rest of the body never comes (a slow or stalled client); a second request
+        # follows on the same connection.
+        sock.sendall(f"GET /_matrix/client/versions HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        received = b""
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+                if b"unstable_features" in received:
+                    break
+        except TimeoutError:
+            pytest.fail(
+                "the connection neither answered the second request nor was closed within"
+                f" 30 s; received so far: {received[:400]!r}"
+            )
+        return received
+
+
+@pytest.mark.parametrize(
+    "request_line",
+    [
+        "PUT /_matrix/client/v3/nonexistent",  # 404 before the body is read
+        "POST /_matrix/client/versions",  # 405 before the body is read
+        "PUT /_matrix/client/v3/profile/@nobody:example.org/displayname",  # 401, no token
+    ],
+)
+def test_early_error_does_not_hang_the_connection(server: ServerProcess, request_line: str) -> None:
+    """A request refused before its body arrives must not hold the connection: the server
+    either closes it (``Connection: close``) or answers the next request."""
+    received = _answer_or_close_after_early_error(server, request_line)
+    first = received.split(b"\r\n\r\n", 1)[0].lower()
+    assert first.startswith(b"http/1.1 4"), received[:400]
+    if b"unstable_features" not in received:
+        assert b"connection: close" in first, received[:400]

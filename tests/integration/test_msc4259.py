@@ -597,6 +597,52 @@ def test_bad_edus_are_dropped_and_counted_and_the_rest_of_the_transaction_applie
 # -- 5. never forwarded ------------------------------------------------------------------------
 
 
+def test_an_edu_with_a_bad_number_or_deep_nesting_is_dropped_alone(
+    hs1: ServerProcess, hs2: ServerProcess
+) -> None:
+    """Item 7: a float or an integer beyond ±(2^53−1) in one EDU (or a value nested past the
+    per-EDU limit, docs/limits.md) drops only that EDU; the transaction answers 200 and its
+    other EDUs apply (§4.6). The whole body used to be refused with 400."""
+    alice, bob = register(hs1, "alice"), register(hs2, "bob")
+    share_room(alice, bob)
+    watcher = SyncWatcher(bob, bob.sync()["next_batch"])
+    wait_settled(hs1)
+
+    def dropped_log_lines() -> int:
+        return hs2.log_path.read_text(errors="replace").count(
+            f"dropping EDU of type '{UNSTABLE_EDU}' from {hs1.server_name} (txn"
+        )
+
+    dropped_before = dropped_log_lines()
+    invalid_before = metric_labels(hs2, DROPPED, "reason").get("invalid_field", 0)
+    deep: Any = "bottom"
+    for _ in range(100):
+        deep = [deep]
+
+    def edu(fields: dict[str, Any]) -> dict[str, Any]:
+        return {"edu_type": UNSTABLE_EDU, "content": {"user_id": alice.user_id, "fields": fields}}
+
+    r = federation_put_send(
+        hs1,
+        hs2,
+        [
+            edu({"org.example.float": 1.5}),
+            edu({"org.example.huge": 2**53}),
+            edu({"org.example.deep": deep}),
+            edu({"m.tz": "Asia/Tokyo"}),
+        ],
+    )
+    assert r.status_code == 200, r.text
+    assert r.json() == {"pdus": {}}
+    watcher.wait_for(alice.user_id, "m.tz", "Asia/Tokyo")
+    for name in ("org.example.float", "org.example.huge", "org.example.deep"):
+        assert watcher.values_of(alice.user_id, name) == [], name
+    # The float and the huge integer reach the profile handler, which counts them; the deep
+    # one is dropped (and logged) before any handler walks it.
+    assert metric_labels(hs2, DROPPED, "reason").get("invalid_field", 0) == invalid_before + 2
+    assert dropped_log_lines() == dropped_before + 1
+
+
 def test_an_edu_is_never_forwarded(
     hs1: ServerProcess, hs2: ServerProcess, hs3: ServerProcess
 ) -> None:

@@ -253,3 +253,31 @@ def test_profile_writes_are_rate_limited(make_server: Callable[..., ServerProces
     _assert_error(r, 429, "M_LIMIT_EXCEEDED")
     assert int(r.headers["Retry-After"]) >= 1
     assert p.snapshot() == {"m.tz": "Etc/GMT+2"}
+
+
+def _nested(levels: int) -> bytes:
+    """A profile body whose value is ``levels`` arrays deep (the body itself is one more)."""
+    return b'{"org.example.x": ' + b"[" * levels + b"]" * levels + b"}"
+
+
+def test_deeply_nested_value_is_refused_and_not_stored(alice: Profiles) -> None:
+    """A ~1.2 kB value nested 490 levels deep once crashed the server when it was signed
+    into a transaction; it is now refused at parse time (docs/limits.md) and not stored."""
+    body = _nested(490)
+    assert 900 < len(body) < 1300
+    before = alice.snapshot()
+    _assert_error(alice.put_raw("org.example.x", body), 400, "M_BAD_JSON")
+    assert alice.snapshot() == before
+    assert alice.get("org.example.x").status_code == 404
+
+
+def test_nesting_at_the_limit_is_accepted(alice: Profiles) -> None:
+    # 63 arrays inside the body object: 64 levels, the limit.
+    assert alice.put_raw("org.example.x", _nested(63)).status_code == 200
+    value: object = alice.get("org.example.x").json()["org.example.x"]
+    depth = 0
+    while isinstance(value, list):
+        depth += 1
+        value = value[0] if value else None
+    assert depth == 63
+    _assert_error(alice.put_raw("org.example.x", _nested(64)), 400, "M_BAD_JSON")

@@ -14,7 +14,7 @@ def send_routes(auth: FederationAuthenticator, transactions: TransactionHandler)
 
     @bp.put("/_matrix/federation/v1/send/<txn_id>")
     async def send_transaction(txn_id: str) -> JsonDict:
-        origin, body = await auth.authenticate(request)
+        origin, body = await auth.authenticate(request, strict_numbers=False)
         return await transactions.on_send(origin, txn_id, body)
 
     return bp

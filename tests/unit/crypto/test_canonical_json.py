@@ -132,3 +132,30 @@ def test_encode_base64_url_safe_alphabet() -> None:
 def test_decode_base64_rejects_malformed_input(bad: str) -> None:
     with pytest.raises(ValueError):
         decode_base64(bad)
+
+
+def test_very_deep_values_encode_without_recursion_to_the_same_bytes() -> None:
+    from refserver.crypto.canonical_json import (
+        _encode_canonical_iteratively,
+        encode_canonical_json,
+        json_depth,
+    )
+
+    deep: Any = "é"
+    for n in range(2000):
+        deep = [deep, n] if n % 2 else {"b": deep, "a": None, "c": True}
+    assert json_depth(deep) == 2000
+    encoded = encode_canonical_json(deep)  # the C encoder gives up; the fallback does not
+    assert encoded.startswith(b'[{"a":null,"b":[{"a":null,"b":[')
+    assert encoded.endswith(b'"c":true},1997],"c":true},1999]')
+    assert encoded.count(b'"\xc3\xa9"') == 1
+    shallow = {"z": [1, {"y": '\u2028"\\'}], "a": {}, "m": [], "é": -5}
+    assert _encode_canonical_iteratively(shallow) == encode_canonical_json(shallow)
+
+
+def test_json_depth_counts_containers() -> None:
+    from refserver.crypto.canonical_json import json_depth
+
+    assert json_depth(1) == 0
+    assert json_depth({}) == 1
+    assert json_depth({"a": [1, {"b": []}]}) == 4

@@ -131,3 +131,36 @@ def test_every_known_key_must_verify() -> None:
 def test_get_signature_returns_none_when_absent(obj: dict[str, Any]) -> None:
     assert get_signature(obj, "domain", "ed25519:1") is None
     assert signature_key_ids(obj, "domain") == []
+
+
+def _deep(levels: int) -> dict[str, Any]:
+    root: dict[str, Any] = {}
+    node = root
+    for _ in range(levels):
+        child: dict[str, Any] = {}
+        node["k"] = [child]
+        node = child
+    return root
+
+
+def test_signing_a_very_deep_value_does_not_recurse() -> None:
+    """A 900-level value (1,800 nested arrays and objects) once raised RecursionError when a
+    transaction holding it was signed, killing the sender; it is signed and verifies."""
+    obj = {"content": _deep(900), "unsigned": {"age": 1}}
+    signed = sign_json(obj, "domain", spec_signing_key())
+    assert signed["unsigned"] == {"age": 1} and "signatures" not in obj
+    verify_signed_json(signed, "domain", spec_verify_key())
+
+
+def test_signing_keeps_other_signatures_and_leaves_the_input_alone() -> None:
+    obj: dict[str, Any] = {"a": 1, "signatures": {"other": {"ed25519:x": "c2ln"}}}
+    original = copy.deepcopy(obj)
+    signed = sign_json(obj, "domain", spec_signing_key())
+    assert obj == original
+    assert signed["signatures"]["other"] == {"ed25519:x": "c2ln"}
+    again = sign_json(signed, "domain", other_signing_key())
+    assert set(again["signatures"]["domain"]) == {
+        key_id_of(spec_signing_key()),
+        key_id_of(other_signing_key()),
+    }
+    assert set(signed["signatures"]["domain"]) == {key_id_of(spec_signing_key())}
