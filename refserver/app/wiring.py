@@ -17,7 +17,7 @@ import httpx
 import signedjson.key
 from quart_trio import QuartTrio
 
-from refserver.accounts.service import AccountService
+from refserver.accounts.service import AccountService, LoginLimits
 from refserver.app.config import Config, RateLimit
 from refserver.app.http import create_app
 from refserver.client.auth import Authenticator
@@ -203,6 +203,12 @@ def build_services(
         server_name=server_name,
         registration_enabled=config.registration.enabled,
         clock=clock,
+        limits=LoginLimits(
+            failed_per_account=_limiter(config.rate_limits.login_failed_account),
+            failed_per_address=_limiter(config.rate_limits.login_failed_address),
+            max_concurrent_hashes=config.limits.max_concurrent_password_hashes,
+            max_waiting_hashes=config.limits.max_waiting_password_hashes,
+        ),
     )
     policy = FieldPolicy(
         enabled=config.profile.enabled,
