@@ -84,6 +84,7 @@ class ServerProcess:
     settings: dict[tuple[str, str], str] = field(default_factory=dict)
     client_port: int = field(default_factory=free_port)
     federation_port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
     ca_dir: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
 
@@ -98,6 +99,11 @@ class ServerProcess:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.client_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """``GET /metrics`` on the server's own loopback metrics listener (``[metrics]``)."""
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     @property
     def log_path(self) -> Path:
@@ -117,7 +123,7 @@ class ServerProcess:
             *(["--ca-dir", str(self.ca_dir)] if self.ca_dir else []),
         )
         config = self.data_dir / "refserver.toml"
-        text = config.read_text()
+        text = set_config_value(config.read_text(), "metrics", "port", str(self.metrics_port))
         for (section, key), literal in self.settings.items():
             text = set_config_value(text, section, key, literal)
         config.write_text(text)

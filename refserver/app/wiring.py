@@ -366,9 +366,15 @@ def build_client_app(s: Services) -> QuartTrio:
         room_routes(s.rooms, s.members, s.room_creator, s.room_reader, s.auth),
         sync_routes(s.sync, s.filters.resolve, s.auth),
         filter_routes(s.filters, s.auth),
-        metrics_routes(s.metrics, partial(before_scrape, s)),
     ]
     return create_app(blueprints, max_body_bytes=s.config.client.max_request_body_bytes)
+
+
+def build_metrics_app(s: Services) -> QuartTrio:
+    """``GET /metrics`` alone, for the ``[metrics]`` listener: the metrics name federation
+    peers, so they are kept off the public client port."""
+    blueprints = [metrics_routes(s.metrics, partial(before_scrape, s))]
+    return create_app(blueprints, max_body_bytes=1024, name="refserver-metrics")
 
 
 async def before_scrape(s: Services) -> None:
