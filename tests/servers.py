@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -86,6 +87,8 @@ class ServerProcess:
     federation_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
     ca_dir: Path | None = None
+    #: RLIMIT_NOFILE (soft and hard) for the server process; None: inherited.
+    nofile_limit: int | None = None
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -136,6 +139,7 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
             cwd=REPO,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            preexec_fn=None if self.nofile_limit is None else self._limit_descriptors,
         )
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -147,6 +151,10 @@ class ServerProcess:
             except httpx.TransportError:
                 time.sleep(0.05)
         raise RuntimeError(f"refserver did not start:\n{self.log_path.read_text()}")
+
+    def _limit_descriptors(self) -> None:
+        assert self.nofile_limit is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile_limit, self.nofile_limit))
 
     def stop(self) -> int:
         """SIGTERM and wait; returns the exit code (0 = clean shutdown)."""
