@@ -6,7 +6,7 @@ account nor grows memory by 64 MiB per request (argon2id)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -117,3 +117,24 @@ def test_concurrent_wrong_password_logins_keep_memory_bounded(
     # The server still hashes passwords (registration; this address's logins wait out the
     # failed-login limit, which 64 failures exceeded).
     srv.register("after", "pw")
+
+
+def test_hashing_queue_overflow_gets_429(make_server: Callable[..., ServerProcess]) -> None:
+    """With one hashing slot and no waiting room, concurrent registrations beyond the one
+    being hashed are refused with 429 instead of queueing (each hash holds 64 MiB)."""
+    srv = make_server(
+        settings={
+            ("limits", "max_concurrent_password_hashes"): "1",
+            ("limits", "max_waiting_password_hashes"): "0",
+        }
+    )
+
+    def register(n: int) -> httpx.Response:
+        body = {"username": f"q{n}", "password": "pw", "auth": {"type": "m.login.dummy"}}
+        return httpx.post(srv.url("/v3/register"), json=body, timeout=120.0)
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        responses = list(pool.map(register, range(16)))
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) == {200, 429}, statuses
+    _assert_limited(next(r for r in responses if r.status_code == 429))
