@@ -20,6 +20,13 @@ class RateLimiter:
         self._burst = float(burst)
         self._buckets: dict[Hashable, tuple[float, float]] = {}  # key → (tokens, last time)
 
+    def check(self, key: Hashable, now: float) -> float | None:
+        """Like :meth:`acquire` but takes nothing: None if a token is there, else seconds to
+        wait. For limits counted only on an outcome (failed logins), checked beforehand."""
+        tokens, last = self._buckets.get(key, (self._burst, now))
+        tokens = min(self._burst, tokens + (now - last) * self._rate)
+        return None if tokens >= 1.0 else (1.0 - tokens) / self._rate
+
     def acquire(self, key: Hashable, now: float) -> float | None:
         """Take one token for ``key``. Returns None if allowed, else seconds to wait."""
         tokens, last = self._buckets.get(key, (self._burst, now))

@@ -109,9 +109,7 @@ class ClientListener:
     """Client-server API listener (plain HTTP; put a TLS proxy in front for anything public)."""
 
     bind: str = setting("127.0.0.1", doc="Listen address.")
-    port: int = setting(
-        8008, doc="Listen port. This listener also serves `GET /metrics`.", ge=0, le=65535
-    )
+    port: int = setting(8008, doc="Listen port.", ge=0, le=65535)
     max_request_body_bytes: int = setting(
         1024 * 1024, doc="Larger request bodies get 413 `M_TOO_LARGE`."
     )
@@ -238,6 +236,11 @@ class ProfileSection:
 _LOGIN_LIMIT = RateLimit(per_second=10.0, burst=100)
 _REGISTER_LIMIT = RateLimit(per_second=10.0, burst=100)
 _PROFILE_WRITE_LIMIT = RateLimit(per_second=20.0, burst=200)
+# Synapse's `rc_login.failed_attempts` default, per account.
+_LOGIN_FAILED_ACCOUNT_LIMIT = RateLimit(per_second=0.17, burst=3)
+# Synapse limits every login per address to 0.003/s, burst 5, which a test suite or demo
+# logging many users in from one address cannot live with; failed ones only, more loosely.
+_LOGIN_FAILED_ADDRESS_LIMIT = RateLimit(per_second=0.2, burst=30)
 
 
 @dataclass(frozen=True)
@@ -260,6 +263,59 @@ class RateLimitSection:
         _PROFILE_WRITE_LIMIT,
         doc="PUT/DELETE of profile fields, keyed by user.",
     )
+    login_failed_account: RateLimit = setting(  # noqa: RUF009
+        _LOGIN_FAILED_ACCOUNT_LIMIT,
+        doc="Failed `POST /login` attempts, keyed by the user ID tried (existing or not);"
+        " successful logins take nothing. Over it, even the right password gets 429.",
+    )
+    login_failed_address: RateLimit = setting(  # noqa: RUF009
+        _LOGIN_FAILED_ADDRESS_LIMIT,
+        doc="Failed `POST /login` attempts, keyed by client address, whichever account.",
+    )
+
+
+@dataclass(frozen=True)
+class LimitsSection:
+    """Resource bounds that keep one client from exhausting memory or file descriptors."""
+
+    max_concurrent_password_hashes: int = setting(
+        2,
+        doc="Password hashes (argon2id, 64 MiB each) computed at once, for `/login` and"
+        " `/register` together.",
+        ge=1,
+    )
+    max_waiting_password_hashes: int = setting(
+        64,
+        doc="Logins and registrations waiting for a hashing slot; beyond this, 429"
+        " `M_LIMIT_EXCEEDED`.",
+        ge=0,
+    )
+    max_connections_per_address: int = setting(
+        128,
+        doc="Open connections one client address may hold to each listener; further ones"
+        " are closed as soon as they are accepted.",
+        ge=1,
+    )
+    tls_handshake_timeout_s: float = setting(
+        10.0,
+        doc="A federation connection that has not finished its TLS handshake by then is closed.",
+        gt=0,
+    )
+    request_body_timeout_s: float = setting(
+        30.0,
+        doc="Time limit in seconds for receiving one request body, on both listeners; a"
+        " slower body gets 408 and the connection is closed.",
+        gt=0,
+    )
+
+
+@dataclass(frozen=True)
+class MetricsListener:
+    """`GET /metrics` (Prometheus text) on a listener of its own, never the client port: the
+    metrics name federation peers."""
+
+    bind: str = setting("127.0.0.1", doc="Listen address; keep it loopback or private.")
+    port: int = setting(0, doc="Listen port. `0`: no metrics listener.", ge=0, le=65535)
 
 
 @dataclass(frozen=True)
@@ -391,6 +447,8 @@ class Config:
     registration: RegistrationSection = field(default_factory=RegistrationSection)
     profile: ProfileSection = field(default_factory=ProfileSection)
     rate_limits: RateLimitSection = field(default_factory=RateLimitSection)
+    limits: LimitsSection = field(default_factory=LimitsSection)
+    metrics: MetricsListener = field(default_factory=MetricsListener)
     msc4259: Msc4259Section = field(default_factory=Msc4259Section)
     #: Directory relative paths are resolved against (the config file's directory).
     base_dir: Path = field(default=Path("."), metadata={"internal": True})

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -84,7 +85,10 @@ class ServerProcess:
     settings: dict[tuple[str, str], str] = field(default_factory=dict)
     client_port: int = field(default_factory=free_port)
     federation_port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
     ca_dir: Path | None = None
+    #: RLIMIT_NOFILE (soft and hard) for the server process; None: inherited.
+    nofile_limit: int | None = None
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -98,6 +102,11 @@ class ServerProcess:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.client_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """``GET /metrics`` on the server's own loopback metrics listener (``[metrics]``)."""
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     @property
     def log_path(self) -> Path:
@@ -117,7 +126,7 @@ class ServerProcess:
             *(["--ca-dir", str(self.ca_dir)] if self.ca_dir else []),
         )
         config = self.data_dir / "refserver.toml"
-        text = config.read_text()
+        text = set_config_value(config.read_text(), "metrics", "port", str(self.metrics_port))
         for (section, key), literal in self.settings.items():
             text = set_config_value(text, section, key, literal)
         config.write_text(text)
@@ -130,6 +139,7 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
             cwd=REPO,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            preexec_fn=None if self.nofile_limit is None else self._limit_descriptors,
         )
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -141,6 +151,10 @@ class ServerProcess:
             except httpx.TransportError:
                 time.sleep(0.05)
         raise RuntimeError(f"refserver did not start:\n{self.log_path.read_text()}")
+
+    def _limit_descriptors(self) -> None:
+        assert self.nofile_limit is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile_limit, self.nofile_limit))
 
     def stop(self) -> int:
         """SIGTERM and wait; returns the exit code (0 = clean shutdown)."""

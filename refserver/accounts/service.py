@@ -1,7 +1,10 @@
 """Account service: register, log in, log out, resolve access tokens.
 
 Passwords are hashed with argon2id (argon2-cffi) on a worker thread, so a login never
-stalls the event loop. Access tokens are 256 random bits; only their sha256 is stored.
+stalls the event loop. Each hash takes 64 MiB, so at most ``max_concurrent_hashes`` run at
+once and at most ``max_waiting_hashes`` wait; beyond that a login or registration gets 429
+(CS API "Rate limiting"). Failed logins are limited per account and per client address
+before any hashing. Access tokens are 256 random bits; only their sha256 is stored.
 """
 
 from __future__ import annotations
@@ -10,7 +13,9 @@ import hashlib
 import secrets
 import sqlite3
 import string
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import trio
 from argon2 import PasswordHasher
@@ -27,8 +32,10 @@ from refserver.errors import (
     M_USER_IN_USE,
     MatrixError,
     bad_json,
+    limit_exceeded,
 )
 from refserver.ids import MAX_ID_BYTES, InvalidId, UserId, is_valid_localpart
+from refserver.ratelimit import RateLimiter
 from refserver.requester import Requester
 from refserver.storage import accounts as store
 from refserver.storage.database import Database
@@ -37,6 +44,7 @@ from refserver.types import JsonDict, JsonValue
 #: Longest password accepted (Synapse uses the same bound); argon2 cost stays predictable.
 MAX_PASSWORD_LENGTH = 512
 _DEVICE_ID_ALPHABET = string.ascii_uppercase
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -58,14 +66,45 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+#: Seconds a client told "too many waiting hashes" is asked to wait.
+_HASH_QUEUE_RETRY_S = 1.0
+
+
+@dataclass(frozen=True)
+class LoginLimits:
+    """The failed-login limits and the password-hashing bounds."""
+
+    failed_per_account: RateLimiter
+    failed_per_address: RateLimiter
+    max_concurrent_hashes: int = 2
+    max_waiting_hashes: int = 64
+
+
+def default_login_limits() -> LoginLimits:
+    """No failed-login limit in practice; for ``refserver register-user``."""
+    return LoginLimits(
+        failed_per_account=RateLimiter(per_second=1e9, burst=1_000_000),
+        failed_per_address=RateLimiter(per_second=1e9, burst=1_000_000),
+    )
+
+
 class AccountService:
     def __init__(
-        self, db: Database, *, server_name: str, registration_enabled: bool, clock: Clock
+        self,
+        db: Database,
+        *,
+        server_name: str,
+        registration_enabled: bool,
+        clock: Clock,
+        limits: LoginLimits | None = None,
     ) -> None:
         self._db = db
         self._clock = clock
         self._server_name = server_name
         self._registration_enabled = registration_enabled
+        self._limits = limits or default_login_limits()
+        self._hash_slots = trio.CapacityLimiter(self._limits.max_concurrent_hashes)
+        self._hashes_in_flight = 0  # running and waiting
         self._hasher = PasswordHasher()
         self._uia = UiaSessions()
         # Verified against for unknown users, so timing does not reveal who exists.
@@ -124,9 +163,7 @@ class AccountService:
 
     async def create_user(self, user: UserId | None, password: str | None) -> str:
         """Create an account (also used by ``refserver register-user``)."""
-        pw_hash = (
-            None if password is None else await trio.to_thread.run_sync(self._hasher.hash, password)
-        )
+        pw_hash = None if password is None else await self._hashing(self._hasher.hash, password)
         for _ in range(10):
             candidate = user or UserId(self._generate_localpart(), self._server_name)
             try:
@@ -161,11 +198,40 @@ class AccountService:
 
     # -- login / logout ----------------------------------------------------------------
 
-    async def login(self, body: JsonDict) -> Session:
+    async def _hashing(self, fn: Callable[..., T], *args: str) -> T:
+        """Run an argon2 call on a worker thread under the hashing limiter; 429 when too many
+        already wait for a slot (each running hash holds 64 MiB)."""
+        limits = self._limits
+        if self._hashes_in_flight >= limits.max_concurrent_hashes + limits.max_waiting_hashes:
+            raise limit_exceeded(_HASH_QUEUE_RETRY_S)
+        self._hashes_in_flight += 1
+        try:
+            return await trio.to_thread.run_sync(fn, *args, limiter=self._hash_slots)
+        finally:
+            self._hashes_in_flight -= 1
+
+    def _check_failed_limits(self, user_id: str, address: str) -> None:
+        now = self._clock.monotonic()
+        waits = [
+            self._limits.failed_per_account.check(user_id, now),
+            self._limits.failed_per_address.check(address, now),
+        ]
+        wait = max((w for w in waits if w is not None), default=None)
+        if wait is not None:
+            raise limit_exceeded(wait)
+
+    def _count_failure(self, user_id: str, address: str) -> None:
+        now = self._clock.monotonic()
+        self._limits.failed_per_account.acquire(user_id, now)
+        self._limits.failed_per_address.acquire(address, now)
+
+    async def login(self, body: JsonDict, *, address: str = "unknown") -> Session:
         """POST /_matrix/client/v3/login with ``m.login.password``.
 
         Accepts ``identifier: {type: m.id.user, user}`` (localpart or full user ID) and the
-        deprecated top-level ``user`` that matrix-js-sdk's loginWithPassword sends.
+        deprecated top-level ``user`` that matrix-js-sdk's loginWithPassword sends. Over the
+        failed-login limit of the account or of ``address`` (the client's), 429
+        ``M_LIMIT_EXCEEDED`` before the password is looked at.
         """
         if body.get("type") != "m.login.password":
             raise MatrixError(400, M_UNKNOWN, f"unsupported login type {body.get('type')!r}")
@@ -173,10 +239,12 @@ class AccountService:
         password = body.get("password")
         self._check_password(password, required=True)
         assert isinstance(password, str)
+        self._check_failed_limits(user_id, address)
         stored = await self._db.run(store.get_password_hash, user_id)
         # Verify even for unknown users (against a dummy hash) so timing reveals nothing.
-        verified = await trio.to_thread.run_sync(self._verify, stored or self._dummy_hash, password)
+        verified = await self._hashing(self._verify, stored or self._dummy_hash, password)
         if not verified or stored is None:
+            self._count_failure(user_id, address)
             raise MatrixError(403, M_FORBIDDEN, "invalid username or password")
         return await self._new_session(
             user_id, body.get("device_id"), body.get("initial_device_display_name")

@@ -340,7 +340,8 @@ async def _msc4259_scene(
         )
     cached = await _call(http, bob, "GET", f"/profile/{alice.user_id}")
     print(f"   hs2's cached profile of alice: {_json(cached)}")
-    metrics = (await _http(http.get, f"{hs2.client_base_url}/metrics")).text
+    metrics_url = f"http://{hs2.metrics.bind}:{hs2.metrics.port}/metrics"
+    metrics = (await _http(http.get, metrics_url)).text
     for line in metrics.splitlines():
         if line.startswith(
             (

@@ -160,4 +160,15 @@ def prepare_instance(
         issue_certificate(load_or_create_ca(ca_dir), data_dir / "tls.crt", data_dir / "tls.key")
         config_path.write_text(text)
     config = load_config(config_path)
-    return dataclasses.replace(config, client=dataclasses.replace(config.client, port=client_port))
+    # The demo reads hs2's /metrics: a metrics listener on a free loopback port, this run only.
+    metrics = dataclasses.replace(config.metrics, bind="127.0.0.1", port=free_loopback_port())
+    return dataclasses.replace(
+        config, client=dataclasses.replace(config.client, port=client_port), metrics=metrics
+    )
+
+
+def free_loopback_port() -> int:
+    """A loopback port free now (chosen by the kernel)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -18,13 +18,15 @@ from functools import partial
 import trio
 from hypercorn.config import Config as HyperConfig
 from hypercorn.config import Sockets
-from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
+from quart_trio import QuartTrio
 
 from refserver.app.config import Config
+from refserver.app.listen import serve_listener
 from refserver.app.wiring import (
     build_client_app,
     build_federation_app,
+    build_metrics_app,
     build_services,
     make_http_client,
 )
@@ -70,6 +72,7 @@ def _hypercorn_config(
     certfile: str | None = None,
     keyfile: str | None = None,
     keep_alive_s: float | None = None,
+    tls_handshake_timeout_s: float = 10.0,
 ) -> HyperConfig:
     hc = HyperConfig()
     host = f"[{bind}]" if ":" in bind else bind
@@ -82,7 +85,20 @@ def _hypercorn_config(
     hc.errorlog = logging.getLogger("hypercorn.error")
     if keep_alive_s is not None:
         hc.keep_alive_timeout = keep_alive_s
+    # Hypercorn's default of 60 s lets connections that never start TLS hold a descriptor.
+    hc.ssl_handshake_timeout = tls_handshake_timeout_s
     return hc
+
+
+def hc_host(bind: str) -> str:
+    """``bind`` as the host part of a URL."""
+    return f"[{bind}]" if ":" in bind else bind
+
+
+def _limit_body_time(app: QuartTrio, seconds: float) -> None:
+    """Quart's time limit for receiving a request body (408 when exceeded): a client
+    dribbling its body must not hold a connection and a descriptor indefinitely."""
+    app.config["BODY_TIMEOUT"] = seconds
 
 
 async def _wait_for_signal(stop: trio.Event) -> None:
@@ -153,18 +169,21 @@ async def _serve_http(
     hc: HyperConfig,
     sockets: Sockets,
     *,
+    max_per_address: int,
     stop: trio.Event,
     done: trio.Event,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     try:
-        # hypercorn.trio.serve, but on sockets bound beforehand (see _bound).
-        await worker_serve(
+        # hypercorn.trio.serve, but on sockets bound beforehand (see _bound), with
+        # per-address connection limits (see listen.py).
+        await serve_listener(
             wrap_app(app, hc.wsgi_max_body_size, None),  # type: ignore[arg-type]
             hc,
-            sockets=sockets,
+            sockets,
+            max_per_address=max_per_address,
             shutdown_trigger=stop.wait,
-            task_status=task_status,  # type: ignore[arg-type]
+            task_status=task_status,
         )
     finally:
         done.set()
@@ -191,15 +210,18 @@ async def serve(
         certfile=str(config.resolve(fed.tls_certificate_path)),
         keyfile=str(config.resolve(fed.tls_private_key_path)),
         keep_alive_s=FEDERATION_KEEP_ALIVE_S,
+        tls_handshake_timeout_s=config.limits.tls_handshake_timeout_s,
     )
     _check_tls_files(config, federation_hc)
-    with _bound(
-        [(client_hc, config.client.port, "client"), (federation_hc, fed.port, "federation")]
-    ) as (client_sockets, federation_sockets):
+    listeners = [(client_hc, config.client.port, "client"), (federation_hc, fed.port, "federation")]
+    if config.metrics.port:
+        metrics_hc = _hypercorn_config(config.metrics.bind, config.metrics.port)
+        listeners.append((metrics_hc, config.metrics.port, "metrics"))
+    with _bound(listeners) as bound:
         await _serve(
             config,
             keys[0],
-            [(client_hc, client_sockets), (federation_hc, federation_sockets)],
+            [(hc, sockets) for (hc, _, _), sockets in zip(listeners, bound, strict=True)],
             stop=stop,
             task_status=task_status,
         )
@@ -221,6 +243,10 @@ async def _serve(
     ):
         services = build_services(config, db, signing_key, http)
         apps = [build_client_app(services), build_federation_app(services)]
+        if len(listeners) > 2:
+            apps.append(build_metrics_app(services))
+        for app in apps:
+            _limit_body_time(app, config.limits.request_body_timeout_s)
         async with trio.open_nursery() as root:
             if stop is None:
                 stop = trio.Event()
@@ -228,16 +254,32 @@ async def _serve(
             await root.start(services.sender.run)
             await root.start(services.profile_edus.run)
             await root.start(services.remote_profiles.run)
-            done = [trio.Event(), trio.Event()]
+            done = [trio.Event() for _ in listeners]
             for app, (hc, sockets), finished in zip(apps, listeners, done, strict=True):
-                await root.start(partial(_serve_http, app, hc, sockets, stop=stop, done=finished))
+                await root.start(
+                    partial(
+                        _serve_http,
+                        app,
+                        hc,
+                        sockets,
+                        max_per_address=config.limits.max_connections_per_address,
+                        stop=stop,
+                        done=finished,
+                    )
+                )
+            metrics_url = (
+                f" metrics_url=http://{hc_host(config.metrics.bind)}:{config.metrics.port}/metrics"
+                if config.metrics.port
+                else ""
+            )
             log.info(
                 "refserver ready: server_name=%s client_url=%s federation_url=https://%s:%d"
-                " signing_key=%s",
+                "%s signing_key=%s",
                 config.server.server_name,
                 config.client_base_url,
                 fed.bind,
                 fed.port,
+                metrics_url,
                 key_id(signing_key),
             )
             task_status.started()

@@ -17,7 +17,7 @@ import httpx
 import signedjson.key
 from quart_trio import QuartTrio
 
-from refserver.accounts.service import AccountService
+from refserver.accounts.service import AccountService, LoginLimits
 from refserver.app.config import Config, RateLimit
 from refserver.app.http import create_app
 from refserver.client.auth import Authenticator
@@ -208,6 +208,12 @@ def build_services(
         server_name=server_name,
         registration_enabled=config.registration.enabled,
         clock=clock,
+        limits=LoginLimits(
+            failed_per_account=_limiter(config.rate_limits.login_failed_account),
+            failed_per_address=_limiter(config.rate_limits.login_failed_address),
+            max_concurrent_hashes=config.limits.max_concurrent_password_hashes,
+            max_waiting_hashes=config.limits.max_waiting_password_hashes,
+        ),
     )
     policy = FieldPolicy(
         enabled=config.profile.enabled,
@@ -365,9 +371,15 @@ def build_client_app(s: Services) -> QuartTrio:
         room_routes(s.rooms, s.members, s.room_creator, s.room_reader, s.auth),
         sync_routes(s.sync, s.filters.resolve, s.auth),
         filter_routes(s.filters, s.auth),
-        metrics_routes(s.metrics, partial(before_scrape, s)),
     ]
     return create_app(blueprints, max_body_bytes=s.config.client.max_request_body_bytes)
+
+
+def build_metrics_app(s: Services) -> QuartTrio:
+    """``GET /metrics`` alone, for the ``[metrics]`` listener: the metrics name federation
+    peers, so they are kept off the public client port."""
+    blueprints = [metrics_routes(s.metrics, partial(before_scrape, s))]
+    return create_app(blueprints, max_body_bytes=1024, name="refserver-metrics")
 
 
 async def before_scrape(s: Services) -> None:

@@ -63,7 +63,7 @@ def login_routes(
         ignored: matrix-js-sdk and mautrix send one when logging in again."""
         body = await read_json_object(request, allow_empty=False)
         rate_limit(login_limiter, client_key(), clock)
-        session = await accounts.login(body)
+        session = await accounts.login(body, address=client_key())
         return session.to_json()
 
     @bp.post(f"{V3}/logout")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -43,8 +45,27 @@ class Database:
         return self._call(fn, args)
 
 
+#: Mode of the database and its ``-wal``/``-shm`` files: they hold password hashes and tokens.
+DATA_FILE_MODE = 0o600
+
+
+def _create_private(path: Path) -> None:
+    """Create ``path`` (and its WAL/SHM companions) owner-only before SQLite opens them.
+
+    SQLite gives ``-wal`` and ``-shm`` files the mode of the database file, so creating the
+    database 0600 is enough for new files; existing files are tightened too.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, DATA_FILE_MODE)
+    os.close(fd)
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            if file.stat().st_mode & 0o777 != DATA_FILE_MODE:
+                file.chmod(DATA_FILE_MODE)
+
+
 def connect(path: Path) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
+    _create_private(path)
     # check_same_thread=False: trio hands the call to whichever worker thread is free; the
     # CapacityLimiter(1) in Database guarantees a single user at a time.
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level="DEFERRED")

@@ -1234,7 +1234,7 @@ def test_queued_pdus_survive_a_crash_of_the_sender(make_federation: MakeFederati
 
 def _metric(server: ServerProcess, name: str, **labels: str) -> float:
     """One sample of ``GET /metrics`` (0 when absent)."""
-    r = httpx.get(f"{server.base_url}/metrics", timeout=PROMPT_S)
+    r = httpx.get(server.metrics_url, timeout=PROMPT_S)
     assert r.status_code == 200, r.text
     return sum(
         s.value

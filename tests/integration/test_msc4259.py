@@ -81,7 +81,7 @@ def wait_until(check: Callable[[], Any], *, timeout: float = PROMPT_S, what: str
 
 
 def scrape(server: ServerProcess) -> list[tuple[str, dict[str, str], float]]:
-    r = httpx.get(f"{server.base_url}/metrics", timeout=PROMPT_S)
+    r = httpx.get(server.metrics_url, timeout=PROMPT_S)
     assert r.status_code == 200, r.text
     return [
         (s.name, s.labels, s.value)

@@ -77,7 +77,7 @@ def share_room(alice: MatrixClient, bob: MatrixClient) -> str:
 
 
 def metrics_text(refserver: ServerProcess) -> str:
-    r = httpx.get(f"{refserver.base_url}/metrics", timeout=10.0)
+    r = httpx.get(refserver.metrics_url, timeout=10.0)
     assert r.status_code == 200, r.text
     return r.text
 

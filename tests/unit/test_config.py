@@ -22,6 +22,7 @@ from refserver.app.config import (
     settings_of,
 )
 from refserver.app.config_render import DOCS_PATH, render_config, update_docs
+from refserver.settings import LimitsSection
 from tests.servers import set_config_value
 
 
@@ -130,6 +131,10 @@ MUST_BE_POSITIVE = [
     ("rate_limits.login", "per_second"),
     ("rate_limits.register", "per_second"),
     ("rate_limits.profile_write", "per_second"),
+    ("rate_limits.login_failed_account", "per_second"),
+    ("rate_limits.login_failed_address", "per_second"),
+    ("limits", "tls_handshake_timeout_s"),
+    ("limits", "request_body_timeout_s"),
 ]
 #: Bounded by other rules (tested below): at least 1, at least retry_initial_s.
 OTHER_RULES = [("federation", "retry_multiplier"), ("federation", "retry_max_s")]
@@ -155,7 +160,17 @@ def test_every_decimal_setting_has_a_rule() -> None:
         for section, cls in [
             ("federation", FederationListener),
             ("msc4259", Msc4259Section),
-            *((f"rate_limits.{n}", RateLimit) for n in ("login", "register", "profile_write")),
+            ("limits", LimitsSection),
+            *(
+                (f"rate_limits.{n}", RateLimit)
+                for n in (
+                    "login",
+                    "register",
+                    "profile_write",
+                    "login_failed_account",
+                    "login_failed_address",
+                )
+            ),
         ]
         for f in dataclasses.fields(cls)
         if f.type == "float"
