@@ -76,6 +76,22 @@ def test_relative_paths_resolve_against_the_config_directory() -> None:
     assert config.client_base_url == "http://127.0.0.1:8008"
 
 
+def test_the_received_edu_limits_parse_and_reach_the_receiver() -> None:
+    from refserver.app.wiring import edu_limits
+
+    text = render_config(server_name="hs.test")
+    for key, literal in [
+        ("receive_per_origin_per_second", "7.5"),
+        ("receive_per_origin_burst", "30"),
+        ("receive_per_user_per_second", "0.5"),
+        ("receive_per_user_burst", "2"),
+    ]:
+        text = set_config_value(text, "msc4259", key, literal)
+    limits = edu_limits(parse_config(text, base_dir=Path(".")))
+    assert sum(limits.admit("o", f"@u{n}:o", 0.0) for n in range(40)) == 30
+    assert sum(limits.admit("p", "@a:p", 0.0) for _ in range(5)) == 2
+
+
 def test_per_field_msc4259_policies_parse_and_reach_the_edu_policy() -> None:
     from refserver.app.wiring import edu_policy
     from refserver.profiles.edus import FieldPolicy
@@ -114,6 +130,8 @@ MUST_BE_POSITIVE = [
     ("msc4259", "remote_cache_ttl_edu_s"),
     ("msc4259", "refresh_interval_s"),
     ("msc4259", "refresh_per_second"),
+    ("msc4259", "receive_per_origin_per_second"),
+    ("msc4259", "receive_per_user_per_second"),
     ("rate_limits.login", "per_second"),
     ("rate_limits.register", "per_second"),
     ("rate_limits.profile_write", "per_second"),
