@@ -94,6 +94,14 @@ class ServerSection:
     database_path: str = setting(
         "refserver.db", doc="SQLite database (WAL mode). Schema migrations run at start-up."
     )
+    database_lock_retry_s: float = setting(
+        30.0,
+        doc="While another process holds the database's write lock (a backup, the `sqlite3`"
+        " shell), a write is rolled back and tried again for up to this long, other requests"
+        " being served meanwhile; then it fails (a client gets a 500 `M_UNKNOWN`). `0`: fail"
+        " after one attempt (SQLite's own busy wait, 0.2 s).",
+        ge=0,
+    )
     log_level: str = setting(
         "INFO",
         doc="Python logging level.",

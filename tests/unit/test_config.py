@@ -112,6 +112,7 @@ def test_per_field_msc4259_policies_parse_and_reach_the_edu_policy() -> None:
 #: 0 means something here: send at once, never postpone, no per-field minimum interval
 #: (MSC4259 policy); end an idle destination queue task at once.
 ZERO_ALLOWED = [
+    ("server", "database_lock_retry_s"),
     ("federation", "idle_timeout_s"),
     ("msc4259", "join_fetch_grace_s"),
     ("msc4259", "debounce_s"),
@@ -143,6 +144,8 @@ OTHER_RULES = [("federation", "retry_multiplier"), ("federation", "retry_max_s")
 def _with(section: str, key: str, literal: str) -> str:
     # A [rate_limits.*] table must give both of its keys.
     extra = "burst = 1\n" if section.startswith("rate_limits.") else ""
+    if section == "server":
+        return f'[server]\nserver_name = "hs"\n{key} = {literal}\n'
     return f'[server]\nserver_name = "hs"\n[{section}]\n{key} = {literal}\n{extra}'
 
 
@@ -158,6 +161,7 @@ def test_every_decimal_setting_has_a_rule() -> None:
     decimal = {
         (section, f.name)
         for section, cls in [
+            ("server", ServerSection),
             ("federation", FederationListener),
             ("msc4259", Msc4259Section),
             *((f"rate_limits.{n}", RateLimit) for n in ("login", "register", "profile_write")),
