@@ -95,6 +95,14 @@ class ServerSection:
     database_path: str = setting(
         "refserver.db", doc="SQLite database (WAL mode). Schema migrations run at start-up."
     )
+    database_lock_retry_s: float = setting(
+        30.0,
+        doc="While another process holds the database's write lock (a backup, the `sqlite3`"
+        " shell), a write is rolled back and tried again for up to this long, other requests"
+        " being served meanwhile; then it fails (a client gets a 500 `M_UNKNOWN`). `0`: fail"
+        " after one attempt (SQLite's own busy wait, 0.2 s).",
+        ge=0,
+    )
     log_level: str = setting(
         "INFO",
         doc="Python logging level.",
@@ -366,6 +374,26 @@ class Msc4259Section:
         True,
         doc="Drop incoming EDUs about users who share no room with any local user (counted as"
         " `no_shared_room`). `false`: cache every valid EDU.",
+    )
+    receive_per_origin_per_second: float = setting(
+        500.0,
+        doc="Received profile EDUs: field changes accepted per second from one origin server"
+        " (a user's EDUs in one transaction are folded into one update, which costs its number"
+        " of distinct fields, at most `receive_per_origin_burst`). Updates over this or the"
+        " per-user limit are dropped and counted as `rate_limited` (docs/msc4259.md §4.6).",
+        gt=0,
+    )
+    receive_per_origin_burst: int = setting(
+        5000,
+        doc="… and at once from one origin (the bucket's size): a join-time exchange of about"
+        " a thousand users with a few fields each arrives whole.",
+        ge=1,
+    )
+    receive_per_user_per_second: float = setting(
+        5.0, doc="Received profile EDU updates accepted per second about one user.", gt=0
+    )
+    receive_per_user_burst: int = setting(
+        20, doc="… and at once about one user (the bucket's size).", ge=1
     )
     debounce_s: float = setting(
         0.5,

@@ -238,7 +238,10 @@ async def _serve(
 ) -> None:
     fed = config.federation
     async with (
-        open_database(config.resolve(config.server.database_path)) as db,
+        open_database(
+            config.resolve(config.server.database_path),
+            lock_retry_s=config.server.database_lock_retry_s,
+        ) as db,
         make_http_client(config) as http,
     ):
         services = build_services(config, db, signing_key, http)

@@ -49,6 +49,7 @@ from refserver.federation.tls import client_ssl_context
 from refserver.metrics import Metrics
 from refserver.notifier import Notifier
 from refserver.profiles.edu_hold import EduHold
+from refserver.profiles.edu_limits import Bucket, EduLimits
 from refserver.profiles.edus import EDU_TYPES
 from refserver.profiles.edus import FieldPolicy as EduFieldPolicy
 from refserver.profiles.federation import EduPolicy, ProfileEduReceiver, ProfileEduSender
@@ -121,6 +122,15 @@ def edu_policy(config: Config) -> EduPolicy:
         field_policies=per_field,
         local_only_fields=m.local_only_fields,
         accept_only_shared_users=m.accept_only_shared_users,
+    )
+
+
+def edu_limits(config: Config) -> EduLimits:
+    """[msc4259] receive_* as the receiver's per-origin and per-user buckets."""
+    m = config.msc4259
+    return EduLimits(
+        per_origin=Bucket(m.receive_per_origin_per_second, m.receive_per_origin_burst),
+        per_user=Bucket(m.receive_per_user_per_second, m.receive_per_user_burst),
     )
 
 
@@ -260,6 +270,7 @@ def build_services(
         metrics=metrics,
         notifier=notifier,
         hold=EduHold(max_per_origin=HOLD_MAX_PER_ORIGIN, max_total=HOLD_MAX_TOTAL),
+        limits=edu_limits(config),
         clock=clock,
     )
     membership = FederationMembership(

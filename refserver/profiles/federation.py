@@ -50,6 +50,7 @@ from refserver.ids import server_name_of
 from refserver.metrics import Metrics
 from refserver.notifier import Notifier
 from refserver.profiles.edu_hold import EduHold, HeldEdu
+from refserver.profiles.edu_limits import EduLimits
 from refserver.profiles.edus import (
     DirtyField,
     DroppedEdu,
@@ -371,11 +372,13 @@ class ProfileEduReceiver:
         metrics: Metrics,
         notifier: Notifier,
         hold: EduHold,
+        limits: EduLimits,
         clock: Clock,
     ) -> None:
         self._clock = clock
         self._server_name = server_name
         self._hold = hold
+        self._limits = limits
         self._db = db
         self._policy = policy
         self._metrics = metrics
@@ -442,7 +445,10 @@ class ProfileEduReceiver:
         """The profile EDUs of one transaction (both types), in order: each is checked on
         its own (drops counted and logged per EDU), then all are applied in one database
         transaction, which also stores the transaction's answer (``record_answer``). The
-        second copy of an update sent under both EDU types counts once."""
+        second copy of an update sent under both EDU types counts once. A user's updates
+        are folded into one write, which needs a token per field from the origin's bucket and
+        one from the user's (:mod:`refserver.profiles.edu_limits`), or is dropped and counted
+        (``rate_limited``)."""
         updates: dict[str, _UserUpdate] = {}
         seen: set[tuple[str, bytes]] = set()
         for _edu_type, content in edus:
@@ -460,6 +466,25 @@ class ProfileEduReceiver:
             seen.add(key)
             updates.setdefault(update.user_id, _UserUpdate(txn_id, [])).edus.append(
                 dict(update.fields)
+            )
+        now = self._clock.monotonic()
+        limited = [
+            user_id
+            for user_id, update in updates.items()
+            if not self._limits.admit(
+                origin, user_id, now, fields=len({k for edu in update.edus for k in edu})
+            )
+        ]
+        if limited:
+            dropped = sum(updates.pop(u).counted for u in limited)
+            self._metrics.profile_edus_dropped.labels("rate_limited").inc(dropped)
+            # One line per transaction, not per EDU: the log must not amplify a flood.
+            log.info(
+                "profile EDUs ← %s txn=%s: %d about %d users dropped (rate_limited)",
+                origin,
+                txn_id,
+                dropped,
+                len(limited),
             )
         if updates:
             await self._receive(origin, updates, record_answer=record_answer)

@@ -19,11 +19,27 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+#: How long one attempt waits for another connection's write lock (``PRAGMA busy_timeout``).
+#: Short, because our one connection serves every caller: a long wait would stall reads too.
+BUSY_TIMEOUT_MS = 200
+#: First pause between attempts at a call that met a locked database; doubled up to the max.
+RETRY_INITIAL_S = 0.05
+RETRY_MAX_S = 1.0
+
+
+def is_transient(exc: sqlite3.OperationalError) -> bool:
+    """ "database is locked" / "database table is locked" / busy: another connection (a
+    backup, the ``sqlite3`` shell) holds the lock; the same call may succeed later."""
+    message = str(exc).lower()
+    return "locked" in message or "busy" in message
+
+
 class Database:
     """Runs storage functions ``fn(conn, *args)`` on a worker thread, serialised."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, *, lock_retry_s: float = 30.0) -> None:
         self._conn = conn
+        self._lock_retry_s = lock_retry_s
         # One connection, one user at a time: sqlite3 connections are not safe for
         # concurrent use and SQLite serialises writers anyway.
         self._limiter = trio.CapacityLimiter(1)
@@ -32,9 +48,25 @@ class Database:
         """Run ``fn(conn, *args)`` in a transaction on the database thread.
 
         The default ``abandon_on_cancel=False`` means a started write always finishes,
-        even if the calling task is cancelled.
+        even if the calling task is cancelled. While another connection holds the write
+        lock, the call is rolled back and run again after a pause, for up to
+        ``lock_retry_s`` seconds; the connection is free for other calls (reads, under
+        WAL, are not blocked by the other writer) during the pauses.
         """
-        return await trio.to_thread.run_sync(self._call, fn, args, limiter=self._limiter)
+        deadline = trio.current_time() + self._lock_retry_s
+        pause = RETRY_INITIAL_S
+        attempt = 1
+        while True:
+            try:
+                return await trio.to_thread.run_sync(self._call, fn, args, limiter=self._limiter)
+            except sqlite3.OperationalError as exc:
+                if not is_transient(exc) or trio.current_time() + pause > deadline:
+                    raise
+                if attempt == 1:
+                    log.warning("database busy (%s): retrying %s", exc, _name(fn))
+            await trio.sleep(pause)
+            pause = min(pause * 2, RETRY_MAX_S)
+            attempt += 1
 
     def _call(self, fn: Callable[..., T], args: tuple[object, ...]) -> T:
         with self._conn:  # commit on success, roll back on any exception
@@ -63,6 +95,10 @@ def _create_private(path: Path) -> None:
                 file.chmod(DATA_FILE_MODE)
 
 
+def _name(fn: Callable[..., object]) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
 def connect(path: Path) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     _create_private(path)
@@ -73,7 +109,7 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute("PRAGMA busy_timeout=5000")
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     migrate(conn)
     return conn
 
@@ -101,10 +137,10 @@ def migrate(conn: sqlite3.Connection) -> int:
 
 
 @asynccontextmanager
-async def open_database(path: Path) -> AsyncIterator[Database]:
+async def open_database(path: Path, *, lock_retry_s: float = 30.0) -> AsyncIterator[Database]:
     conn = await trio.to_thread.run_sync(connect, path)
     try:
-        yield Database(conn)
+        yield Database(conn, lock_retry_s=lock_retry_s)
     finally:
         # Runs after the root nursery is gone, so no call is in flight.
         conn.close()

@@ -41,7 +41,7 @@ from refserver.events.builder import build_pdu, finalise_pdu
 from refserver.events.model import Event
 from refserver.events.room_versions import get_room_version
 from refserver.federation.xmatrix import build_authorization_header
-from tests.servers import ServerProcess, start_federation, stop_all
+from tests.servers import ServerProcess, set_config_value, start_federation, stop_all
 
 #: The ``make_federation`` fixture: starts that many dedicated federating servers.
 MakeFederation = Callable[[int], list[ServerProcess]]
@@ -1255,8 +1255,14 @@ def _serving(server: ServerProcess) -> bool:
 def test_a_locked_database_backs_the_sender_off_and_the_server_stays_up(make_federation) -> None:  # type: ignore[no-untyped-def]
     """hs1 must send while another process holds its database's write lock: its destination
     queue's acknowledgement fails with "database is locked", which backs hs2 off instead of
-    taking the server down; after the lock is gone, hs1 delivers again."""
+    taking the server down; after the lock is gone, hs1 delivers again. hs1 runs with
+    ``database_lock_retry_s = 0`` so its writes fail at once instead of waiting for the lock
+    (retrying is tested in tests/integration/test_faults.py)."""
     hs1, hs2 = make_federation(2)
+    hs1.stop()
+    config = hs1.data_dir / "refserver.toml"
+    config.write_text(set_config_value(config.read_text(), "server", "database_lock_retry_s", "0"))
+    hs1.start()
     (alice, bob), room_id = _shared_room([hs1, hs2])
     destination = {"destination": hs2.server_name}
     assert hs2.stop() == 0

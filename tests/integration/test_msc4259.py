@@ -914,3 +914,67 @@ def test_an_edu_about_a_user_sharing_no_room_is_ignored(
     assert r.status_code == 200, r.text
     assert metric_labels(hs2, DROPPED, "reason").get("no_shared_room", 0) == dropped + 1
     assert logged_edus(hs2, "←", about=stranger.user_id) == []
+
+
+def _sync_seconds(user: User, runs: int = 5) -> float:
+    """Median seconds of an immediate (``timeout=0``) initial /sync."""
+    times = []
+    for _ in range(runs):
+        started = time.monotonic()
+        user.sync()
+        times.append(time.monotonic() - started)
+    return sorted(times)[runs // 2]
+
+
+def test_a_profile_edu_flood_is_dropped_and_counted_and_a_genuine_update_still_arrives(
+    hs1: ServerProcess, spawn: Callable[..., list[ServerProcess]]
+) -> None:
+    """docs/msc4259.md §4.6 flood limits, with the default buckets: an origin sharing a room
+    sends 3 transactions of 100 EDUs about 300 users with 30 fields each (9,000 field
+    changes) as fast as it can; what is over the origin's bucket (5,000 at once, 500/s) is
+    dropped and counted as ``rate_limited``, not applied, and a real update from the same
+    origin afterwards still reaches /sync."""
+    (dest,) = spawn({("msc4259", "accept_only_shared_users"): "false"})
+    alice, bob = register(hs1, "alice"), register(dest, "bob")
+    share_room(alice, bob)
+    watcher = SyncWatcher(bob, bob.sync()["next_batch"])
+    sync_before = _sync_seconds(bob)
+    tag = secrets.token_hex(3)
+    started = time.monotonic()
+    for batch in range(3):
+        edus = [
+            {
+                "edu_type": UNSTABLE_EDU,
+                "content": {
+                    "user_id": f"@flood{tag}_{batch * 100 + n}:{hs1.server_name}",
+                    "fields": {f"org.example.f{k}": f"v{k}" for k in range(30)},
+                },
+            }
+            for n in range(100)
+        ]
+        r = federation_put_send(hs1, dest, edus)
+        assert r.status_code == 200, r.text
+    elapsed = time.monotonic() - started
+    sync_after = _sync_seconds(bob)
+    dropped = metric_labels(dest, DROPPED, "reason").get("rate_limited", 0)
+    received = metric(dest, RECEIVED, origin=hs1.server_name)
+    print(
+        f"\nflood: 300 EDUs (9,000 field changes) in {elapsed:.2f}s; applied {received:.0f},"
+        f" dropped {dropped:.0f} (rate_limited); local /sync median {sync_before * 1000:.0f} ms"
+        f" before, {sync_after * 1000:.0f} ms after"
+    )
+    assert dropped > 0, f"nothing dropped: {received} of 300 EDUs applied in {elapsed:.2f}s"
+    assert received + dropped == 300, (received, dropped)
+    # At most the burst plus what the bucket refilled meanwhile (30 field changes an EDU).
+    assert received * 30 <= 5000 + 500 * (elapsed + 1.0), (received, elapsed)
+    # Nothing about the dropped users was cached.
+    cached = sum(
+        1
+        for line in dest.log_path.read_text(errors="replace").splitlines()
+        if f"@flood{tag}_" in line and "profile EDU ←" in line and "{" in line
+    )
+    assert cached == received, (cached, received)
+    # A genuine update from the same origin, sent afterwards by the real server, arrives.
+    alice.put_field("displayname", f"after the flood {tag}")
+    took = watcher.wait_for(alice.user_id, "displayname", f"after the flood {tag}")
+    print(f"genuine update after the flood reached /sync in {took * 1000:.0f} ms")

@@ -90,6 +90,22 @@ def test_relative_paths_resolve_against_the_config_directory() -> None:
     assert config.client_base_url == "http://127.0.0.1:8008"
 
 
+def test_the_received_edu_limits_parse_and_reach_the_receiver() -> None:
+    from refserver.app.wiring import edu_limits
+
+    text = render_config(server_name="hs.test")
+    for key, literal in [
+        ("receive_per_origin_per_second", "7.5"),
+        ("receive_per_origin_burst", "30"),
+        ("receive_per_user_per_second", "0.5"),
+        ("receive_per_user_burst", "2"),
+    ]:
+        text = set_config_value(text, "msc4259", key, literal)
+    limits = edu_limits(parse_config(text, base_dir=Path(".")))
+    assert sum(limits.admit("o", f"@u{n}:o", 0.0) for n in range(40)) == 30
+    assert sum(limits.admit("p", "@a:p", 0.0) for _ in range(5)) == 2
+
+
 def test_per_field_msc4259_policies_parse_and_reach_the_edu_policy() -> None:
     from refserver.app.wiring import edu_policy
     from refserver.profiles.edus import FieldPolicy
@@ -110,6 +126,7 @@ def test_per_field_msc4259_policies_parse_and_reach_the_edu_policy() -> None:
 #: 0 means something here: send at once, never postpone, no per-field minimum interval
 #: (MSC4259 policy); end an idle destination queue task at once.
 ZERO_ALLOWED = [
+    ("server", "database_lock_retry_s"),
     ("federation", "idle_timeout_s"),
     ("msc4259", "join_fetch_grace_s"),
     ("msc4259", "debounce_s"),
@@ -128,6 +145,8 @@ MUST_BE_POSITIVE = [
     ("msc4259", "remote_cache_ttl_edu_s"),
     ("msc4259", "refresh_interval_s"),
     ("msc4259", "refresh_per_second"),
+    ("msc4259", "receive_per_origin_per_second"),
+    ("msc4259", "receive_per_user_per_second"),
     ("rate_limits.login", "per_second"),
     ("rate_limits.register", "per_second"),
     ("rate_limits.profile_write", "per_second"),
@@ -143,6 +162,8 @@ OTHER_RULES = [("federation", "retry_multiplier"), ("federation", "retry_max_s")
 def _with(section: str, key: str, literal: str) -> str:
     # A [rate_limits.*] table must give both of its keys.
     extra = "burst = 1\n" if section.startswith("rate_limits.") else ""
+    if section == "server":
+        return f'[server]\nserver_name = "hs"\n{key} = {literal}\n'
     return f'[server]\nserver_name = "hs"\n[{section}]\n{key} = {literal}\n{extra}'
 
 
@@ -158,6 +179,7 @@ def test_every_decimal_setting_has_a_rule() -> None:
     decimal = {
         (section, f.name)
         for section, cls in [
+            ("server", ServerSection),
             ("federation", FederationListener),
             ("msc4259", Msc4259Section),
             ("limits", LimitsSection),

@@ -37,6 +37,7 @@ L1 = {
     "profiles.fields",
     "profiles.edus",
     "profiles.edu_hold",
+    "profiles.edu_limits",
     "federation.xmatrix",
     "federation.backoff",
     "federation.transaction",
