@@ -59,7 +59,8 @@ def _dumps(body: object) -> str:
 
 
 class _ShieldFinalSend:
-    """ASGI middleware: the last ``http.response.body`` message is sent in a shielded scope.
+    """ASGI middleware: the last ``http.response.body`` message of a ``Connection: close``
+    response is sent in a shielded scope.
 
     For a ``Connection: close`` response hypercorn closes the socket inside that send; without
     the shield the cancellation quart-trio issues once the response is out interrupts it and
@@ -74,8 +75,19 @@ class _ShieldFinalSend:
             await self._app(scope, receive, send)
             return
 
+        closing = False
+
         async def shielded_send(message: Any) -> None:
-            if message.get("type") == "http.response.body" and not message.get("more_body"):
+            nonlocal closing
+            if message.get("type") == "http.response.start":
+                closing = any(
+                    name.lower() == b"connection" and value.lower() == b"close"
+                    for name, value in message.get("headers", ())
+                )
+            final = message.get("type") == "http.response.body" and not message.get("more_body")
+            if final and closing:
+                # Only a closing response: a keep-alive one must stay cancellable, or its
+                # task would outlive a client that went away (a connection in CLOSE-WAIT).
                 with trio.CancelScope(shield=True):
                     await send(message)
             else:

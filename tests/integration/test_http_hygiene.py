@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+from collections.abc import Callable
 from urllib.parse import quote
 
 import httpx
@@ -200,3 +201,26 @@ def test_early_error_does_not_hang_the_connection(server: ServerProcess, request
     assert first.startswith(b"http/1.1 4"), received[:400]
     if b"unstable_features" not in received:
         assert b"connection: close" in first, received[:400]
+
+
+def test_answered_connections_are_released_when_the_client_closes(
+    make_server: Callable[..., ServerProcess],
+) -> None:
+    """Every connection a client closes is closed by the server too: with a limit of 8
+    connections per address, 60 requests on 60 successive connections (successes, bad bodies,
+    unknown paths) all get answers. A response whose task outlived its client (a connection
+    left in CLOSE-WAIT) would use up the limit after 8."""
+    srv = make_server({("limits", "max_connections_per_address"): "8"})
+    _, token = srv.register("alice")
+    auth = {"Authorization": f"Bearer {token}"}
+    requests = [
+        ("POST", "/v3/createRoom", b"{}"),
+        ("POST", "/v3/createRoom", b"[1, 2]"),
+        ("POST", "/v3/createRoom", b"{"),
+        ("GET", "/v3/no/such/endpoint", b""),
+        ("GET", "/v3/account/whoami", b""),
+    ] * 12
+    for n, (method, path, body) in enumerate(requests):
+        with httpx.Client(headers=auth, timeout=10) as http:
+            r = http.request(method, srv.url(path), content=body)
+        assert r.status_code < 500, f"request {n} ({method} {path}): {r.status_code} {r.text}"
