@@ -177,8 +177,8 @@ def main() -> int:
         bad += sum(v for k, v in counts.items() if k.startswith(("5", "transport")))
     print("RSS over time (MiB):")
     print(f"{'t s':>8}{'hs1':>10}{'hs2':>10}")
-    for t, a, b in rss:
-        print(f"{t:>8.0f}{a / 1024:>10.1f}{b / 1024:>10.1f}")
+    for elapsed, a, b in rss:
+        print(f"{elapsed:>8.0f}{a / 1024:>10.1f}{b / 1024:>10.1f}")
     if len(rss) >= 3:
         warm = rss[len(rss) // 5 or 1]
         last = rss[-1]
