@@ -30,7 +30,9 @@ from tests.integration.fakehs import FakeHomeserver, now_ms
 from tests.servers import ServerProcess, start_federation, stop_all
 
 TIMEOUT_S = 30.0
-EXAMPLES = {"profile": 1000, "accounts": 500, "rooms": 1000, "sync": 1000, "federation": 1000}
+#: 4,000 in all: about 45 requests/s on the shared 2-core machine (the federation ones, signed
+#: and over TLS, about 30/s), so the file stays near 90 s; 10,000 would take about 4 minutes.
+EXAMPLES = {"profile": 1000, "accounts": 400, "rooms": 1000, "sync": 800, "federation": 800}
 
 
 def fuzz_settings(area: str) -> settings:
@@ -62,12 +64,6 @@ class Target:
         """Never a 5xx; every error is ``{errcode, error}`` JSON."""
         self.sent += 1
         assert r.status_code < 500, f"{r.request.method} {r.request.url} → {r.status_code} {r.text}"
-        if r.status_code >= 400 and r.request.method in ("PUT", "POST"):
-            # Possibly answered before the body was read: on the current code the keep-alive
-            # connection then hangs (issue 13 item 8, test_keep_alive_after_early_answers), so
-            # start a new one rather than time out on the next example.
-            self.cs.close()
-            self.cs = httpx.Client(timeout=TIMEOUT_S)
         if r.status_code >= 400:
             body = r.json()
             assert isinstance(body, dict), r.text
@@ -80,8 +76,9 @@ class Target:
     def client(self, method: str, path: str, **kwargs: Any) -> None:
         headers = kwargs.pop("headers", {"Authorization": f"Bearer {self.token}"})
         if method in ("PUT", "POST"):
-            # A connection of its own: an early answer before the body is read hangs a
-            # keep-alive connection on the current code (issue 13 item 8).
+            # A connection of its own: an early answer before the body is read can hang a
+            # keep-alive connection on the current code (issue 13 item 8; the corpus has the
+            # deterministic case), which would blame the next example.
             headers = {**headers, "Connection": "close"}
         self.check(self.cs.request(method, self.hs1.url(path), headers=headers, **kwargs))
 
@@ -365,30 +362,6 @@ def test_federation_send(
     uri = f"/_matrix/federation/v1/send/{secrets.token_hex(8)}"
     r = target.fake.request(target.fed, "PUT", target.hs1, uri, body=body)
     target.check(r)
-
-
-# -- keep-alive after an early answer (issue 13 item 8) ------------------------------------
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 13 item 8: a request answered 404/405 before its body arrives hangs the "
-    "keep-alive connection",
-)
-@settings(max_examples=100, derandomize=True, deadline=None, database=None)
-@given(
-    path=st.sampled_from(["/v3/profile/", "/v3/org.example.nowhere", "/versions"]),
-    body=st.dictionaries(texts, texts, max_size=3),
-)
-def test_keep_alive_after_early_answers(target: Target, path: str, body: Any) -> None:
-    with httpx.Client(timeout=5) as c:
-        r = c.put(target.hs1.url(path), json=body)
-        assert 400 <= r.status_code < 500, r.text
-        try:
-            after = c.get(target.hs1.url("/versions"))
-        except httpx.ReadTimeout:
-            raise AssertionError(f"after {r.status_code} on PUT {path}, no answer") from None
-        assert after.status_code == 200
 
 
 # -- afterwards ------------------------------------------------------------------------------
