@@ -1022,31 +1022,47 @@ def _metrics_hide_peers(w: World, marker: str) -> list[str]:
     return []
 
 
-def _early_404_then_next_request(w: World, marker: str) -> list[str]:
-    with socket.create_connection(("127.0.0.1", w.hs1.client_port), timeout=10) as s:
-        body = json.dumps({"x": marker}).encode()
-        s.sendall(
-            b"PUT /_matrix/client/v3/org.example.nowhere HTTP/1.1\r\nHost: x\r\n"
-            b"Content-Type: application/json\r\nContent-Length: "
-            + str(len(body)).encode()
-            + b"\r\n\r\n"
-        )
-        first = s.recv(65536)
-        assert first.startswith(b"HTTP/1.1 404"), first
-        # A slow client: its body comes after the answer. (Sent at once, the body is often
-        # already buffered and the bug does not show.)
-        time.sleep(1.0)
-        s.sendall(body + b"GET /_matrix/client/versions HTTP/1.1\r\nHost: x\r\n\r\n")
-        seen = b""
-        try:
-            while b"HTTP/1.1 200" not in seen:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break  # closing the connection is an answer too
-                seen += chunk
-        except TimeoutError:
-            raise AssertionError(f"no answer in 10 s to the next request; saw {seen!r}") from None
-    return []
+def _early_answer_then_next_request(
+    path: Callable[[World], str], status: bytes, length: int, *, auth: bool = False
+) -> Act:
+    """A slow client: headers, the server's early answer, then (1 s later) the body and a
+    second request on the same connection, which must be answered (or the connection
+    closed) within 10 s."""
+
+    def act(w: World, marker: str) -> list[str]:
+        with socket.create_connection(("127.0.0.1", w.hs1.client_port), timeout=10) as s:
+            token = f"Authorization: Bearer {w.alice_token}\r\n".encode() if auth else b""
+            s.sendall(
+                b"PUT "
+                + path(w).encode()
+                + b" HTTP/1.1\r\nHost: x\r\n"
+                + token
+                + b"Content-Type: application/json\r\nContent-Length: "
+                + str(length).encode()
+                + b"\r\n\r\n"
+            )
+            first = s.recv(65536)
+            assert first.startswith(b"HTTP/1.1 " + status), first
+            # Sent at once, the body is often already buffered and the bug does not show.
+            time.sleep(1.0)
+            body = json.dumps({"x": marker}).encode()
+            s.sendall(
+                body.ljust(length) + b"GET /_matrix/client/versions HTTP/1.1\r\nHost: x\r\n\r\n"
+            )
+            seen = b""
+            try:
+                while b"HTTP/1.1 200" not in seen:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break  # closing the connection is an answer too
+                    seen += chunk
+            except TimeoutError:
+                raise AssertionError(
+                    f"no answer in 10 s to the next request; saw {seen!r}"
+                ) from None
+        return []
+
+    return act
 
 
 def _keep_alive_after(
@@ -1082,7 +1098,10 @@ EXTRAS: dict[str, Case] = {
         _metrics_hide_peers, "issue 13 item 9: /metrics on the client port lists peers"
     ),
     "http: a request answered 404 before its body leaves the connection usable": Case(
-        _early_404_then_next_request, ITEM8
+        _early_answer_then_next_request(
+            lambda w: "/_matrix/client/v3/org.example.nowhere", b"404", 64
+        ),
+        ITEM8,
     ),
     "http: keep-alive works after a 401 to a PUT with a body": Case(
         _keep_alive_after(lambda w, m: ("PUT", f"/v3/profile/{_me(w)}/m.tz", {}, {"m.tz": m})),
@@ -1097,14 +1116,12 @@ EXTRAS: dict[str, Case] = {
             )
         ),
     ),
-    "http: keep-alive works after a 413": Case(
-        _keep_alive_after(
-            lambda w, m: (
-                "PUT",
-                f"/v3/profile/{_me(w)}/org.example.corpus",
-                w.as_user(w.alice_token),
-                {"org.example.corpus": m + "x" * (1100 * 1024)},
-            )
+    "http: a request answered 413 before its body leaves the connection usable": Case(
+        _early_answer_then_next_request(
+            lambda w: f"/_matrix/client/v3/profile/{_me(w)}/org.example.corpus",
+            b"413",
+            2 * 1024 * 1024,
+            auth=True,
         ),
         ITEM8,
     ),
