@@ -1,0 +1,200 @@
+"""Soak: N clients on two federating refserver instances for a given duration.
+
+Half the clients live on each instance, all in one shared room, so every profile write is
+also sent over federation (MSC4259 profile EDUs) and reaches the other instance's ``/sync``
+(MSC4429 ``users`` section). Each client runs a writer (``PUT /profile/{me}/{field}`` in a
+loop with a short pause) and a ``/sync`` long-poller. The script records every status code,
+the p50/p99 latency per request kind and both servers' resident memory over time, prints a
+summary and exits 1 if any request got a 5xx (or failed at the transport level), else 0.
+
+Not a test: run it by hand, e.g. ``.venv/bin/python tools/soak.py --minutes 10 --clients 8``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import secrets
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.servers import ServerProcess, start_federation, stop_all
+
+LONG_POLL_MS = 10_000
+WRITE_PAUSE_S = 0.2
+RSS_EVERY_S = 10.0
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.statuses: dict[str, collections.Counter[str]] = collections.defaultdict(
+            collections.Counter
+        )
+        self.latencies: dict[str, list[float]] = collections.defaultdict(list)
+
+    def record(self, kind: str, status: str, seconds: float) -> None:
+        with self.lock:
+            self.statuses[kind][status] += 1
+            self.latencies[kind].append(seconds)
+
+
+def rss_kib(server: ServerProcess) -> int:
+    assert server.proc is not None
+    for line in Path(f"/proc/{server.proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def timed(rec: Recorder, kind: str, client: httpx.Client, method: str, url: str, **kw: Any) -> Any:
+    start = time.monotonic()
+    try:
+        r = client.request(method, url, **kw)
+    except httpx.TransportError as e:
+        rec.record(kind, f"transport:{type(e).__name__}", time.monotonic() - start)
+        return None
+    rec.record(kind, str(r.status_code), time.monotonic() - start)
+    return r
+
+
+def writer(rec: Recorder, srv: ServerProcess, user: str, token: str, stop: float) -> None:
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(headers=headers, timeout=30) as c:
+        n = 0
+        while time.monotonic() < stop:
+            n += 1
+            field = "displayname" if n % 2 else "org.example.soak"
+            key = "displayname" if field == "displayname" else field
+            timed(
+                rec,
+                "profile PUT",
+                c,
+                "PUT",
+                srv.url(f"/v3/profile/{quote(user)}/{field}"),
+                json={key: f"v{n}-{secrets.token_hex(4)}"},
+            )
+            time.sleep(WRITE_PAUSE_S)
+
+
+def syncer(rec: Recorder, srv: ServerProcess, token: str, stop: float) -> None:
+    headers = {"Authorization": f"Bearer {token}"}
+    since: str | None = None
+    with httpx.Client(headers=headers, timeout=LONG_POLL_MS / 1000 + 30) as c:
+        while time.monotonic() < stop:
+            params = {"timeout": str(LONG_POLL_MS)}
+            if since:
+                params["since"] = since
+            r = timed(rec, "/sync long-poll", c, "GET", srv.url("/v3/sync"), params=params)
+            if r is not None and r.status_code == 200:
+                since = r.json()["next_batch"]
+            elif r is not None and r.status_code == 429:
+                time.sleep(1)
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--clients", type=int, default=8, help="total, split over both servers")
+    args = parser.parse_args()
+
+    base = Path(tempfile.mkdtemp(prefix="refserver-soak-"))
+    servers = start_federation(base, 2)
+    rec = Recorder()
+    rss: list[tuple[float, int, int]] = []
+    try:
+        users = []
+        for i in range(args.clients):
+            srv = servers[i % 2]
+            user_id, token = srv.register(f"soak{i}_{secrets.token_hex(3)}")
+            users.append((srv, user_id, token))
+        owner = users[0]
+        r = httpx.post(
+            owner[0].url("/v3/createRoom"),
+            json={"preset": "public_chat", "room_version": "12"},
+            headers={"Authorization": f"Bearer {owner[2]}"},
+            timeout=30,
+        )
+        r.raise_for_status()
+        room_id = r.json()["room_id"]
+        for srv, _, token in users[1:]:
+            r = httpx.post(
+                srv.url(f"/v3/join/{quote(room_id)}"),
+                params={"via": owner[0].server_name},
+                json={},
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=30,
+            )
+            r.raise_for_status()
+
+        began = time.monotonic()
+        stop = began + args.minutes * 60
+        threads = [
+            threading.Thread(target=writer, args=(rec, srv, uid, tok, stop), daemon=True)
+            for srv, uid, tok in users
+        ] + [
+            threading.Thread(target=syncer, args=(rec, srv, tok, stop), daemon=True)
+            for srv, _, tok in users
+        ]
+        for t in threads:
+            t.start()
+        while time.monotonic() < stop:
+            rss.append((time.monotonic() - began, rss_kib(servers[0]), rss_kib(servers[1])))
+            time.sleep(min(RSS_EVERY_S, max(0.0, stop - time.monotonic())))
+        for t in threads:
+            t.join(timeout=LONG_POLL_MS / 1000 + 35)
+        rss.append((time.monotonic() - began, rss_kib(servers[0]), rss_kib(servers[1])))
+        alive = [srv.proc is not None and srv.proc.poll() is None for srv in servers]
+    finally:
+        stop_all(servers)
+
+    print(f"soak: {args.clients} clients on 2 servers for {args.minutes:g} min (data in {base})")
+    print(f"{'kind':<18}{'requests':>10}{'p50 ms':>10}{'p99 ms':>10}  statuses")
+    bad = 0
+    for kind, counts in sorted(rec.statuses.items()):
+        lat = rec.latencies[kind]
+        status_text = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+        print(
+            f"{kind:<18}{sum(counts.values()):>10}{pct(lat, 50) * 1000:>10.1f}"
+            f"{pct(lat, 99) * 1000:>10.1f}  {status_text}"
+        )
+        bad += sum(v for k, v in counts.items() if k.startswith(("5", "transport")))
+    print("RSS over time (MiB):")
+    print(f"{'t s':>8}{'hs1':>10}{'hs2':>10}")
+    for elapsed, a, b in rss:
+        print(f"{elapsed:>8.0f}{a / 1024:>10.1f}{b / 1024:>10.1f}")
+    if len(rss) >= 3:
+        warm = rss[len(rss) // 5 or 1]
+        last = rss[-1]
+        for i, name in ((1, "hs1"), (2, "hs2")):
+            growth = (last[i] - warm[i]) / warm[i] * 100 if warm[i] else float("nan")
+            print(
+                f"{name} RSS growth after warm-up (t={warm[0]:.0f}s → {last[0]:.0f}s): "
+                f"{growth:+.1f} %"
+            )
+    print(f"both servers still running at the end: {all(alive)}")
+    if bad or not all(alive):
+        print(f"FAIL: {bad} 5xx/transport errors")
+        return 1
+    print("OK: no 5xx")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
