@@ -32,6 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias
 
+from refserver.crypto.canonical_json import MAX_JSON_DEPTH, json_depth
 from refserver.errors import M_BAD_JSON, M_INVALID_PARAM, M_NOT_JSON, ProtocolError
 from refserver.events.model import Event
 from refserver.sync.event_fields import apply_event_fields, split_property_path
@@ -276,6 +277,10 @@ def parse_filter_text(text: str) -> Filter:
         value = json.loads(text)
     except (json.JSONDecodeError, RecursionError) as exc:
         raise FilterError(f"filter is not valid JSON: {exc}", errcode=M_NOT_JSON) from None
+    # The same nesting limit as a request body (docs/limits.md): the filter is walked and
+    # copied, and a deep value would exhaust the stack there.
+    if json_depth(value) > MAX_JSON_DEPTH:
+        raise FilterError(f"filter is nested deeper than {MAX_JSON_DEPTH} levels")
     return parse_filter(value)
 
 
