@@ -227,6 +227,17 @@ class RegistrationSection:
 
 
 @dataclass(frozen=True)
+class PasswordSection:
+    """How passwords are hashed: argon2id (RFC 9106) with argon2-cffi's defaults. Existing
+    hashes keep the parameters they were made with, so changing these affects new hashes
+    only. Test setups lower them to save CPU; a real server keeps the defaults."""
+
+    argon2_time_cost: int = setting(3, doc="argon2id passes over memory.", ge=1)
+    argon2_memory_kib: int = setting(65536, doc="argon2id memory per hash, in KiB (64 MiB).", ge=8)
+    argon2_parallelism: int = setting(4, doc="argon2id lanes.", ge=1)
+
+
+@dataclass(frozen=True)
 class ProfileSection:
     """Which profile fields users may change (capability `m.profile_fields`)."""
 
@@ -473,6 +484,7 @@ class Config:
     client: ClientListener = field(default_factory=ClientListener)
     federation: FederationListener = field(default_factory=FederationListener)
     registration: RegistrationSection = field(default_factory=RegistrationSection)
+    passwords: PasswordSection = field(default_factory=PasswordSection)
     profile: ProfileSection = field(default_factory=ProfileSection)
     rate_limits: RateLimitSection = field(default_factory=RateLimitSection)
     limits: LimitsSection = field(default_factory=LimitsSection)

@@ -23,6 +23,19 @@ import httpx
 
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 30.0
+#: argon2id at its defaults (64 MiB, 3 passes) was about a quarter of the suite's CPU; test
+#: servers hash cheaply unless a test sets ``[passwords]`` itself (the login-flood test does).
+CHEAP_PASSWORD_HASHING = {
+    ("passwords", "argon2_time_cost"): "1",
+    ("passwords", "argon2_memory_kib"): "1024",
+    ("passwords", "argon2_parallelism"): "1",
+}
+#: The defaults of ``[passwords]``, for a test that needs real hashing cost.
+REAL_PASSWORD_HASHING = {
+    ("passwords", "argon2_time_cost"): "3",
+    ("passwords", "argon2_memory_kib"): "65536",
+    ("passwords", "argon2_parallelism"): "4",
+}
 
 
 #: Test servers listen on ports below Linux's ephemeral range (32768–60999), so no outgoing
@@ -127,7 +140,7 @@ class ServerProcess:
         )
         config = self.data_dir / "refserver.toml"
         text = set_config_value(config.read_text(), "metrics", "port", str(self.metrics_port))
-        for (section, key), literal in self.settings.items():
+        for (section, key), literal in {**CHEAP_PASSWORD_HASHING, **self.settings}.items():
             text = set_config_value(text, section, key, literal)
         config.write_text(text)
 

@@ -97,6 +97,7 @@ class AccountService:
         registration_enabled: bool,
         clock: Clock,
         limits: LoginLimits | None = None,
+        hasher: PasswordHasher | None = None,
     ) -> None:
         self._db = db
         self._clock = clock
@@ -105,7 +106,7 @@ class AccountService:
         self._limits = limits or default_login_limits()
         self._hash_slots = trio.CapacityLimiter(self._limits.max_concurrent_hashes)
         self._hashes_in_flight = 0  # running and waiting
-        self._hasher = PasswordHasher()
+        self._hasher = hasher or PasswordHasher()
         self._uia = UiaSessions()
         # Verified against for unknown users, so timing does not reveal who exists.
         self._dummy_hash = self._hasher.hash(secrets.token_hex(8))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import signedjson.key
+from argon2 import PasswordHasher
 from quart_trio import QuartTrio
 
 from refserver.accounts.service import AccountService, LoginLimits
@@ -218,6 +219,11 @@ def build_services(
         server_name=server_name,
         registration_enabled=config.registration.enabled,
         clock=clock,
+        hasher=PasswordHasher(
+            time_cost=config.passwords.argon2_time_cost,
+            memory_cost=config.passwords.argon2_memory_kib,
+            parallelism=config.passwords.argon2_parallelism,
+        ),
         limits=LoginLimits(
             failed_per_account=_limiter(config.rate_limits.login_failed_account),
             failed_per_address=_limiter(config.rate_limits.login_failed_address),

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.servers import ServerProcess
+from tests.servers import REAL_PASSWORD_HASHING, ServerProcess
 
 #: Peak resident memory allowed during 64 concurrent wrong-password logins. The server idles
 #: at about 90 MB; two argon2id hashes at once add 128 MiB. Unbounded, the flood reached 2 GB.
@@ -25,7 +25,8 @@ ACCOUNT_FAILURES_PER_S = 0.17
 @pytest.fixture
 def fresh_server(tmp_path: Path) -> Iterator[ServerProcess]:
     """A server of its own: these tests use up the failed-login budget of 127.0.0.1."""
-    srv = ServerProcess(tmp_path / "hs")
+    # Real argon2 cost: the flood test measures memory under 64 MiB hashes.
+    srv = ServerProcess(tmp_path / "hs", settings=dict(REAL_PASSWORD_HASHING))
     srv.init()
     srv.start()
     try:
