@@ -31,7 +31,6 @@ import json
 import re
 import secrets
 import ssl
-import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -841,54 +840,6 @@ def test_an_invite_does_not_produce_profile_updates_null(
     assert r.status_code == 200, r.text
     wait_until(lambda: watcher.poll(2000)["rooms"]["join"], what="the invite on hs2")
     assert (dave.user_id, None) not in watcher.seen  # dave never shared a room with bob
-
-
-# -- 8. measurement ----------------------------------------------------------------------------
-
-
-def measure_latency(alice: User, bob: User, count: int, *, gap_s: float = 0.0) -> list[float]:
-    """Seconds from the start of alice's PUT to bob's parked long-poll returning it, the PUTs
-    at least ``gap_s`` apart (more than ``min_interval_s``: isolated changes)."""
-    watcher = SyncWatcher(bob, bob.sync()["next_batch"])
-    latencies = []
-    for n in range(count):
-        value = f"Etc/Measure{secrets.token_hex(3)}{n}"
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            mark = len(watcher.seen)
-            polling = pool.submit(watcher.poll, 30_000)
-            time.sleep(max(0.1, gap_s))  # let the long-poll park
-            started = time.monotonic()
-            alice.put_field("m.tz", value)
-            polling.result()
-            while alice.user_id not in {who for who, _ in watcher.seen[mark:]}:
-                watcher.poll(30_000)
-            latencies.append(time.monotonic() - started)
-        assert watcher.values_of(alice.user_id, "m.tz")[-1] == value
-    return latencies
-
-
-def report(label: str, latencies: list[float]) -> None:
-    ms = [x * 1000 for x in latencies]
-    print(
-        f"\nMSC4259 PUT → remote /sync latency, {label}: n={len(ms)} "
-        f"median={statistics.median(ms):.0f} ms min={min(ms):.0f} ms max={max(ms):.0f} ms"
-    )
-
-
-def test_measure_latency_from_put_to_remote_sync(
-    hs1: ServerProcess, hs2: ServerProcess, spawn: Callable[..., list[ServerProcess]]
-) -> None:
-    (quick,) = spawn({("msc4259", "debounce_s"): "0.05", ("msc4259", "min_interval_s"): "0.05"})
-    alice, bob = register(quick, "alice"), register(hs2, "bob")
-    share_room(alice, bob)
-    report("debounce_s=0.05 min_interval_s=0.05", measure_latency(alice, bob, 20))
-
-    alice, bob = register(hs1, "alice"), register(hs2, "bob")
-    share_room(alice, bob)
-    wait_settled(hs1)
-    # Isolated changes (further apart than min_interval_s): the leading edge, no debounce.
-    latencies = measure_latency(alice, bob, 10, gap_s=1.1)
-    report("default settings (min_interval_s=1.0), isolated changes", latencies)
 
 
 # -- receiver filter and the refresher -----------------------------------------------------------
