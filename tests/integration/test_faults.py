@@ -19,7 +19,7 @@ import sqlite3
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -28,24 +28,13 @@ import httpx
 import pytest
 import trio
 
-from tests.servers import ServerProcess, free_port
+from tests.servers import ServerProcess, free_port, wait_until
 
 PROMPT_S = 15.0
 #: How long a fan-out to every destination may take before we call it broken.
 FAN_OUT_S = 90.0
 FLEET_SIZE = 100
 PROFILE_EDU_TYPES = ("uk.tcpip.msc4259.profile", "m.profile")
-
-
-def wait_until(check: Callable[[], Any], *, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 # -- the fleet -----------------------------------------------------------------------------

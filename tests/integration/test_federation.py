@@ -41,7 +41,13 @@ from refserver.events.builder import build_pdu, finalise_pdu
 from refserver.events.model import Event
 from refserver.events.room_versions import get_room_version
 from refserver.federation.xmatrix import build_authorization_header
-from tests.servers import ServerProcess, set_config_value, start_federation, stop_all
+from tests.servers import (
+    ServerProcess,
+    set_config_value,
+    start_federation,
+    stop_all,
+    wait_until,
+)
 
 #: The ``make_federation`` fixture: starts that many dedicated federating servers.
 MakeFederation = Callable[[int], list[ServerProcess]]
@@ -59,18 +65,6 @@ _names = itertools.count()
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def wait_until(check: Callable[[], Any], *, timeout: float, what: str) -> Any:
-    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
 
 
 # -- client API (raw HTTP) -----------------------------------------------------------------

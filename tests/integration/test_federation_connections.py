@@ -14,8 +14,8 @@ from tests.integration.test_federation import (
     MakeFederation,
     _metric,
     _shared_room,
-    wait_until,
 )
+from tests.servers import wait_until
 
 OPENED = "refserver_federation_connections_opened_total"
 REUSED = "refserver_federation_connection_requests_reused_total"

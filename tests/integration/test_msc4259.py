@@ -48,7 +48,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from refserver.crypto.keys import read_key_file
 from refserver.federation.xmatrix import build_authorization_header
-from tests.servers import ServerProcess, free_port
+from tests.servers import ServerProcess, free_port, wait_until
 
 #: How long one federated step may take on loopback before we call it broken.
 PROMPT_S = 15.0
@@ -62,18 +62,6 @@ _names = itertools.count()
 
 def fresh(prefix: str) -> str:
     return f"{prefix}{next(_names)}x{secrets.token_hex(3)}"
-
-
-def wait_until(check: Callable[[], Any], *, timeout: float = PROMPT_S, what: str) -> Any:
-    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 # -- observing a server: metrics and log lines -------------------------------------------------

@@ -35,9 +35,8 @@ from tests.integration.test_msc4259 import (
     register,
     share_room,
     users_section,
-    wait_until,
 )
-from tests.servers import ServerProcess, stop_all
+from tests.servers import ServerProcess, stop_all, wait_until
 
 Settings = dict[tuple[str, str], str]
 

@@ -34,9 +34,8 @@ from tests.integration.test_msc4259 import (
     share_room,
     users_section,
     wait_settled,
-    wait_until,
 )
-from tests.servers import ServerProcess, start_federation, stop_all
+from tests.servers import ServerProcess, start_federation, stop_all, wait_until
 
 #: Displayname changes per item-2 test.
 CHANGES = 10
