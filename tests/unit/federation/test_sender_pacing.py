@@ -4,7 +4,6 @@ connections is the transport's: tests/unit/federation/test_connection.py."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,7 +17,8 @@ from refserver.federation.sender import FederationSender
 from refserver.federation.transaction import Transaction
 from refserver.settings import FederationListener
 from refserver.storage.database import open_database
-from refserver.types import JsonDict, JsonValue
+from refserver.types import JsonValue
+from tests.unit.federation.sender_fakes import EduEach, real_time_limit
 
 
 class FakeClient:
@@ -51,38 +51,6 @@ class FakeClient:
         return {"pdus": {}}
 
 
-class OneEduEach:
-    """An EDU source owing one EDU to each destination, once."""
-
-    def __init__(self, destinations: list[str]) -> None:
-        self.owed = set(destinations)
-
-    async def destinations_with_pending(self) -> set[str]:
-        return set(self.owed)
-
-    async def take(
-        self, destination: str, limit: int, txn_id: str
-    ) -> tuple[list[JsonDict], object]:
-        if destination not in self.owed:
-            return [], None
-        return [{"edu_type": "org.example.test", "content": {"to": destination}}], destination
-
-    async def ack(self, destination: str, token: object) -> None:
-        self.owed.discard(destination)
-
-    def next_ready_in(self, destination: str) -> float | None:
-        return None
-
-
-REAL_TIME_LIMIT_S = 60.0
-
-
-async def _real_time_limit() -> None:
-    """Fail a stuck test after a minute of real time (the mock clock never moves)."""
-    await trio.to_thread.run_sync(time.sleep, REAL_TIME_LIMIT_S, abandon_on_cancel=True)
-    raise AssertionError(f"still waiting after {REAL_TIME_LIMIT_S} s of real time")
-
-
 async def test_a_fan_out_reaches_every_destination_without_the_clock_moving(
     tmp_path: Path, mock_clock: trio.testing.MockClock
 ) -> None:
@@ -98,10 +66,10 @@ async def test_a_fan_out_reaches_every_destination_without_the_clock_moving(
             origin="origin.test",
             config=FederationListener(idle_timeout_s=0.5),
             clock=Clock(),
-            edu_sources=[OneEduEach(destinations)],
+            edu_sources=[EduEach(destinations)],
         )
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_real_time_limit)
+            nursery.start_soon(real_time_limit)
             await nursery.start(sender.run)
             await client.wait_until(lambda: len(client.sent_at) == len(destinations))
             nursery.cancel_scope.cancel()
@@ -117,7 +85,7 @@ async def test_a_dead_destination_does_not_delay_the_others(tmp_path: Path) -> N
             origin="origin.test",
             config=FederationListener(retry_initial_s=0.2, retry_max_s=0.4),
             clock=Clock(),
-            edu_sources=[OneEduEach(["dead.test", "alive.test"])],
+            edu_sources=[EduEach(["dead.test", "alive.test"])],
         )
         async with trio.open_nursery() as nursery:
             await nursery.start(sender.run)

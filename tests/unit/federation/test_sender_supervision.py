@@ -6,7 +6,7 @@ Protocol. Time is mock time (pytest-trio's ``autojump_clock``, a ``MockClock`` w
 
 Note on ``autojump_threshold=0``: trio counts a task waiting for a worker thread as idle, so
 the clock jumps to the nearest deadline while a database call runs. The tests therefore set
-no mock-time deadline of their own (a stuck test is stopped by :func:`_real_time_limit`,
+no mock-time deadline of their own (a stuck test is stopped by :func:`real_time_limit`,
 which waits in a thread), and between the failed attempts of the timing test no database
 call runs at all (after an unexpected error the back-off is kept in memory).
 """
@@ -14,7 +14,6 @@ call runs at all (after an unexpected error the back-off is kept in memory).
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -28,7 +27,8 @@ from refserver.federation.transaction import Transaction
 from refserver.metrics import Metrics
 from refserver.settings import FederationListener
 from refserver.storage.database import open_database
-from refserver.types import JsonDict, JsonValue
+from refserver.types import JsonValue
+from tests.unit.federation.sender_fakes import EduEach, real_time_limit
 
 START_MS = 1_700_000_000_000
 
@@ -64,38 +64,6 @@ class FakePeers:
             await self._changed.wait()
 
 
-class EduEach:
-    """Owes ``count`` EDUs to each destination, one per transaction."""
-
-    def __init__(self, destinations: list[str], count: int = 1) -> None:
-        self.owed = dict.fromkeys(destinations, count)
-
-    async def destinations_with_pending(self) -> set[str]:
-        return {d for d, n in self.owed.items() if n}
-
-    async def take(
-        self, destination: str, limit: int, txn_id: str
-    ) -> tuple[list[JsonDict], object]:
-        if not self.owed.get(destination):
-            return [], None
-        return [{"edu_type": "org.example.test", "content": {"n": self.owed[destination]}}], 1
-
-    async def ack(self, destination: str, token: object) -> None:
-        self.owed[destination] -= 1
-
-    def next_ready_in(self, destination: str) -> float | None:
-        return None
-
-
-REAL_TIME_LIMIT_S = 60.0
-
-
-async def _real_time_limit() -> None:
-    """Fail a stuck test after a minute of real time, without a mock-time deadline."""
-    await trio.to_thread.run_sync(time.sleep, REAL_TIME_LIMIT_S, abandon_on_cancel=True)
-    raise AssertionError(f"still waiting after {REAL_TIME_LIMIT_S} s of real time")
-
-
 def _errors(metrics: Metrics, destination: str) -> float:
     value = metrics.registry.get_sample_value(
         "refserver_federation_destination_errors_total", {"destination": destination}
@@ -120,7 +88,7 @@ async def test_an_unexpected_error_backs_one_destination_off_and_the_others_keep
             metrics=metrics,
         )
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_real_time_limit)
+            nursery.start_soon(real_time_limit)
             await nursery.start(sender.run)
             # The first error: logged, counted, and this destination backs off.
             await peers.wait_until(lambda: "broken.test" in peers.attempts)
@@ -159,7 +127,7 @@ async def test_retries_follow_the_back_off_schedule_in_mock_time(
             edu_sources=[EduEach(["flaky.test"])],
         )
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_real_time_limit)
+            nursery.start_soon(real_time_limit)
             await nursery.start(sender.run)
             await peers.wait_until(lambda: "flaky.test" in peers.delivered)
             nursery.cancel_scope.cancel()
@@ -186,7 +154,7 @@ async def test_peer_up_cuts_a_back_off_short(
             edu_sources=[EduEach(["flaky.test"])],
         )
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_real_time_limit)
+            nursery.start_soon(real_time_limit)
             await nursery.start(sender.run)
             await peers.wait_until(lambda: "flaky.test" in peers.attempts)
             failed_at = peers.attempts["flaky.test"][0]
