@@ -43,7 +43,9 @@ def fanout_timeout(n: int) -> float:
     return 20.0 + 0.1 * n
 
 
-def member_pdu(user_id: str, displayname: str) -> Callable[[str, JsonDict], bool]:
+def member_event(user_id: str, key: str, value: str) -> Callable[[str, JsonDict], bool]:
+    """Matches an ``m.room.member`` PDU about ``user_id`` whose content has ``key = value``."""
+
     def match(kind: str, item: JsonDict) -> bool:
         content = item.get("content")
         return (
@@ -51,10 +53,14 @@ def member_pdu(user_id: str, displayname: str) -> Callable[[str, JsonDict], bool
             and item.get("type") == "m.room.member"
             and item.get("state_key") == user_id
             and isinstance(content, dict)
-            and content.get("displayname") == displayname
+            and content.get(key) == value
         )
 
     return match
+
+
+def member_pdu(user_id: str, displayname: str) -> Callable[[str, JsonDict], bool]:
+    return member_event(user_id, "displayname", displayname)
 
 
 def profile_edu(
@@ -233,17 +239,7 @@ async def join_storm(
 
 
 def member_join(user_id: str) -> Callable[[str, JsonDict], bool]:
-    def match(kind: str, item: JsonDict) -> bool:
-        content = item.get("content")
-        return (
-            kind == "pdu"
-            and item.get("type") == "m.room.member"
-            and item.get("state_key") == user_id
-            and isinstance(content, dict)
-            and content.get("membership") == "join"
-        )
-
-    return match
+    return member_event(user_id, "membership", "join")
 
 
 async def drain(fleet: Fleet, *, quiet_s: float, max_s: float) -> float | None:
