@@ -337,6 +337,33 @@ class MetricsListener:
     port: int = setting(0, doc="Listen port. `0`: no metrics listener.", ge=0, le=65535)
 
 
+def _is_loopback(text: str) -> bool:
+    try:
+        return ipaddress.ip_address(text).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class InspectorSection:
+    """The federation inspector (docs/inspector.md): a web page showing this server's
+    users, rooms, remote-profile cache, destination queues and a live timeline of its
+    federation traffic, with a form to change a profile field and a switch to take a
+    destination down. Off by default; it binds to loopback only. `refserver demo` runs one
+    for both of its instances."""
+
+    enabled: bool = setting(False, doc="`true`: serve the inspector page.")
+    bind: str = setting(
+        "127.0.0.1",
+        doc="Listen address; loopback only (the page can change profiles and stop federation).",
+        valid=(_is_loopback, "a loopback address such as `127.0.0.1` or `::1`"),
+    )
+    port: int = setting(8090, doc="Listen port.", ge=0, le=65535)
+    recent_events: int = setting(
+        500, doc="Timeline events kept for a page that opens (or reconnects) later.", ge=1
+    )
+
+
 @dataclass(frozen=True)
 class FieldPolicyConfig:
     """Per-field MSC4259 sending policy (see profiles/edus.py FieldPolicy)."""
@@ -490,6 +517,7 @@ class Config:
     limits: LimitsSection = field(default_factory=LimitsSection)
     metrics: MetricsListener = field(default_factory=MetricsListener)
     msc4259: Msc4259Section = field(default_factory=Msc4259Section)
+    inspector: InspectorSection = field(default_factory=InspectorSection)
     #: Directory relative paths are resolved against (the config file's directory).
     base_dir: Path = field(default=Path("."), metadata={"internal": True})
 

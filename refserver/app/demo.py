@@ -23,7 +23,8 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -31,10 +32,14 @@ from typing import Any
 
 import httpx
 import trio
+from hypercorn.config import Config as HyperConfig
+from hypercorn.config import Sockets
 
 from refserver.app.config import Config
 from refserver.app.demo_setup import DemoError, busy_port_error, plan_ports, prepare_instance
-from refserver.app.main import PortInUse, StartupError, serve
+from refserver.app.inspector import Inspector, serve_inspector
+from refserver.app.main import PortInUse, StartupError, inspector_listener, inspector_url, serve
+from refserver.observe import Feed
 from refserver.types import JsonDict, JsonValue
 
 PASSWORD = "demo-password"
@@ -301,7 +306,7 @@ async def _msc4259_scene(
     bob: DemoUser,
     *,
     timeout_s: float,
-) -> tuple[str, list[Delivery]]:
+) -> tuple[str, list[Delivery], str]:
     """alice (hs1) edits m.tz, a custom field and her displayname; each edit must reach
     bob's /sync on hs2 (MSC4429 ``users`` section), carried there by MSC4259 EDUs."""
     print(
@@ -351,15 +356,50 @@ async def _msc4259_scene(
             )
         ):
             print(f"   hs2 metric {line}")
-    return sync_filter, deliveries
+    return sync_filter, deliveries, since
 
 
-async def _scenario(data_dir: Path, configs: list[Config], *, timeout_s: float) -> None:
+@dataclass
+class Client:
+    """A client that keeps syncing once the scene is over: which user, from where."""
+
+    user: DemoUser
+    sync_filter: str
+    since: str
+
+
+async def _keep_syncing(client: Client) -> None:
+    """bob's client goes on long-polling /sync on hs2 with the MSC4429 filter, so the
+    inspector shows the moment each later profile update reaches a client. Runs until
+    cancelled; a failed request is retried a second later."""
+    async with httpx.AsyncClient(timeout=30, trust_env=False) as http:
+        since = client.since
+        while True:
+            try:
+                sync = await _sync(
+                    http,
+                    client.user,
+                    since=since,
+                    timeout_ms=SYNC_POLL_MS,
+                    sync_filter=client.sync_filter,
+                )
+                since = sync["next_batch"]
+            except DemoError as exc:
+                logging.getLogger(__name__).warning("bob's /sync: %s", exc)
+                await trio.sleep(1.0)
+
+
+async def _scenario(
+    data_dir: Path, configs: list[Config], inspector: Inspector, *, timeout_s: float
+) -> Client:
     hs1, hs2 = configs
     async with httpx.AsyncClient(timeout=30, trust_env=False) as http:
         print("\n1. Accounts: alice on hs1, bob on hs2")
         alice = await _account(http, hs1, "hs1", "alice")
         bob = await _account(http, hs2, "hs2", "bob")
+        for user in (alice, bob):
+            # The inspector's form changes their profiles through the client API.
+            inspector.add_user(user.user_id, user.access_token)
         print(f"   {alice.user_id} (hs1), {bob.user_id} (hs2)")
 
         print(
@@ -404,7 +444,7 @@ async def _scenario(data_dir: Path, configs: list[Config], *, timeout_s: float) 
                 f" {body!r} after {took * 1000:.0f} ms"
             )
 
-        sync_filter, deliveries = await _msc4259_scene(
+        sync_filter, deliveries, since = await _msc4259_scene(
             http, hs1, hs2, alice, bob, timeout_s=timeout_s
         )
 
@@ -434,6 +474,7 @@ async def _scenario(data_dir: Path, configs: list[Config], *, timeout_s: float) 
         }
         (data_dir / "demo.json").write_text(json.dumps(demo, indent=2, ensure_ascii=False) + "\n")
         print(f"\nwrote {data_dir / 'demo.json'}")
+        return Client(bob, sync_filter, since)
 
 
 # -- the run ----------------------------------------------------------------------------------
@@ -468,20 +509,67 @@ async def run_demo(
         prepare_instance(data_dir / f"hs{n + 1}", ca_dir, client, federation)
         for n, (client, federation) in enumerate(ports)
     ]
-    for note in notes:
-        print(note)
-    _setup_logging(data_dir, configs)
+    inspector = Inspector(Feed())
+    with _inspector_listener(configs[0], data_dir, any_ports=any_ports) as listener:
+        url = inspector_url(*listener)
+        # First, so a reader can open the page and watch the scene below happen.
+        print(f"inspector: {url}  (live view of hs1 and hs2; docs/inspector.md)", flush=True)
+        for note in notes:
+            print(note)
+        _setup_logging(data_dir, configs)
+        return await _run(
+            data_dir,
+            configs,
+            inspector,
+            listener,
+            url,
+            exit_after_setup=exit_after_setup,
+            timeout_s=timeout_s,
+        )
 
+
+@contextmanager
+def _inspector_listener(
+    hs1: Config, data_dir: Path, *, any_ports: bool
+) -> Iterator[tuple[HyperConfig, Sockets]]:
+    """The inspector's socket: hs1's ``[inspector] port``, or (``--any-ports``) any free
+    one when that is taken."""
+    port = hs1.inspector.port
+    with ExitStack() as stack:
+        try:
+            listener = stack.enter_context(inspector_listener("127.0.0.1", port))
+        except PortInUse:
+            if not any_ports:
+                raise DemoError(
+                    f"port {port} (the inspector, [inspector] port in"
+                    f" {hs1.base_dir / 'refserver.toml'}) is in use (another demo running?):"
+                    " stop it, or run `refserver demo --any-ports`"
+                ) from None
+            listener = stack.enter_context(inspector_listener("127.0.0.1", 0))
+        yield listener
+
+
+async def _run(
+    data_dir: Path,
+    configs: list[Config],
+    inspector: Inspector,
+    listener: tuple[HyperConfig, Sockets],
+    url: str,
+    *,
+    exit_after_setup: bool,
+    timeout_s: float,
+) -> int:
     stop = trio.Event()
     outcome = _Outcome()
     async with trio.open_nursery() as nursery:
+        await nursery.start(partial(serve_inspector, inspector, listener, stop=stop))
         body = trio.CancelScope()
         watcher = trio.CancelScope()
         nursery.start_soon(partial(_cancel_on_signal, body, watcher, outcome))
         with body:
             try:
-                await _start_servers(nursery, configs, stop)
-                await _scenario(data_dir, configs, timeout_s=timeout_s)
+                await _start_servers(nursery, configs, stop, inspector)
+                client = await _scenario(data_dir, configs, inspector, timeout_s=timeout_s)
             except PortInUse as exc:
                 # Free a moment ago (plan_ports), taken since: a race with another program.
                 outcome.fatal = busy_port_error(exc.port, data_dir, movable=exc.section == "client")
@@ -496,8 +584,12 @@ async def run_demo(
                     print("set up; stopping (--exit-after-setup)")
                 else:
                     details = data_dir / "demo.json"
-                    print(f"\nBoth servers keep running; details in {details}. Ctrl-C stops them.")
-                    await trio.sleep_forever()
+                    print(
+                        f"\nBoth servers keep running; details in {details}; the inspector"
+                        f" at {url}. bob's client keeps long-polling /sync on hs2."
+                        " Ctrl-C stops them."
+                    )
+                    await _keep_syncing(client)
         stop.set()
         watcher.cancel()
     if outcome.fatal is not None:
@@ -505,9 +597,11 @@ async def run_demo(
     return outcome.status
 
 
-async def _start_servers(nursery: trio.Nursery, configs: list[Config], stop: trio.Event) -> None:
+async def _start_servers(
+    nursery: trio.Nursery, configs: list[Config], stop: trio.Event, inspector: Inspector
+) -> None:
     for n, config in enumerate(configs):
-        await nursery.start(partial(serve, config, stop=stop))
+        await nursery.start(partial(serve, config, stop=stop, inspector=inspector))
         print(
             f"hs{n + 1}: {config.server.server_name}  client {config.client_base_url}"
             f"  federation https://{config.federation.bind}:{config.federation.port}"

@@ -22,6 +22,7 @@ from hypercorn.utils import wrap_app
 from quart_trio import QuartTrio
 
 from refserver.app.config import Config
+from refserver.app.inspector import Inspector, serve_inspector
 from refserver.app.listen import serve_listener
 from refserver.app.wiring import (
     build_client_app,
@@ -31,6 +32,7 @@ from refserver.app.wiring import (
     make_http_client,
 )
 from refserver.crypto.keys import SigningKey, key_id, read_key_file
+from refserver.observe import Feed
 from refserver.storage.database import open_database
 
 log = logging.getLogger("refserver")
@@ -151,6 +153,22 @@ def _bind(hc: HyperConfig, *, port: int, section: str) -> Sockets:
 
 
 @contextmanager
+def inspector_listener(bind: str, port: int) -> Iterator[tuple[HyperConfig, Sockets]]:
+    """The inspector's listening socket (docs/inspector.md), bound now, closed on exit;
+    :class:`PortInUse` when taken."""
+    hc = _hypercorn_config(bind, port)
+    with _bound([(hc, port, "inspector")]) as (sockets,):
+        yield hc, sockets
+
+
+def inspector_url(hc: HyperConfig, sockets: Sockets) -> str:
+    """The page's URL (the bound port, which may have been 0)."""
+    sock = [*sockets.secure_sockets, *sockets.insecure_sockets][0]
+    host, port = sock.getsockname()[:2]
+    return f"http://{hc_host(host)}:{port}/"
+
+
+@contextmanager
 def _bound(listeners: list[tuple[HyperConfig, int, str]]) -> Iterator[list[Sockets]]:
     """Bind every listener before serving any: with one port taken, none starts."""
     bound: list[Sockets] = []
@@ -193,9 +211,13 @@ async def serve(
     config: Config,
     *,
     stop: trio.Event | None = None,
+    inspector: Inspector | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the homeserver until ``stop`` is set (or SIGINT/SIGTERM when ``stop`` is None).
+
+    ``inspector``: an inspector serving this process's instances (``refserver demo``), which
+    this instance joins; without one, ``[inspector] enabled`` serves one of its own.
 
     ``task_status.started()`` fires once both listeners accept connections. Raises
     :class:`StartupError` (before anything starts) when a port is taken or a TLS file is
@@ -214,15 +236,25 @@ async def serve(
     )
     _check_tls_files(config, federation_hc)
     listeners = [(client_hc, config.client.port, "client"), (federation_hc, fed.port, "federation")]
+    own_inspector = inspector is None and config.inspector.enabled
+    if own_inspector:
+        inspector_hc = _hypercorn_config(config.inspector.bind, config.inspector.port)
+        listeners.append((inspector_hc, config.inspector.port, "inspector"))
     if config.metrics.port:
         metrics_hc = _hypercorn_config(config.metrics.bind, config.metrics.port)
         listeners.append((metrics_hc, config.metrics.port, "metrics"))
     with _bound(listeners) as bound:
+        served = [(hc, sockets) for (hc, _, _), sockets in zip(listeners, bound, strict=True)]
+        own = None
+        if own_inspector:
+            own = (Inspector(Feed(config.inspector.recent_events)), served.pop())
         await _serve(
             config,
             keys[0],
-            [(hc, sockets) for (hc, _, _), sockets in zip(listeners, bound, strict=True)],
+            served,
             stop=stop,
+            inspector=inspector or (own[0] if own else None),
+            own_inspector=own[1] if own else None,
             task_status=task_status,
         )
     log.info("refserver stopped")
@@ -234,6 +266,8 @@ async def _serve(
     listeners: list[tuple[HyperConfig, Sockets]],
     *,
     stop: trio.Event | None,
+    inspector: Inspector | None,
+    own_inspector: tuple[HyperConfig, Sockets] | None,
     task_status: trio.TaskStatus[None],
 ) -> None:
     fed = config.federation
@@ -244,7 +278,9 @@ async def _serve(
         ) as db,
         make_http_client(config) as http,
     ):
-        services = build_services(config, db, signing_key, http)
+        probe = inspector.feed.probe(config.server.server_name) if inspector else None
+        services = build_services(config, db, signing_key, http, probe=probe)
+        watched = inspector.attach(services, db) if inspector else None
         apps = [build_client_app(services), build_federation_app(services)]
         if len(listeners) > 2:
             apps.append(build_metrics_app(services))
@@ -270,6 +306,9 @@ async def _serve(
                         done=finished,
                     )
                 )
+            if inspector is not None and own_inspector is not None:
+                await root.start(partial(serve_inspector, inspector, own_inspector, stop=stop))
+                log.info("inspector: %s", inspector_url(*own_inspector))
             metrics_url = (
                 f" metrics_url=http://{hc_host(config.metrics.bind)}:{config.metrics.port}/metrics"
                 if config.metrics.port
@@ -292,4 +331,6 @@ async def _serve(
             with trio.move_on_after(GRACEFUL_TIMEOUT_S + 1):
                 for event in done:
                     await event.wait()
+            if inspector is not None and watched is not None:
+                inspector.detach(watched)
             root.cancel_scope.cancel()

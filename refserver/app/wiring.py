@@ -37,6 +37,7 @@ from refserver.federation.handler import FederationEventHandler
 from refserver.federation.inbound import TransactionHandler
 from refserver.federation.keyring import Keyring
 from refserver.federation.membership import FederationMembership
+from refserver.federation.outage import DestinationSwitch
 from refserver.federation.profile_query import RemoteProfiles
 from refserver.federation.reads import FederationReads
 from refserver.federation.resident import ResidentMembership
@@ -49,6 +50,7 @@ from refserver.federation.sender import FederationSender, TransactionSender
 from refserver.federation.tls import client_ssl_context
 from refserver.metrics import Metrics
 from refserver.notifier import Notifier
+from refserver.observe import NULL_PROBE, Probe
 from refserver.profiles.edu_hold import EduHold
 from refserver.profiles.edu_limits import Bucket, EduLimits
 from refserver.profiles.edus import EDU_TYPES
@@ -102,6 +104,10 @@ class Services:
     metrics: Metrics
     remote_profiles: RemoteProfileCache
     profile_edus: ProfileEduSender
+    #: The inspector's feed of this instance (NULL_PROBE without an inspector).
+    probe: Probe = NULL_PROBE
+    #: The inspector's "take a destination down" switch (None without an inspector).
+    switch: DestinationSwitch | None = None
 
 
 def edu_policy(config: Config) -> EduPolicy:
@@ -179,13 +185,16 @@ def build_services(
     clock: Clock | None = None,
     links: TransactionSender | None = None,
     guard: OutboundAddressGuard | None = None,
+    probe: Probe | None = None,
 ) -> Services:
     """Every service, built once. ``clock`` is the one source of time they all share
     (default: the real one; tests pass a :class:`~refserver.clock.LinkedClock`). ``links``
     gives the destination queues their transport (default: the federation client's own
     keep-alive connection per destination; the in-process test tier passes fake peers), and
     ``guard`` where outbound connections may go (default: ``[federation]
-    outbound_ip_allowlist`` with the system resolver; the test tier resolves fake names)."""
+    outbound_ip_allowlist`` with the system resolver; the test tier resolves fake names).
+    ``probe``: the inspector's feed; with it, the transport also gets the inspector's
+    destination switch (docs/inspector.md)."""
     server_name = config.server.server_name
     fed = config.federation
     clock = clock or Clock()
@@ -253,13 +262,16 @@ def build_services(
         old_keys=read_old_keys(config.resolve(fed.old_signing_keys_path)),
         clock=clock,
     )
+    switch = DestinationSwitch(links or client) if probe is not None else None
+    probe = probe or NULL_PROBE
     sender = FederationSender(
         db,
-        links or client,
+        switch or links or client,
         origin=server_name,
         config=fed,
         clock=clock,
         metrics=metrics,
+        probe=probe,
     )
     # One listener list for every event persisted here, local or received.
     persisted = EventsPersisted(notifier)
@@ -278,6 +290,7 @@ def build_services(
         hold=EduHold(max_per_origin=HOLD_MAX_PER_ORIGIN, max_total=HOLD_MAX_TOTAL),
         limits=edu_limits(config),
         clock=clock,
+        probe=probe,
     )
     membership = FederationMembership(
         db,
@@ -326,12 +339,15 @@ def build_services(
         metrics=metrics,
         wake=sender.wake_many,
         clock=clock,
+        probe=probe,
     )
     if config.msc4259.enabled:
         sender.add_edu_source(profile_edus)
         profiles.add_listener(profile_edus.on_profile_change)
         persisted.add_listener(profile_edus.on_membership)
-    transactions = TransactionHandler(db, handler, budget_s=fed.inbound_txn_budget_s, clock=clock)
+    transactions = TransactionHandler(
+        db, handler, budget_s=fed.inbound_txn_budget_s, clock=clock, probe=probe
+    )
     persisted.add_listener(receiver.on_membership)
     # Any peer, MSC4259 or not: member events and a join fetch feed the cache (§6.14).
     member_feed = MemberProfileFeed(
@@ -356,7 +372,7 @@ def build_services(
         members=members,
         room_creator=RoomCreator(rooms, members, builder, clock=clock),
         room_reader=RoomReader(db, clock=clock),
-        sync=SyncService(db, notifier, server_name=server_name, clock=clock),
+        sync=SyncService(db, notifier, server_name=server_name, clock=clock, probe=probe),
         filters=FilterService(db),
         login_limiter=_limiter(config.rate_limits.login),
         register_limiter=_limiter(config.rate_limits.register),
@@ -369,6 +385,8 @@ def build_services(
         metrics=metrics,
         remote_profiles=remote_profiles,
         profile_edus=profile_edus,
+        probe=probe,
+        switch=switch,
     )
 
 

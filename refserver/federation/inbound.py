@@ -44,6 +44,7 @@ from refserver.federation.transaction import (
     ParsedTransaction,
     validate_incoming_transaction,
 )
+from refserver.observe import NULL_PROBE, Probe, edu_summary, pdu_summary
 from refserver.storage import federation as fed_store
 from refserver.storage.database import Database
 from refserver.types import JsonDict, JsonValue
@@ -65,8 +66,15 @@ MAX_CONCURRENT_ROOMS = 8
 
 class TransactionHandler:
     def __init__(
-        self, db: Database, events: FederationEventHandler, *, budget_s: float, clock: Clock
+        self,
+        db: Database,
+        events: FederationEventHandler,
+        *,
+        budget_s: float,
+        clock: Clock,
+        probe: Probe = NULL_PROBE,
     ) -> None:
+        self._probe = probe
         self._db = db
         self._clock = clock
         self._events = events
@@ -87,6 +95,13 @@ class TransactionHandler:
             if cached is not None:
                 log.info("txn %s from %s is a retry: answering from cache", txn_id, origin)
                 return cached
+            self._probe.emit(
+                "txn.received",
+                origin=origin,
+                txn_id=txn_id,
+                pdus=pdu_summary(txn.pdus),
+                edus=edu_summary(txn.edus),
+            )
             results = await self._process_pdus(origin, txn_id, txn)
             response: JsonDict = {"pdus": results}
             recorded = False

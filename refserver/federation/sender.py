@@ -53,6 +53,7 @@ from refserver.federation.backoff import Backoff, BackoffState
 from refserver.federation.client import FederationError, FederationUnreachable
 from refserver.federation.transaction import MAX_EDUS, MAX_PDUS, Transaction
 from refserver.metrics import Metrics
+from refserver.observe import NULL_PROBE, Probe, edu_summary, pdu_summary
 from refserver.settings import FederationListener
 from refserver.storage import events as event_store
 from refserver.storage import federation as fed_store
@@ -155,6 +156,7 @@ class _Shared:
     config: FederationListener
     edu_sources: list[EduSource]
     metrics: Metrics | None
+    probe: Probe = NULL_PROBE
     transactions_sent: int = 0
     last_transaction_latency_s: float = 0.0
 
@@ -361,6 +363,14 @@ class DestinationQueue:
             )
             if metrics is not None:
                 metrics.set_destination_state(self.destination, self.backoff.failures, delay)
+            self._s.probe.emit(
+                "txn.failed",
+                **_facts(txn, started, self._s),
+                error=str(exc),
+                status=getattr(exc, "status", None),
+                attempt=self.backoff.failures,
+                retry_in_s=delay,
+            )
             await self._persist_backoff()
             return False
         self._s.transactions_sent += 1
@@ -369,6 +379,7 @@ class DestinationQueue:
             metrics.transactions_sent.labels(self.destination).inc()
             metrics.transaction_latency.observe(self._s.last_transaction_latency_s)
             metrics.set_destination_state(self.destination, 0, 0.0)
+        self._s.probe.emit("txn.acknowledged", **_facts(txn, started, self._s), status=200)
         log.info(
             "txn %s to %s acknowledged: %d PDUs, %d EDUs",
             txn.txn_id,
@@ -400,6 +411,17 @@ class DestinationQueue:
         )
 
 
+def _facts(txn: Transaction, started: float, shared: _Shared) -> dict[str, object]:
+    """What the inspector's timeline shows of one transaction attempt."""
+    return {
+        "destination": txn.destination,
+        "txn_id": txn.txn_id,
+        "latency_ms": round((shared.clock.monotonic() - started) * 1000, 1),
+        "pdus": pdu_summary(txn.pdus),
+        "edus": edu_summary(txn.edus),
+    }
+
+
 def _backoff(config: FederationListener, state: BackoffState | None = None) -> Backoff:
     """The back-off of ``[federation]`` retry_initial_s / retry_multiplier / retry_max_s."""
     initial_s, multiplier = config.retry_initial_s, config.retry_multiplier
@@ -420,6 +442,7 @@ class FederationSender:
         clock: Clock,
         edu_sources: Sequence[EduSource] = (),
         metrics: Metrics | None = None,
+        probe: Probe = NULL_PROBE,
     ) -> None:
         self._s = _Shared(
             db=db,
@@ -429,6 +452,7 @@ class FederationSender:
             config=config,
             edu_sources=list(edu_sources),
             metrics=metrics,
+            probe=probe,
         )
         self._db = db
         self._origin = origin

@@ -49,6 +49,7 @@ from refserver.events.model import BAN, JOIN, LEAVE, MEMBER
 from refserver.ids import server_name_of
 from refserver.metrics import Metrics
 from refserver.notifier import Notifier
+from refserver.observe import NULL_PROBE, Probe
 from refserver.profiles.edu_hold import EduHold, HeldEdu
 from refserver.profiles.edu_limits import EduLimits
 from refserver.profiles.edus import (
@@ -116,7 +117,9 @@ class ProfileEduSender:
         metrics: Metrics,
         wake: Callable[[Sequence[str]], None],
         clock: Clock,
+        probe: Probe = NULL_PROBE,
     ) -> None:
+        self._probe = probe
         self._db = db
         self._server_name = server_name
         self._policy = policy
@@ -147,6 +150,14 @@ class ProfileEduSender:
             return
         self._changed.add(change.user_id)
         self._changed_event.set()
+        self._probe.emit(
+            "profile.change",
+            user_id=change.user_id,
+            field=change.field,
+            value=change.value,
+            removed=change.removed,
+            stream_pos=change.stream_pos,
+        )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Wake the destinations sharing a room with users who changed their profile: one
@@ -167,6 +178,9 @@ class ProfileEduSender:
                 await trio.sleep(1.0)
                 continue
             self._wake(sorted(servers - {self._server_name}))
+            self._probe.emit(
+                "profile.dirty", users=users, destinations=sorted(servers - {self._server_name})
+            )
 
     async def on_membership(self, persisted: Persisted) -> None:
         """Join-time exchange: a join that makes a server share its first room with a local
@@ -333,6 +347,16 @@ class ProfileEduSender:
                 txn_id,
                 json.dumps(content, sort_keys=True, ensure_ascii=False),
             )
+        if contents:
+            self._probe.emit(
+                "profile.edus",
+                destination=destination,
+                txn_id=txn_id,
+                contents=contents,
+                fields=len(token.sent),
+                coalesced=token.coalesced,
+                edus=len(edus),
+            )
         return edus, replace(token, edus=len(edus))
 
     async def ack(self, destination: str, token: object) -> None:
@@ -374,7 +398,9 @@ class ProfileEduReceiver:
         hold: EduHold,
         limits: EduLimits,
         clock: Clock,
+        probe: Probe = NULL_PROBE,
     ) -> None:
+        self._probe = probe
         self._clock = clock
         self._server_name = server_name
         self._hold = hold
@@ -544,6 +570,13 @@ class ProfileEduReceiver:
                     user_id,
                 )
             if outcome.fields:
+                self._probe.emit(
+                    "profile.cached",
+                    origin=origin,
+                    txn_id=update.txn_id,
+                    user_id=user_id,
+                    fields=outcome.fields,
+                )
                 self._metrics.profile_edus_received.labels(origin).inc(outcome.accepted)
                 log.info(
                     "profile EDU ← %s txn=%s %s",

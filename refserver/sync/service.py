@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from refserver.clock import Clock
 from refserver.events.client_format import STRIPPED_STATE_TYPES, stripped_state_event
 from refserver.notifier import Notifier
+from refserver.observe import NULL_PROBE, Probe
 from refserver.requester import Requester
 from refserver.rooms.reads import format_events, visible_to
 from refserver.storage import events as event_store
@@ -42,7 +43,16 @@ class SyncRequest:
 
 
 class SyncService:
-    def __init__(self, db: Database, notifier: Notifier, *, server_name: str, clock: Clock) -> None:
+    def __init__(
+        self,
+        db: Database,
+        notifier: Notifier,
+        *,
+        server_name: str,
+        clock: Clock,
+        probe: Probe = NULL_PROBE,
+    ) -> None:
+        self._probe = probe
         self._db = db
         self._clock = clock
         self._notifier = notifier
@@ -56,6 +66,11 @@ class SyncService:
             response, has_news = await self._db.run(self._compute, req, self._clock.time_ms())
             remaining = deadline - self._clock.monotonic()
             if has_news or req.since is None or remaining <= 0:
+                if "users" in response:
+                    # MSC4429: the moment a profile update reached this client.
+                    self._probe.emit(
+                        "sync.users", user_id=req.requester.user_id, users=response["users"]
+                    )
                 return response
             if not await self._notifier.wait_for_change(generation, remaining):
                 return response

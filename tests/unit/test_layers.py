@@ -47,6 +47,7 @@ L1 = {
 }
 L2 = {
     "clock",
+    "observe",
     "notifier",
     "metrics",
     "ratelimit",
