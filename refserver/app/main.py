@@ -236,13 +236,14 @@ async def serve(
     )
     _check_tls_files(config, federation_hc)
     listeners = [(client_hc, config.client.port, "client"), (federation_hc, fed.port, "federation")]
-    own_inspector = inspector is None and config.inspector.enabled
-    if own_inspector:
-        inspector_hc = _hypercorn_config(config.inspector.bind, config.inspector.port)
-        listeners.append((inspector_hc, config.inspector.port, "inspector"))
     if config.metrics.port:
         metrics_hc = _hypercorn_config(config.metrics.bind, config.metrics.port)
         listeners.append((metrics_hc, config.metrics.port, "metrics"))
+    own_inspector = inspector is None and config.inspector.enabled
+    if own_inspector:
+        # Last: it is not one of the apps _serve builds (see the pop below).
+        inspector_hc = _hypercorn_config(config.inspector.bind, config.inspector.port)
+        listeners.append((inspector_hc, config.inspector.port, "inspector"))
     with _bound(listeners) as bound:
         served = [(hc, sockets) for (hc, _, _), sockets in zip(listeners, bound, strict=True)]
         own = None

@@ -352,6 +352,10 @@ def test_init_values_replace_the_defaults_in_the_rendered_file() -> None:
         ('[server]\nserver_name = "hs"\n[msc4259]\nedu_types = []\n', "at least one EDU type"),
         ('[server]\nserver_name = "hs"\n[msc4259.fields]\n"m.call" = 1\n', "must be a table"),
         ('nonsense = 1\n[server]\nserver_name = "hs"\n', "unknown setting.*nonsense"),
+        (
+            '[server]\nserver_name = "hs"\n[inspector]\nbind = "0.0.0.0"\n',
+            "invalid bind .0.0.0.0.: expected a loopback address",
+        ),
     ],
 )
 def test_ranges_declared_on_the_fields_are_enforced(text: str, message: str) -> None:
