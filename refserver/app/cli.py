@@ -257,7 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_rotate_key)
 
-    p = sub.add_parser("demo", help="run two federating instances (hs1, hs2) and a narrated scene")
+    p = sub.add_parser(
+        "demo",
+        help="run two federating instances (hs1, hs2), a narrated scene and the inspector page",
+    )
     p.add_argument(
         "--data-dir", default="demo-data", help="where the instances live (default demo-data)"
     )

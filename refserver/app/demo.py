@@ -3,7 +3,10 @@
 hs1 and hs2 run in this one process (each with its own database, key and TLS certificate
 from a shared development CA). The demo registers alice@hs1 and bob@hs2, alice creates a
 room and invites bob, bob joins over federation, and messages go both ways. Every
-federation request either server makes is printed as it happens. The result is written to
+federation request either server makes is printed as it happens, and the federation inspector
+(:mod:`refserver.app.inspector`; its URL is the first line printed) shows both servers live.
+After the scene bob's client keeps long-polling /sync, so the inspector shows later profile
+changes reaching a client. The result is written to
 ``DIR/demo.json``; the servers keep running until Ctrl-C (or stop after setup with
 ``--exit-after-setup``).
 

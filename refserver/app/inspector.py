@@ -139,6 +139,8 @@ async def destinations(instance: Instance) -> list[JsonDict]:
         names = set(queues) | set(inspect_store.profile_edu_destinations(conn))
         result: list[JsonDict] = []
         for name in sorted(names - {origin}):
+            # What the sender's next take() would read (it also clears join-time markers
+            # of users no longer sharing a room, as the sender does).
             pending = edu_store.pending_for(conn, name, origin=origin, exclude_fields=local_only)
             persisted = fed_store.get_destination(conn, name)
             queue = queues.get(name)
