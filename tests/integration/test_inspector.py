@@ -52,9 +52,7 @@ def page(hs1: ServerProcess) -> str:
 
 def events(hs1: ServerProcess, kind: str, **match: Any) -> list[dict[str, Any]]:
     found = httpx.get(f"{page(hs1)}/api/events/recent").json()["events"]
-    return [
-        e for e in found if e["kind"] == kind and all(e.get(k) == v for k, v in match.items())
-    ]
+    return [e for e in found if e["kind"] == kind and all(e.get(k) == v for k, v in match.items())]
 
 
 def wait_for_event(hs1: ServerProcess, kind: str, test: Any, what: str) -> dict[str, Any]:
