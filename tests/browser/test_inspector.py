@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -102,9 +103,25 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
             proc.wait()
 
 
+def ensure_chromium() -> None:
+    """Install Debian's ``chromium`` on first use when this process may (root, or sudo
+    without a password), as the Synapse and Node fixtures install theirs; else fail saying how."""
+    if Path(CHROMIUM).exists():
+        return
+    sudo_ok = bool(shutil.which("sudo")) and not subprocess.run(["sudo", "-n", "true"]).returncode
+    prefix = [] if os.geteuid() == 0 else ["sudo", "-n"] if sudo_ok else None
+    if prefix is not None and shutil.which("apt-get"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for step in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "chromium"]):
+            subprocess.run([*prefix, *step], env=env, check=False, capture_output=True)
+    assert Path(CHROMIUM).exists(), (
+        f"{CHROMIUM} missing and could not be installed here: `apt-get install chromium`"
+    )
+
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    assert Path(CHROMIUM).exists(), f"{CHROMIUM} missing: `apt-get install chromium` (.ci/run does)"
+    ensure_chromium()
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
