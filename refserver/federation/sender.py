@@ -438,9 +438,7 @@ class DestinationQueue:
             metrics.transactions_sent.labels(self.destination).inc()
             metrics.transaction_latency.observe(self._s.last_transaction_latency_s)
             metrics.set_destination_state(self.destination, 0, 0.0)
-        # Debug: the client already logs one line per request with its answer (at 500
-        # destinations per change, each log line costs measurable CPU).
-        log.debug(
+        log.info(
             "txn %s to %s acknowledged: %d PDUs, %d EDUs",
             txn.txn_id,
             self.destination,
