@@ -39,6 +39,7 @@ Design:
 from __future__ import annotations
 
 import enum
+import itertools
 import logging
 import secrets
 import sqlite3
@@ -67,6 +68,8 @@ log = logging.getLogger(__name__)
 PERMANENT_REJECTIONS = frozenset({400, 403, 404, 405, 413})
 #: How often a refused transaction is retried before it is dropped.
 MAX_REJECTED_ATTEMPTS = 3
+#: Queues :meth:`FederationSender.wake_many` wakes per scheduler pass.
+WAKE_CHUNK = 256
 
 
 class TransactionLink(Protocol):
@@ -337,7 +340,7 @@ class DestinationQueue:
     async def _load_backoff(self) -> None:
         if self.backoff.failures:
             return
-        state = await self._s.db.run(fed_store.get_destination, self.destination)
+        state = await self._s.db.run_batched(fed_store.get_destination, self.destination)
         if state.failures:
             self.backoff = _backoff(
                 self._s.config, BackoffState(failures=state.failures, delay_s=state.delay_s)
@@ -464,7 +467,7 @@ class DestinationQueue:
 
     async def _persist_backoff(self) -> None:
         state = self.backoff.to_state()
-        await self._s.db.run(
+        await self._s.db.run_batched(
             fed_store.set_destination,
             self.destination,
             fed_store.DestinationState(state.failures, state.delay_s, self.retry_at_ms),
@@ -506,6 +509,9 @@ class FederationSender:
         self._origin = origin
         self._queues: dict[str, DestinationQueue] = {}
         self._nursery: trio.Nursery | None = None
+        #: Destinations of a large wake-up not yet woken (:meth:`wake_many`), in order.
+        self._to_wake: dict[str, None] = {}
+        self._to_wake_event = trio.Event()
 
     @property
     def transactions_sent(self) -> int:
@@ -522,6 +528,7 @@ class FederationSender:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            nursery.start_soon(self._waker)
             task_status.started()
             # Catch up on whatever was owed before a restart.
             pending = set(await self._db.run(fed_store.destinations_with_pending_pdus))
@@ -533,12 +540,36 @@ class FederationSender:
     # -- waking ----------------------------------------------------------------------------
 
     def wake_many(self, destinations: Sequence[str]) -> None:
-        """Wake queues, all at once (sync: never blocks). Nothing is spread here: queues
-        with an open connection send at once, and the transport bounds the handshakes of
-        new connections."""
-        for destination in destinations:
-            if destination != self._origin:
-                self.wake(destination)
+        """Wake queues (sync: never blocks). Nothing is paced: queues with an open
+        connection send at once, and the transport bounds the handshakes of new connections.
+
+        Starting a queue's task costs the trio thread tens of microseconds, so a wake-up of
+        more than :data:`WAKE_CHUNK` queues (a change seen by 10,000 servers) starts the
+        first chunk here and hands the rest to :meth:`_waker`, a chunk per scheduler pass:
+        the request that caused it is answered without waiting for all of them.
+        """
+        if len(destinations) <= WAKE_CHUNK and not self._to_wake:
+            for destination in destinations:
+                if destination != self._origin:
+                    self.wake(destination)
+            return
+        self._to_wake.update(dict.fromkeys(d for d in destinations if d != self._origin))
+        self._wake_chunk()
+        self._to_wake_event.set()
+
+    def _wake_chunk(self) -> None:
+        for destination in list(itertools.islice(self._to_wake, WAKE_CHUNK)):
+            del self._to_wake[destination]
+            self.wake(destination)
+
+    async def _waker(self) -> None:
+        """Wakes the rest of large wake-ups, :data:`WAKE_CHUNK` queues per scheduler pass."""
+        while True:
+            await self._to_wake_event.wait()
+            self._to_wake_event = trio.Event()
+            while self._to_wake:
+                await trio.lowlevel.checkpoint()
+                self._wake_chunk()
 
     def wake(self, destination: str) -> None:
         assert self._nursery is not None, "FederationSender.run() not started"
