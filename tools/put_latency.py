@@ -11,8 +11,10 @@ sends a member event to the room) and a custom field, a pause between changes.
 from __future__ import annotations
 
 import argparse
+import signal
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -44,7 +46,15 @@ def add_fake_servers(db_path: Path, room_id: str, count: int) -> None:
     conn.close()
 
 
-async def measure(count: int, puts: int, gap_s: float) -> dict[str, list[float]]:
+def start_py_spy(svg: Path, pid: int) -> subprocess.Popen[bytes]:
+    py_spy = str(Path(sys.executable).parent / "py-spy")
+    args = ["record", "-o", str(svg), "--pid", str(pid), "--rate", "200", "--nonblocking"]
+    return subprocess.Popen([py_spy, *args])
+
+
+async def measure(
+    count: int, puts: int, gap_s: float, profile: Path | None = None
+) -> dict[str, list[float]]:
     with tempfile.TemporaryDirectory(prefix="refserver-put-") as tmp:
         base = Path(tmp)
         ca_dir = base / "ca"
@@ -54,6 +64,9 @@ async def measure(count: int, puts: int, gap_s: float) -> dict[str, list[float]]
             async with httpx.AsyncClient(timeout=120.0) as http:
                 alice, room_id = await register_and_room(http, target.base_url)
                 add_fake_servers(target.process.data_dir / "refserver.db", room_id, count)
+                spy = None
+                if profile is not None:
+                    spy = start_py_spy(profile, target.pid)
                 out: dict[str, list[float]] = {"displayname": [], "custom": []}
                 for i in range(puts + 1):
                     for key in ("displayname", "org.example.put_latency"):
@@ -66,6 +79,9 @@ async def measure(count: int, puts: int, gap_s: float) -> dict[str, list[float]]
                             out["displayname" if key == "displayname" else "custom"].append(took)
                         else:
                             print(f"N={count} first {key} PUT: {took * 1000:.1f} ms")
+                if spy is not None:
+                    spy.send_signal(signal.SIGINT)
+                    spy.wait(timeout=60)
                 return out
         finally:
             await trio.to_thread.run_sync(target.stop)
@@ -76,9 +92,10 @@ def main() -> int:
     parser.add_argument("--destinations", default="10,10000")
     parser.add_argument("--puts", type=int, default=20)
     parser.add_argument("--gap", type=float, default=0.5, help="seconds between changes")
+    parser.add_argument("--profile", type=Path, help="py-spy flamegraph of the server (SVG)")
     args = parser.parse_args()
     for count in (int(x) for x in args.destinations.split(",")):
-        times = trio.run(measure, count, args.puts, args.gap)
+        times = trio.run(measure, count, args.puts, args.gap, args.profile)
         for key, values in times.items():
             ms = sorted(v * 1000 for v in values)
             print(

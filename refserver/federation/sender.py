@@ -234,8 +234,13 @@ class DestinationQueue:
 
     def wake(self, nursery: trio.Nursery) -> None:
         """There may be work: start the loop in ``nursery`` unless it is running."""
-        self._work.set()
         self._dirty = True
+        if self.state is QueueState.BACKING_OFF:
+            # It retries on its schedule (peer_up() cuts that short) and builds then: waking
+            # its task would only send it back to sleep — 10,000 times for a change seen by
+            # 10,000 servers, mostly dead ones, on the thread that answers the request.
+            return
+        self._work.set()
         if self.state is QueueState.IDLE:
             self.state = QueueState.LOADING
             nursery.start_soon(self.run, name=f"send→{self.destination}")
