@@ -10,13 +10,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
+import trio.lowlevel
 import trio.testing
 
-from refserver.clock import Clock
+from refserver.clock import Clock, LinkedClock
 from refserver.events.model import Event
 from refserver.events.room_versions import KNOWN_ROOM_VERSIONS
 from refserver.federation.client import FederationUnreachable
-from refserver.federation.sender import WAKE_CHUNK, FederationSender
+from refserver.federation.sender import WAKE_CHUNK, FederationSender, QueueState
 from refserver.federation.transaction import Transaction
 from refserver.settings import FederationListener
 from refserver.storage import federation as fed_store
@@ -193,3 +194,44 @@ def _store_owed_event(conn: sqlite3.Connection, destinations: list[str]) -> tupl
     event = Event("$e1", KNOWN_ROOM_VERSIONS["12"], pdu)
     fed_store.enqueue_pdu(conn, destinations, 1, event.event_id)
     return event, 1
+
+
+async def test_a_wake_up_leaves_a_backed_off_queue_asleep_and_its_retry_sends_the_news(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A change seen by a server that is down must not cost a task wake-up per change (a
+    big room's servers are mostly down): the backed-off queue stays asleep however often it
+    is woken, and its scheduled retry carries what was owed meanwhile."""
+    client = FakeClient(dead={"dead.test"})
+    edus = EduEach(["dead.test"], count=1)
+    async with open_database(tmp_path / "db.sqlite") as db:
+        sender = FederationSender(
+            db,
+            client,
+            origin="origin.test",
+            config=FederationListener(retry_initial_s=60.0, retry_max_s=60.0),
+            clock=LinkedClock(1_700_000_000_000),  # wall-clock retry times follow mock time
+            edu_sources=[edus],
+        )
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(real_time_limit)
+            await nursery.start(sender.run)
+            await client.wait_until(lambda: client.attempts.get("dead.test", 0) == 1)
+            while sender.statistics()[0].state is not QueueState.BACKING_OFF:
+                # Its back-off is being persisted (a database thread call).
+                await trio.testing.wait_all_tasks_blocked()
+                await trio.lowlevel.checkpoint()
+            client.dead.clear()
+            for _ in range(100):
+                edus.owed["dead.test"] += 1
+                sender.wake_many(["dead.test"])
+                # Its task was not even scheduled.
+                assert trio.lowlevel.current_statistics().tasks_runnable == 0
+                await trio.testing.wait_all_tasks_blocked()
+            assert client.attempts["dead.test"] == 1  # still asleep: no early retry
+            assert sender.statistics()[0].state is QueueState.BACKING_OFF
+            # The retry comes on schedule and everything owed follows.
+            await client.wait_until(lambda: edus.owed["dead.test"] == 0)
+            nursery.cancel_scope.cancel()
+    assert "dead.test" in client.sent_at
+    assert trio.current_time() >= 0.8 * 60.0
