@@ -29,6 +29,13 @@ Design:
   spanning many servers) wakes every queue at once: a destination with an open connection
   sends immediately. Only the TLS handshakes of new connections are bounded, by the
   transport (``[federation] max_concurrent_handshakes``).
+- **Cheap per destination** (docs/benchmarks/optimisations.md). A queue builds a
+  transaction only when something may be owed (its ``_dirty`` flag), never an empty
+  "anything else?" one; a fan-out's event comes from the shared :class:`PduCache`, not from
+  N reads of the same row; the builds, acknowledgements and back-off rows of the many
+  queues a fan-out wakes share thread hops and commits (``Database.run_batched``). A
+  wake-up of thousands of queues is chunked off the caller's path, and leaves backed-off
+  queues asleep.
 - **Time** comes from an injected :class:`~refserver.clock.Clock`: ``retry_at_ms`` and
   ``origin_server_ts`` are wall-clock milliseconds, waits are trio sleeps, so
   ``trio.testing.MockClock`` drives every rule here.

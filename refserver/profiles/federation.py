@@ -103,8 +103,9 @@ class ProfileEduSender:
 
     A profile write costs one ``profile_stream`` row and one read of the servers sharing a
     room (to wake them); each destination keeps a cursor into the stream
-    (``storage/profile_edus``). Building a transaction is one database round trip
-    (:meth:`take`), acknowledging it one more (:meth:`ack`).
+    (``storage/profile_edus``). Building a transaction is one database call
+    (:meth:`take`), acknowledging it one more (:meth:`ack`); both are batched with the
+    other destinations' (``Database.run_batched``: one thread hop for many).
     """
 
     def __init__(
