@@ -104,8 +104,9 @@ class ProfileEduSender:
 
     A profile write costs one ``profile_stream`` row and one read of the servers sharing a
     room (to wake them); each destination keeps a cursor into the stream
-    (``storage/profile_edus``). Building a transaction is one database round trip
-    (:meth:`take`), acknowledging it one more (:meth:`ack`).
+    (``storage/profile_edus``). Building a transaction is one database call
+    (:meth:`take`), acknowledging it one more (:meth:`ack`); both are batched with the
+    other destinations' (``Database.run_batched``: one thread hop for many).
     """
 
     def __init__(
@@ -283,8 +284,10 @@ class ProfileEduSender:
             owed_users: list[str] = []
             empty: list[str] = []
             coalesced = 0
+            more_owed = False
             for user_id, since in sorted(pending.owed.items(), key=lambda kv: (kv[1], kv[0])):
                 if len(owed_users) >= limit_users:
+                    more_owed = True  # the rest is ready now: next_ready_in() says 0
                     break
                 profile = profile_store.get_profile(conn, user_id)
                 values: dict[str, JsonValue | None] = {
@@ -330,9 +333,10 @@ class ProfileEduSender:
                 # Nothing to send and nothing to acknowledge: the cursor moves now.
                 edu_store.advance_cursor(conn, destination, cursor)
             token = _Token(sent, covered, owed_users, pending.head, cursor, coalesced, 0)
-            return contents, token, selection.next_ready
+            return contents, token, now_ms / 1000 if more_owed else selection.next_ready
 
-        contents, token, next_ready = await self._db.run(txn)
+        # Batched with the other destinations' builds (a fan-out wakes them together).
+        contents, token, next_ready = await self._db.run_batched(txn)
         if next_ready is None:
             self._next_ready.pop(destination, None)
         else:
@@ -361,7 +365,8 @@ class ProfileEduSender:
 
     async def ack(self, destination: str, token: object) -> None:
         assert isinstance(token, _Token)
-        await self._db.run(
+        # Batched with the other destinations acknowledged meanwhile: one commit for all.
+        await self._db.run_batched(
             lambda conn: edu_store.ack(
                 conn,
                 destination,
