@@ -278,6 +278,7 @@ def build_services(
         hold=EduHold(max_per_origin=HOLD_MAX_PER_ORIGIN, max_total=HOLD_MAX_TOTAL),
         limits=edu_limits(config),
         clock=clock,
+        on_rate_limited=remote_profiles.schedule_requery,
     )
     membership = FederationMembership(
         db,
