@@ -43,7 +43,7 @@ def _leaf(value: dict[str, Any]) -> Any:
 
 
 def test_copy_json_copies_every_container_and_shares_scalars() -> None:
-    original = {"a": [1, {"b": "c"}, [None, True]], "d": {"e": 2**53 - 1}}
+    original: dict[str, Any] = {"a": [1, {"b": "c"}, [None, True]], "d": {"e": 2**53 - 1}}
     copied = copy_json(original)
     assert copied == original
     assert copied["a"] is not original["a"] and copied["a"][1] is not original["a"][1]
