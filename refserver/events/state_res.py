@@ -11,12 +11,10 @@ Spec: /rooms/v11 §"State resolution" (fragment ``rooms/fragments/v2-state-res.m
 Design. Everything is synchronous and in memory: the caller passes ``event_map`` holding
 every event of the state sets and of their full auth chains (rejected ones flagged), and this
 module walks the auth DAG itself. A missing event raises :class:`StateResolutionError`. The
-caller may also pass the DAG itself (:class:`AuthGraph`, whose two whole-chain questions, the
-auth difference and the conflicted subgraph, ``storage.room_state`` answers in SQL); then
-only the events the algorithm looks at are taken from ``event_map``, which may load them on
-demand. A member event's auth chain holds every earlier membership event of its sender, so it
-grows with every profile change: nothing here may cost more than linear time in it, nor hold
-it in memory when a graph from elsewhere is given (docs/reliability.md, "Soak").
+caller may also pass the DAG's edges alone (``auth_events``); then only the events the
+algorithm looks at are taken from ``event_map``, which may load them on demand. Chains are
+walked in linear time: a member event's auth chain holds every earlier membership event of
+its sender, so it grows with every profile change (docs/reliability.md, "Soak").
 
 Choices, and where this deliberately differs from Synapse:
 
@@ -49,7 +47,6 @@ from refserver.events.power_levels import (
 from refserver.events.room_versions import RoomVersion, StateResAlgorithm
 
 __all__ = [
-    "AuthGraph",
     "StateResolutionError",
     "auth_event_ids",
     "is_power_event",
@@ -70,7 +67,7 @@ def resolve_state(
     room_version: RoomVersion,
     state_sets: Sequence[StateMap],
     event_map: Mapping[str, Event],
-    graph: AuthGraph | None = None,
+    auth_events: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[StateKey, str]:
     """Resolve ``state_sets`` into one state map (spec §"Algorithm").
 
@@ -78,10 +75,10 @@ def resolve_state(
         room_version: picks v2 or v2.1 (``room_version.state_res``).
         state_sets: the states to merge, each ``(type, state_key) → event_id``.
         event_map: every event of the state sets and of their auth chains.
-        graph: optional, the auth DAG of those events (:class:`AuthGraph` over
-            ``event_map`` if not given). A graph that answers from elsewhere (the database)
-            lets ``event_map`` load events on demand: only the events of the full
-            conflicted set and those the auth checks consult are then read.
+        auth_events: optional, every such event's auth event IDs as :func:`auth_event_ids`
+            gives them. With it the DAG is walked without touching ``event_map``, which may
+            then load events on demand: only the events of the full conflicted set and
+            those the auth checks consult are read.
 
     Returns:
         The resolved state, ``(type, state_key) → event_id``.
@@ -89,13 +86,12 @@ def resolve_state(
     unconflicted, conflicted = _separate(state_sets)
     if not conflicted:
         return unconflicted
-    if graph is None:
-        graph = AuthGraph(event_map)
+    graph = _AuthGraph(event_map, auth_events)
     conflicted_ids = set().union(*conflicted.values())
-    full_conflicted = conflicted_ids | graph.auth_difference(state_sets)
+    full_conflicted = conflicted_ids | _auth_difference(graph, state_sets)
     v2_1 = room_version.state_res is StateResAlgorithm.V2_1
     if v2_1:
-        full_conflicted |= graph.conflicted_subgraph(conflicted_ids)
+        full_conflicted |= _conflicted_subgraph(graph, conflicted_ids)
     # 1. Select the set X of all power events in the full conflicted set, enlarged with the
     #    events of their auth chains which also belong to the full conflicted set. Sort X by
     #    the reverse topological power ordering.
@@ -173,14 +169,8 @@ def _get(event_map: Mapping[str, Event], event_id: str) -> Event:
         raise StateResolutionError(f"event {event_id} is not in event_map") from None
 
 
-class AuthGraph:
-    """The auth DAG over ``event_map``, with memoised auth chains (spec §"Auth chain").
-
-    ``auth_events``, if given, holds every event's auth event IDs as :func:`auth_event_ids`
-    gives them, so that walking the DAG reads no event. A subclass may answer
-    :meth:`auth_ids`, :meth:`auth_difference` and :meth:`conflicted_subgraph` from
-    elsewhere (``storage.room_state`` asks the database); they must agree with these.
-    """
+class _AuthGraph:
+    """The auth DAG over ``event_map``, with memoised auth chains (spec §"Auth chain")."""
 
     def __init__(
         self,
@@ -195,7 +185,8 @@ class AuthGraph:
         return _get(self.event_map, event_id)
 
     def auth_ids(self, event_id: str) -> Sequence[str]:
-        """The event's auth events (the create event implied in v12)."""
+        """The event's auth events (the create event implied in v12), from ``auth_events``
+        when the caller gave them, so walking the DAG needs no event loaded."""
         if self._auth_events is None:
             return _auth_ids(self.event(event_id))
         try:
@@ -204,8 +195,7 @@ class AuthGraph:
             raise StateResolutionError(f"event {event_id} is not in event_map") from None
 
     def auth_chain(self, event_id: str) -> frozenset[str]:
-        """Every event reachable through ``auth_events`` links (excluding the event itself).
-        Memoised per event: used for the power events only, whose chains are short."""
+        """Every event reachable through ``auth_events`` links (excluding the event itself)."""
         # Iterative depth-first search; ``path`` holds the events being expanded, so meeting
         # one of them again means the "DAG" has a cycle.
         path = {event_id}
@@ -240,34 +230,35 @@ class AuthGraph:
                 todo.extend(self.auth_ids(event_id))
         return found
 
-    def auth_difference(self, state_sets: Sequence[StateMap]) -> set[str]:
-        """Spec §"Auth difference": ∪ Cᵢ − ∩ Cᵢ over the full auth chains Cᵢ of the states."""
-        chains = [self.full_auth_chain(state.values()) for state in state_sets]
-        return set().union(*chains) - chains[0].intersection(*chains[1:])
 
-    def conflicted_subgraph(self, conflicted: set[str]) -> set[str]:
-        """/rooms/v12 §"Conflicted state subgraph".
+def _auth_difference(graph: _AuthGraph, state_sets: Sequence[StateMap]) -> set[str]:
+    """Spec §"Auth difference": ∪ Cᵢ − ∩ Cᵢ over the full auth chains Cᵢ of the states."""
+    chains = [graph.full_auth_chain(state.values()) for state in state_sets]
+    return set().union(*chains) - chains[0].intersection(*chains[1:])
 
-        The union of all ``auth_events`` paths between two conflicted events, endpoints
-        included: the events below some conflicted event whose own auth chain reaches a
-        conflicted event.
-        """
-        below = self.full_auth_chain(conflicted)
-        # An event of ``below`` whose auth chain reaches a conflicted event is one reached
-        # from a conflicted event along reversed auth_events links; such a path stays inside
-        # ``below`` ∪ ``conflicted``, so one walk over those reversed links finds them all.
-        children: dict[str, list[str]] = {}
-        for event_id in below | conflicted:
-            for auth_id in self.auth_ids(event_id):
-                children.setdefault(auth_id, []).append(event_id)
-        reached: set[str] = set()
-        todo = list(conflicted)
-        while todo:
-            for child in children.get(todo.pop(), ()):
-                if child not in reached:
-                    reached.add(child)
-                    todo.append(child)
-        return conflicted | (reached & below)
+
+def _conflicted_subgraph(graph: _AuthGraph, conflicted: set[str]) -> set[str]:
+    """/rooms/v12 §"Conflicted state subgraph".
+
+    The union of all ``auth_events`` paths between two conflicted events, endpoints included:
+    the events below some conflicted event whose own auth chain reaches a conflicted event.
+    """
+    below = graph.full_auth_chain(conflicted)
+    # An event of ``below`` whose auth chain reaches a conflicted event is one reached from
+    # a conflicted event along reversed auth_events links; such a path stays inside
+    # ``below`` ∪ ``conflicted``, so one walk over those reversed links finds them all.
+    children: dict[str, list[str]] = {}
+    for event_id in below | conflicted:
+        for auth_id in graph.auth_ids(event_id):
+            children.setdefault(auth_id, []).append(event_id)
+    reached: set[str] = set()
+    todo = list(conflicted)
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in reached:
+                reached.add(child)
+                todo.append(child)
+    return conflicted | (reached & below)
 
 
 def _sender_power(event: Event, event_map: Mapping[str, Event]) -> PowerLevel:
@@ -290,10 +281,10 @@ def reverse_topological_power_sort(
     greater sender power level first, then smaller ``origin_server_ts``, then smaller
     ``event_id``.
     """
-    return _power_sort(event_ids, AuthGraph(event_map))
+    return _power_sort(event_ids, _AuthGraph(event_map))
 
 
-def _power_sort(event_ids: Collection[str], graph: AuthGraph) -> list[str]:
+def _power_sort(event_ids: Collection[str], graph: _AuthGraph) -> list[str]:
     event_map = graph.event_map
     ids = set(event_ids)
     waiting_on = {e: set(graph.auth_chain(e) & ids) for e in ids}

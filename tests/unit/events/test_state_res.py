@@ -22,7 +22,6 @@ from refserver.events.model import Event
 from refserver.events.power_levels import StateKey
 from refserver.events.room_versions import ROOM_V11, ROOM_V12, RoomVersion
 from refserver.events.state_res import (
-    AuthGraph,
     StateResolutionError,
     auth_event_ids,
     is_power_event,
@@ -142,8 +141,7 @@ def do_check(
             sets = [state_after[p] for p in prevs]
             state_before = resolve_state(rv, sets, event_map)
             # The same answer when the DAG's edges are given apart from the events.
-            dag = AuthGraph(event_map, _edges(event_map))
-            assert resolve_state(rv, sets, event_map, dag) == state_before
+            assert resolve_state(rv, sets, event_map, _edges(event_map)) == state_before
         content = _content(rv, fake)
         auth_types = auth_types_for_event(fake.type, fake.state_key, fake.sender, content, rv)
         event = make_event(
@@ -597,7 +595,6 @@ def test_a_long_membership_chain_is_walked_by_its_edges_and_few_events_are_read(
 
     expected = resolve_state(rv, [ours, theirs], c.events)
     reads = _Reads(c.events)
-    graph = AuthGraph(reads, _edges(c.events))
-    assert resolve_state(rv, [ours, theirs], reads, graph) == expected
+    assert resolve_state(rv, [ours, theirs], reads, _edges(c.events)) == expected
     assert expected[(MEMBER, BOB)] == bob and expected[(MEMBER, ALICE)] == alice
     assert len(reads.read) < 20, sorted(reads.read)
