@@ -72,6 +72,9 @@ def load_auth_edges(
     auth event IDs as state resolution walks them; read from the stored PDUs' ``auth_events``
     without decoding the PDUs."""
     edges: dict[str, list[str]] = {}
+    # One string object per event ID, however many events cite it: the walk holds the
+    # whole closure at once, so its size is what a resolution costs in memory.
+    known: dict[str, str] = {}
     todo = list(event_ids)
     while todo:
         batch = [e for e in dict.fromkeys(todo) if e not in edges]
@@ -87,8 +90,10 @@ def load_auth_edges(
             for event_id, room_id, event_type, listed in rows:
                 auth = json.loads(listed) if listed else []
                 ids = [a for a in auth if isinstance(a, str)] if isinstance(auth, list) else []
-                edges[event_id] = auth_event_ids(room_version, room_id, event_type, ids)
-                todo.extend(a for a in edges[event_id] if a not in edges)
+                ids = auth_event_ids(room_version, room_id, event_type, ids)
+                key = known.setdefault(event_id, event_id)
+                edges[key] = [known.setdefault(a, a) for a in ids]
+                todo.extend(a for a in edges[key] if a not in edges)
     return edges
 
 
