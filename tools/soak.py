@@ -7,6 +7,13 @@ loop with a short pause) and a ``/sync`` long-poller. The script records every s
 the p50/p99 latency per request kind and both servers' resident memory over time, prints a
 summary and exits 1 if any request got a 5xx (or failed at the transport level), else 0.
 
+RSS growth after warm-up: the warm-up is the first ``--warmup-minutes`` (default 1) of the
+load; the growth is (RSS at the end − RSS at the end of the warm-up) / RSS at the end of the
+warm-up, per server. The growth over the second half of the run is printed too: a plateau
+(allocator high-water marks, SQLite's page cache filling up to ``cache_size``) shows as a
+second half far smaller than the first, a leak as a steady slope. The tables are Markdown,
+ready for docs/reliability.md.
+
 Not a test: run it by hand, e.g. ``.venv/bin/python tools/soak.py --minutes 10 --clients 8``.
 """
 
@@ -50,7 +57,11 @@ class Recorder:
 
 def rss_kib(server: ServerProcess) -> int:
     assert server.proc is not None
-    for line in Path(f"/proc/{server.proc.pid}/status").read_text().splitlines():
+    try:
+        status = Path(f"/proc/{server.proc.pid}/status").read_text()
+    except FileNotFoundError:  # the server died; reported at the end
+        return 0
+    for line in status.splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
@@ -112,6 +123,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=8, help="total, split over both servers")
+    parser.add_argument(
+        "--warmup-minutes",
+        type=float,
+        default=1.0,
+        help="RSS growth is measured from the end of this (default 1)",
+    )
     args = parser.parse_args()
 
     base = Path(tempfile.mkdtemp(prefix="refserver-soak-"))
@@ -164,36 +181,75 @@ def main() -> int:
     finally:
         stop_all(servers)
 
-    print(f"soak: {args.clients} clients on 2 servers for {args.minutes:g} min (data in {base})")
-    print(f"{'kind':<18}{'requests':>10}{'p50 ms':>10}{'p99 ms':>10}  statuses")
-    bad = 0
-    for kind, counts in sorted(rec.statuses.items()):
-        lat = rec.latencies[kind]
-        status_text = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
-        print(
-            f"{kind:<18}{sum(counts.values()):>10}{pct(lat, 50) * 1000:>10.1f}"
-            f"{pct(lat, 99) * 1000:>10.1f}  {status_text}"
-        )
-        bad += sum(v for k, v in counts.items() if k.startswith(("5", "transport")))
-    print("RSS over time (MiB):")
-    print(f"{'t s':>8}{'hs1':>10}{'hs2':>10}")
-    for elapsed, a, b in rss:
-        print(f"{elapsed:>8.0f}{a / 1024:>10.1f}{b / 1024:>10.1f}")
-    if len(rss) >= 3:
-        warm = rss[len(rss) // 5 or 1]
-        last = rss[-1]
-        for i, name in ((1, "hs1"), (2, "hs2")):
-            growth = (last[i] - warm[i]) / warm[i] * 100 if warm[i] else float("nan")
-            print(
-                f"{name} RSS growth after warm-up (t={warm[0]:.0f}s → {last[0]:.0f}s): "
-                f"{growth:+.1f} %"
-            )
-    print(f"both servers still running at the end: {all(alive)}")
+    report(args, rec, rss, alive, base)
+    bad = sum(
+        v
+        for counts in rec.statuses.values()
+        for k, v in counts.items()
+        if k.startswith(("5", "transport"))
+    )
     if bad or not all(alive):
-        print(f"FAIL: {bad} 5xx/transport errors")
+        print(f"FAIL: {bad} 5xx/transport errors; servers running at the end: {alive}")
         return 1
     print("OK: no 5xx")
     return 0
+
+
+def rss_at(rss: list[tuple[float, int, int]], t: float) -> tuple[float, int, int]:
+    """The first sample taken at or after ``t`` seconds (the last one if none)."""
+    return next((sample for sample in rss if sample[0] >= t), rss[-1])
+
+
+def growth(before: float, after: float) -> str:
+    return f"{(after - before) / before * 100:+.1f} %" if before else "n/a"
+
+
+def report(
+    args: argparse.Namespace,
+    rec: Recorder,
+    rss: list[tuple[float, int, int]],
+    alive: list[bool],
+    base: Path,
+) -> None:
+    print(
+        f"soak: {args.clients} clients on 2 servers for {args.minutes:g} min; each writes its"
+        f" profile every {WRITE_PAUSE_S} s and long-polls /sync ({LONG_POLL_MS // 1000} s)"
+        f" (data in {base})\n"
+    )
+    print("| kind | requests | p50 | p99 | statuses |")
+    print("|---|---|---|---|---|")
+    for kind, counts in sorted(rec.statuses.items()):
+        lat = rec.latencies[kind]
+        status_text = ", ".join(f"{k}: {v:,}" for k, v in sorted(counts.items()))
+        print(
+            f"| {kind} | {sum(counts.values()):,} | {pct(lat, 50) * 1000:.1f} ms"
+            f" | {pct(lat, 99) * 1000:.1f} ms | {status_text} |"
+        )
+    print("\nRSS (MiB), one row a minute:\n")
+    print("| t (s) | hs1 | hs2 |")
+    print("|---|---|---|")
+    shown = [rss_at(rss, minute * 60.0) for minute in range(int(rss[-1][0] // 60) + 1)]
+    if shown[-1] is not rss[-1]:
+        shown.append(rss[-1])
+    for elapsed, a, b in shown:
+        print(f"| {elapsed:.0f} | {a / 1024:.1f} | {b / 1024:.1f} |")
+    warm = rss_at(rss, args.warmup_minutes * 60)
+    last = rss[-1]
+    half = rss_at(rss, (warm[0] + last[0]) / 2)
+    print(
+        f"\nRSS growth after warm-up (warm-up: the first {args.warmup_minutes:g} min; growth"
+        f" from t = {warm[0]:.0f} s to t = {last[0]:.0f} s; second half from"
+        f" t = {half[0]:.0f} s):\n"
+    )
+    print("| server | end of warm-up | end | growth | first half | second half |")
+    print("|---|---|---|---|---|---|")
+    for i, name in ((1, "hs1"), (2, "hs2")):
+        print(
+            f"| {name} | {warm[i] / 1024:.1f} MiB | {last[i] / 1024:.1f} MiB"
+            f" | {growth(warm[i], last[i])} | {growth(warm[i], half[i])}"
+            f" | {growth(half[i], last[i])} |"
+        )
+    print(f"\nboth servers still running at the end: {all(alive)}")
 
 
 if __name__ == "__main__":

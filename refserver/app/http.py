@@ -23,9 +23,11 @@ from typing import Any
 
 import trio
 from quart import Blueprint, Request, Response, request
+from quart.json.provider import DefaultJSONProvider
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 
+from refserver.crypto.canonical_json import encode_canonical_json
 from refserver.errors import (
     M_NOT_JSON,
     M_TOO_LARGE,
@@ -56,6 +58,18 @@ def _json_error(error: MatrixError | ProtocolError) -> Response:
 
 def _dumps(body: object) -> str:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+
+
+class _JsonProvider(DefaultJSONProvider):
+    """Response bodies as quart encodes them, except that a value too deep for the
+    recursive encoder (one stored before the parse-time nesting limits, docs/limits.md) is
+    encoded without recursion instead of failing the whole response."""
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        try:
+            return super().dumps(obj, **kwargs)
+        except RecursionError:
+            return encode_canonical_json(obj).decode("utf-8")
 
 
 class _ShieldFinalSend:
@@ -112,6 +126,7 @@ def create_app(
     blueprints: list[Blueprint], *, max_body_bytes: int, name: str = "refserver"
 ) -> QuartTrio:
     app = QuartTrio(name)
+    app.json = _JsonProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = max_body_bytes
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     for bp in blueprints:

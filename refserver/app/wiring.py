@@ -291,6 +291,7 @@ def build_services(
         limits=edu_limits(config),
         clock=clock,
         probe=probe,
+        on_rate_limited=remote_profiles.schedule_requery,
     )
     membership = FederationMembership(
         db,

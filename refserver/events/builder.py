@@ -15,7 +15,6 @@ depth, clock, key), so building an event is a pure function of its arguments:
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable, Mapping
 
 from signedjson.types import SigningKey
@@ -24,7 +23,7 @@ from refserver.events.hashing import compute_event_id
 from refserver.events.model import Event
 from refserver.events.room_versions import RoomVersion
 from refserver.events.signing import add_hashes_and_signatures
-from refserver.types import JsonDict, JsonValue
+from refserver.types import JsonDict, JsonValue, copy_json
 
 #: pdu_v6.yaml: depth is capped; v6 strict canonical JSON caps it at 2**53 - 1.
 MAX_DEPTH = 2**53 - 1
@@ -139,7 +138,7 @@ def build_pdu(
     pdu: JsonDict = {
         "type": event_type,
         "sender": sender,
-        "content": copy.deepcopy(dict(content)),
+        "content": copy_json(dict(content)),
         "origin_server_ts": origin_server_ts,
         "prev_events": list(prev_events),
         "auth_events": list(auth_events),

@@ -15,11 +15,10 @@ client gets there is computed by this server (``age``, ``transaction_id``, ``pre
 
 from __future__ import annotations
 
-import copy
 from typing import Final
 
 from refserver.events.model import Event
-from refserver.types import JsonDict
+from refserver.types import JsonDict, copy_json
 
 REDACTION = "m.room.redaction"
 
@@ -65,7 +64,7 @@ def client_event(
         "type": event.type,
         "sender": event.sender,
         "origin_server_ts": event.origin_server_ts,
-        "content": copy.deepcopy(event.content),
+        "content": copy_json(event.content),
     }
     if event.is_state:
         out["state_key"] = pdu["state_key"]
@@ -85,7 +84,7 @@ def _unsigned(event: Event, unsigned: JsonDict | None, now_ms: int | None) -> Js
     if now_ms is not None:
         extra["age"] = now_ms - event.origin_server_ts
     if unsigned:
-        extra.update(copy.deepcopy(unsigned))
+        extra.update(copy_json(unsigned))
     return extra
 
 
@@ -109,6 +108,6 @@ def stripped_state_event(event: Event) -> JsonDict:
     return {
         "type": event.type,
         "state_key": event.state_key,
-        "content": copy.deepcopy(event.content),
+        "content": copy_json(event.content),
         "sender": event.sender,
     }

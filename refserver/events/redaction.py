@@ -13,11 +13,10 @@ Redaction is also the first step of signing and of the reference hash
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 
 from refserver.events.room_versions import RedactionAlgorithm, RoomVersion
-from refserver.types import JsonDict, JsonValue
+from refserver.types import JsonDict, JsonValue, copy_json
 
 # v9-redactions.md: top-level keys that survive redaction.
 _V9_TOP_LEVEL_KEYS = frozenset(
@@ -81,7 +80,7 @@ def redact(pdu: Mapping[str, JsonValue], room_version: RoomVersion) -> JsonDict:
     else:
         top_level_keys, content_keys = _V11_TOP_LEVEL_KEYS, _V11_CONTENT_KEYS
 
-    redacted: JsonDict = {k: copy.deepcopy(v) for k, v in pdu.items() if k in top_level_keys}
+    redacted: JsonDict = {k: copy_json(v) for k, v in pdu.items() if k in top_level_keys}
     content = pdu.get("content")
     redacted["content"] = _redact_content(
         pdu.get("type"),
@@ -101,14 +100,14 @@ def _redact_content(
     v11 = room_version.redaction is RedactionAlgorithm.V11
     if v11 and event_type == "m.room.create":
         # v11: "m.room.create allows all keys."
-        return copy.deepcopy(dict(content))
+        return copy_json(dict(content))
     allowed = content_keys.get(event_type, frozenset()) if isinstance(event_type, str) else ()
-    kept: JsonDict = {k: copy.deepcopy(v) for k, v in content.items() if k in allowed}
+    kept: JsonDict = {k: copy_json(v) for k, v in content.items() if k in allowed}
     if v11 and event_type == "m.room.member":
         # v11: "Additionally, it allows the signed key of the third_party_invite key."
         third_party_invite = content.get("third_party_invite")
         if isinstance(third_party_invite, Mapping):
             kept["third_party_invite"] = {
-                k: copy.deepcopy(v) for k, v in third_party_invite.items() if k == "signed"
+                k: copy_json(v) for k, v in third_party_invite.items() if k == "signed"
             }
     return kept

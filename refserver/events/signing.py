@@ -13,7 +13,6 @@ the event's ``origin_server_ts`` is the keyring's job.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from typing import NamedTuple
 
@@ -24,7 +23,7 @@ from refserver.events.hashing import check_content_hash, content_hash_base64
 from refserver.events.redaction import redact
 from refserver.events.room_versions import RoomVersion
 from refserver.ids import InvalidId, UserId
-from refserver.types import JsonDict, JsonValue
+from refserver.types import JsonDict, JsonValue, copy_json
 
 
 class EventSignatureError(SignatureError):
@@ -37,7 +36,7 @@ class EventSignatureError(SignatureError):
 
 def add_content_hash(pdu: Mapping[str, JsonValue]) -> JsonDict:
     """Return a deep copy of ``pdu`` with ``hashes.sha256`` set to its content hash."""
-    hashed: JsonDict = copy.deepcopy(dict(pdu))
+    hashed: JsonDict = copy_json(dict(pdu))
     hashed["hashes"] = {"sha256": content_hash_base64(pdu)}
     return hashed
 
@@ -79,7 +78,7 @@ def sign_event(
     For co-signing another server's event (``send_join`` for restricted joins, ``invite``).
     """
     signed_redacted = sign_json(redact(pdu, room_version), signing_name, signing_key)
-    signed: JsonDict = copy.deepcopy(dict(pdu))
+    signed: JsonDict = copy_json(dict(pdu))
     signed["signatures"] = signed_redacted["signatures"]
     return signed
 
@@ -161,5 +160,5 @@ def check_signatures_and_hashes(
     """
     verify_event_signatures(pdu, room_version, verify_keys)
     if check_content_hash(pdu):
-        return KeptPdu(copy.deepcopy(dict(pdu)), redacted=False)
+        return KeptPdu(copy_json(dict(pdu)), redacted=False)
     return KeptPdu(redact(pdu, room_version), redacted=True)

@@ -10,7 +10,11 @@ Spec: /rooms/v11 §"State resolution" (fragment ``rooms/fragments/v2-state-res.m
 
 Design. Everything is synchronous and in memory: the caller passes ``event_map`` holding
 every event of the state sets and of their full auth chains (rejected ones flagged), and this
-module walks the auth DAG itself. A missing event raises :class:`StateResolutionError`.
+module walks the auth DAG itself. A missing event raises :class:`StateResolutionError`. The
+caller may also pass the DAG's edges alone (``auth_events``); then only the events the
+algorithm looks at are taken from ``event_map``, which may load them on demand. Chains are
+walked in linear time: a member event's auth chain holds every earlier membership event of
+its sender, so it grows with every profile change (docs/reliability.md, "Soak").
 
 Choices, and where this deliberately differs from Synapse:
 
@@ -44,6 +48,7 @@ from refserver.events.room_versions import RoomVersion, StateResAlgorithm
 
 __all__ = [
     "StateResolutionError",
+    "auth_event_ids",
     "is_power_event",
     "iterative_auth_checks",
     "mainline_sort",
@@ -62,6 +67,7 @@ def resolve_state(
     room_version: RoomVersion,
     state_sets: Sequence[StateMap],
     event_map: Mapping[str, Event],
+    auth_events: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[StateKey, str]:
     """Resolve ``state_sets`` into one state map (spec §"Algorithm").
 
@@ -69,6 +75,10 @@ def resolve_state(
         room_version: picks v2 or v2.1 (``room_version.state_res``).
         state_sets: the states to merge, each ``(type, state_key) → event_id``.
         event_map: every event of the state sets and of their auth chains.
+        auth_events: optional, every such event's auth event IDs as :func:`auth_event_ids`
+            gives them. With it the DAG is walked without touching ``event_map``, which may
+            then load events on demand: only the events of the full conflicted set and
+            those the auth checks consult are read.
 
     Returns:
         The resolved state, ``(type, state_key) → event_id``.
@@ -76,7 +86,7 @@ def resolve_state(
     unconflicted, conflicted = _separate(state_sets)
     if not conflicted:
         return unconflicted
-    graph = _AuthGraph(event_map)
+    graph = _AuthGraph(event_map, auth_events)
     conflicted_ids = set().union(*conflicted.values())
     full_conflicted = conflicted_ids | _auth_difference(graph, state_sets)
     v2_1 = room_version.state_res is StateResAlgorithm.V2_1
@@ -135,14 +145,21 @@ def is_power_event(event: Event) -> bool:
     )
 
 
-def _auth_ids(event: Event) -> list[str]:
-    """The event's auth events; in v12 the create event is implied by the room ID (MSC4291)."""
-    ids = event.auth_event_ids
-    if event.room_version.room_id_is_create_event_hash and event.type != "m.room.create":
-        create_id = "$" + event.room_id[1:]
+def auth_event_ids(
+    room_version: RoomVersion, room_id: str, event_type: str, listed: Sequence[str]
+) -> list[str]:
+    """An event's auth events for walking the DAG: those it lists, and in v12 the create
+    event, implied by the room ID (MSC4291)."""
+    ids = list(listed)
+    if room_version.room_id_is_create_event_hash and event_type != "m.room.create":
+        create_id = "$" + room_id[1:]
         if create_id not in ids:
             ids.append(create_id)
     return ids
+
+
+def _auth_ids(event: Event) -> list[str]:
+    return auth_event_ids(event.room_version, event.room_id, event.type, event.auth_event_ids)
 
 
 def _get(event_map: Mapping[str, Event], event_id: str) -> Event:
@@ -155,19 +172,34 @@ def _get(event_map: Mapping[str, Event], event_id: str) -> Event:
 class _AuthGraph:
     """The auth DAG over ``event_map``, with memoised auth chains (spec §"Auth chain")."""
 
-    def __init__(self, event_map: Mapping[str, Event]) -> None:
+    def __init__(
+        self,
+        event_map: Mapping[str, Event],
+        auth_events: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
         self.event_map = event_map
+        self._auth_events = auth_events
         self._chains: dict[str, frozenset[str]] = {}
 
     def event(self, event_id: str) -> Event:
         return _get(self.event_map, event_id)
+
+    def auth_ids(self, event_id: str) -> Sequence[str]:
+        """The event's auth events (the create event implied in v12), from ``auth_events``
+        when the caller gave them, so walking the DAG needs no event loaded."""
+        if self._auth_events is None:
+            return _auth_ids(self.event(event_id))
+        try:
+            return self._auth_events[event_id]
+        except KeyError:
+            raise StateResolutionError(f"event {event_id} is not in event_map") from None
 
     def auth_chain(self, event_id: str) -> frozenset[str]:
         """Every event reachable through ``auth_events`` links (excluding the event itself)."""
         # Iterative depth-first search; ``path`` holds the events being expanded, so meeting
         # one of them again means the "DAG" has a cycle.
         path = {event_id}
-        stack = [(event_id, iter(_auth_ids(self.event(event_id))))]
+        stack = [(event_id, iter(self.auth_ids(event_id)))]
         while stack:
             current, parents = stack[-1]
             for parent in parents:
@@ -176,17 +208,27 @@ class _AuthGraph:
                 if parent in path:
                     raise StateResolutionError(f"auth_events cycle through {parent}")
                 path.add(parent)
-                stack.append((parent, iter(_auth_ids(self.event(parent)))))
+                stack.append((parent, iter(self.auth_ids(parent))))
                 break
             else:
-                direct = _auth_ids(self.event(current))
+                direct = self.auth_ids(current)
                 self._chains[current] = frozenset(direct).union(*(self._chains[p] for p in direct))
                 stack.pop()
                 path.discard(current)
         return self._chains[event_id]
 
     def full_auth_chain(self, event_ids: Iterable[str]) -> set[str]:
-        return set().union(*(self.auth_chain(e) for e in event_ids))
+        """The union of the events' auth chains, in one walk: memoising every event's own
+        chain would cost the square of the chain's length (a member event's chain holds
+        every earlier membership of its sender, so it grows with each profile change)."""
+        found: set[str] = set()
+        todo = [a for e in event_ids for a in self.auth_ids(e)]
+        while todo:
+            event_id = todo.pop()
+            if event_id not in found:
+                found.add(event_id)
+                todo.extend(self.auth_ids(event_id))
+        return found
 
 
 def _auth_difference(graph: _AuthGraph, state_sets: Sequence[StateMap]) -> set[str]:
@@ -202,7 +244,21 @@ def _conflicted_subgraph(graph: _AuthGraph, conflicted: set[str]) -> set[str]:
     the events below some conflicted event whose own auth chain reaches a conflicted event.
     """
     below = graph.full_auth_chain(conflicted)
-    return conflicted | {e for e in below if graph.auth_chain(e) & conflicted}
+    # An event of ``below`` whose auth chain reaches a conflicted event is one reached from
+    # a conflicted event along reversed auth_events links; such a path stays inside
+    # ``below`` ∪ ``conflicted``, so one walk over those reversed links finds them all.
+    children: dict[str, list[str]] = {}
+    for event_id in below | conflicted:
+        for auth_id in graph.auth_ids(event_id):
+            children.setdefault(auth_id, []).append(event_id)
+    reached: set[str] = set()
+    todo = list(conflicted)
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in reached:
+                reached.add(child)
+                todo.append(child)
+    return conflicted | (reached & below)
 
 
 def _sender_power(event: Event, event_map: Mapping[str, Event]) -> PowerLevel:

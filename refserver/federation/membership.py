@@ -120,12 +120,19 @@ class FederationMembership:
                 await self._join_via(server, user_id, room_id, profile)
                 return
             except FederationUnreachable as exc:
-                # The exception names the server (and for TLS, the fix).
+                # The reason (refused, timed out, address not allowed, untrusted certificate,
+                # and the fix) is for the log only: telling it to the client would make
+                # joins a port scanner, as for profile queries.
                 log.info("join of %s via %s failed: %s", room_id, server, exc)
-                errors.append(str(exc))
-            except (FederationError, MatrixError, ProtocolError) as exc:
-                # ProtocolError: the server's answer failed our own checks (say, a template
-                # that is not a valid PDU); that server refused in effect, try the next.
+                errors.append(f"could not reach {server}")
+            except FederationError as exc:
+                # The remote's own error text is not passed through either (errors.py).
+                log.info("join of %s via %s failed: %s", room_id, server, exc)
+                errors.append(f"{server} refused the join")
+                refused = True
+            except (MatrixError, ProtocolError) as exc:
+                # Our own checks of the server's answers (say, a template that is not a valid
+                # PDU): that server refused in effect, try the next.
                 log.info("join of %s via %s failed: %s", room_id, server, exc)
                 errors.append(f"{server}: {exc}")
                 refused = True
@@ -232,15 +239,18 @@ class FederationMembership:
         except FederationError as exc:
             # MSC4311: the invitee's server refusing our invite_room_state is our failure.
             status = 502 if exc.errcode == M_MISSING_PARAM else 403
+            log.info("invite of %s via %s refused: %s", target, destination, exc)
+            # The remote's own error text is for the log only (errors.py).
             raise MatrixError(
                 status,
                 M_FORBIDDEN if status == 403 else "M_UNKNOWN",
-                f"{destination} refused the invite: {exc.error or exc.status}",
+                f"{destination} refused the invite",
             ) from None
         except FederationUnreachable as exc:
-            raise MatrixError(
-                502, "M_UNKNOWN", f"could not reach {destination}: {exc.reason}"
-            ) from None
+            # The reason is logged by the client; telling it to the inviter would make
+            # invites a port scanner (as for profile queries).
+            log.info("invite of %s via %s failed: %s", target, destination, exc)
+            raise MatrixError(502, "M_UNKNOWN", f"could not reach {destination}") from None
         signed = response.get("event") if isinstance(response, dict) else None
         if (
             not isinstance(signed, dict)

@@ -404,12 +404,16 @@ class ProfileEduReceiver:
         limits: EduLimits,
         clock: Clock,
         probe: Probe = NULL_PROBE,
+        on_rate_limited: Callable[[str], None] | None = None,
     ) -> None:
         self._probe = probe
         self._clock = clock
         self._server_name = server_name
         self._hold = hold
         self._limits = limits
+        #: Told the user ID of each update dropped as ``rate_limited``: the remote cache
+        #: re-queries that profile soon instead of missing the update until it expires.
+        self._on_rate_limited = on_rate_limited
         self._db = db
         self._policy = policy
         self._metrics = metrics
@@ -509,6 +513,9 @@ class ProfileEduReceiver:
         if limited:
             dropped = sum(updates.pop(u).counted for u in limited)
             self._metrics.profile_edus_dropped.labels("rate_limited").inc(dropped)
+            if self._on_rate_limited is not None:
+                for user_id in limited:
+                    self._on_rate_limited(user_id)
             # One line per transaction, not per EDU: the log must not amplify a flood.
             log.info(
                 "profile EDUs ← %s txn=%s: %d about %d users dropped (rate_limited)",

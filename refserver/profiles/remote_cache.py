@@ -15,7 +15,9 @@
   MSC4259's periodic re-fetch, the safety net for lost EDUs; the join fetcher queries the
   full profile of a user who starts sharing a room with a local user, ``join_fetch_grace_s``
   later unless an EDU made the cached copy complete meanwhile (MSC4429: the initial sync
-  "MUST" have all current values, whatever the peer).
+  "MUST" have all current values, whatever the peer). The same queue re-queries, complete or
+  not, a user whose EDU was dropped by the receive limits (:meth:`schedule_requery`,
+  docs/msc4259.md §4.6).
 """
 
 from __future__ import annotations
@@ -54,6 +56,9 @@ class ProfileQuery(Protocol):
 
 #: At most this many users wait for their join fetch; beyond it the refresher catches up.
 MAX_PENDING_FETCHES = 10_000
+#: At most this many of them per server wait for a re-query after a dropped EDU
+#: (:meth:`RemoteProfileCache.schedule_requery`), so one flooding origin cannot fill the queue.
+MAX_REQUERIES_PER_SERVER = 100
 
 
 class RemoteProfileCache:
@@ -82,6 +87,8 @@ class RemoteProfileCache:
         #: Users waiting for their join fetch → when it is due (``clock.monotonic``). The grace is
         #: constant, so insertion order is due order.
         self._fetch_due: dict[str, float] = {}
+        #: Those of ``_fetch_due`` to query even if their cached copy is complete, by server.
+        self._requery: dict[str, set[str]] = {}
         self._fetch_added = trio.Event()
 
     async def get_profile(self, user_id: str) -> JsonDict:
@@ -180,6 +187,24 @@ class RemoteProfileCache:
         self._fetch_due[user_id] = self._clock.monotonic() + self._fetch_grace_s
         self._fetch_added.set()
 
+    def schedule_requery(self, user_id: str) -> None:
+        """Query ``user_id``'s full profile ``fetch_grace_s`` from now even if the cached copy
+        is complete: an EDU about them was dropped (rate limited, MSC4259 §"Receiving"), so
+        the copy may miss that update until it expires. Never blocks; one pending query per
+        user; at most :data:`MAX_REQUERIES_PER_SERVER` per server waiting."""
+        server = server_name_of(user_id)
+        waiting = self._requery.setdefault(server, set())
+        if user_id in waiting:
+            return
+        if len(waiting) >= MAX_REQUERIES_PER_SERVER:
+            return  # the refresher's periodic re-fetch remains the safety net
+        if user_id not in self._fetch_due:
+            if len(self._fetch_due) >= MAX_PENDING_FETCHES:
+                return
+            self._fetch_due[user_id] = self._clock.monotonic() + self._fetch_grace_s
+            self._fetch_added.set()
+        waiting.add(user_id)
+
     async def _run_join_fetches(self) -> None:
         while True:
             if not self._fetch_due:
@@ -188,8 +213,10 @@ class RemoteProfileCache:
                 continue
             user_id, due = next(iter(self._fetch_due.items()))
             await trio.sleep_until(due)
+            server = server_name_of(user_id)
+            requery = user_id in self._requery.get(server, ())
             try:
-                if await self._db.run(partial(_needs_fetch, user_id=user_id)):
+                if await self._db.run(partial(_needs_fetch, user_id=user_id, requery=requery)):
                     await self._try_refresh(user_id)
                     await trio.sleep(1.0 / self._refresh_per_second)
                 else:
@@ -202,6 +229,11 @@ class RemoteProfileCache:
             finally:
                 # Removed only now: a repeat schedule_fetch while it runs is a duplicate.
                 del self._fetch_due[user_id]
+                waiting = self._requery.get(server)
+                if waiting is not None:
+                    waiting.discard(user_id)
+                    if not waiting:
+                        del self._requery[server]
 
     def _stale_shared_users(self, conn: sqlite3.Connection, now: int) -> list[str]:
         users = cache_store.remote_users_sharing_rooms(conn, self._server_name)
@@ -215,10 +247,10 @@ class RemoteProfileCache:
         return cache_store.stale_remote_users(conn, users, bounds)
 
 
-def _needs_fetch(conn: sqlite3.Connection, *, user_id: str) -> bool:
+def _needs_fetch(conn: sqlite3.Connection, *, user_id: str, requery: bool = False) -> bool:
     """Still sharing a room with a local user, and not known complete (by a query or an EDU
-    from the user's server)?"""
+    from the user's server) unless ``requery``?"""
     _, meta = cache_store.get_cached(conn, user_id)
-    if meta is not None and meta.complete:
+    if meta is not None and meta.complete and not requery:
         return False
     return cache_store.shares_room_with_local_user(conn, user_id)

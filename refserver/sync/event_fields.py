@@ -7,11 +7,10 @@ requested.") and appendices §"Dot-separated property paths".
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from refserver.types import JsonDict
+from refserver.types import JsonDict, copy_json
 
 
 def split_property_path(path: str) -> list[str]:
@@ -59,7 +58,7 @@ def _copy_path(src: Mapping[str, Any], dst: JsonDict, parts: list[str]) -> None:
     if key not in src:
         return
     if len(parts) == 1:
-        dst[key] = copy.deepcopy(src[key])
+        dst[key] = copy_json(src[key])
         return
     child = src[key]
     if not isinstance(child, Mapping):

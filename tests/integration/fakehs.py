@@ -42,7 +42,7 @@ def now_ms() -> int:
 class FakeHomeserver:
     """``localhost:<port>``, trusted through the CA in ``ca_dir``."""
 
-    def __init__(self, ca_dir: Path, work_dir: Path) -> None:
+    def __init__(self, ca_dir: Path, work_dir: Path, *, error_text: str = "fake") -> None:
         self.port = free_port()
         self.name = f"localhost:{self.port}"
         self.signing_key: SigningKey = signedjson.key.generate_signing_key(
@@ -66,7 +66,7 @@ class FakeHomeserver:
                 elif self.command == "PUT" and self.path.startswith("/_matrix/federation/v1/send/"):
                     status, body = 200, {"pdus": {}}
                 else:
-                    status, body = 404, {"errcode": "M_NOT_FOUND", "error": "fake"}
+                    status, body = 404, {"errcode": "M_NOT_FOUND", "error": error_text}
                 data = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")

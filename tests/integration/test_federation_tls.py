@@ -2,8 +2,8 @@
 
 Server-server API §"TLS": "the destination must present a certificate from a known CA". Two
 ``refserver init`` runs without a shared ``--ca-dir`` each make their own CA; a join across
-them must fail with a message that names the untrusted server and the fix, both to the
-client and in the log.
+them must fail; the log names the untrusted server and the fix, the client is told only that
+the server could not be reached (the reason would make joins a port scanner).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def strangers(tmp_path: Path) -> Iterator[list[ServerProcess]]:
         stop_all(servers)
 
 
-def test_join_across_untrusted_ca_names_the_certificate_and_the_fix(
+def test_join_across_untrusted_ca_logs_the_certificate_and_the_fix(
     strangers: list[ServerProcess],
 ) -> None:
     hs1, hs2 = strangers
@@ -63,5 +63,7 @@ def test_join_across_untrusted_ca_names_the_certificate_and_the_fix(
     # Nobody refused the join: hs2 could not talk to hs1 at all, a gateway failure.
     assert join.status_code == 502, join.text
     assert join.json()["errcode"] == "M_UNKNOWN"
-    assert sentence in join.json()["error"]
+    assert (
+        join.json()["error"] == f"could not join via any server: could not reach {hs1.server_name}"
+    )
     assert sentence in hs2.log_path.read_text()

@@ -865,6 +865,44 @@ def _sync_seconds(user: User, runs: int = 5) -> float:
     return sorted(times)[runs // 2]
 
 
+def test_a_rate_limited_update_is_recovered_by_a_profile_query_soon(
+    hs1: ServerProcess, spawn: Callable[..., list[ServerProcess]]
+) -> None:
+    """docs/msc4259.md §4.6: an update dropped by the per-user limit would be missing from
+    the receiver's cache until the cached profile expired (7 days for an MSC4259 server).
+    The receiver re-queries that user's profile (``query/profile``) ``join_fetch_grace_s``
+    later instead, so the genuine value arrives although its EDU was dropped."""
+    (dest,) = spawn(
+        {
+            ("msc4259", "receive_per_user_burst"): "2",
+            ("msc4259", "receive_per_user_per_second"): "0.001",
+            ("msc4259", "join_fetch_grace_s"): "0.5",
+        }
+    )
+    alice, bob = register(hs1, "alice"), register(dest, "bob")
+    share_room(alice, bob)
+    tag = secrets.token_hex(3)
+    for n in range(4):  # alice's own server, as fast as it likes: her bucket runs dry
+        edu = {
+            "edu_type": UNSTABLE_EDU,
+            "content": {"user_id": alice.user_id, "fields": {"org.example.status": f"f{n}{tag}"}},
+        }
+        r = federation_put_send(hs1, dest, [edu])
+        assert r.status_code == 200, r.text
+    dropped = metric_labels(dest, DROPPED, "reason").get("rate_limited", 0)
+    assert dropped >= 2, f"the flood was not limited: {dropped} dropped"
+
+    alice.put_field("org.example.status", f"real {tag}")
+
+    def arrived() -> bool:
+        return bob.get_profile(alice.user_id).get("org.example.status") == f"real {tag}"
+
+    wait_until(arrived, timeout=30, what=f"bob's server to learn alice's status 'real {tag}'")
+    after = metric_labels(dest, DROPPED, "reason").get("rate_limited", 0)
+    assert after > dropped, "the genuine update's EDU was not dropped: nothing was recovered"
+    assert metric(dest, QUERIES) > 0
+
+
 def test_a_profile_edu_flood_is_dropped_and_counted_and_a_genuine_update_still_arrives(
     hs1: ServerProcess, spawn: Callable[..., list[ServerProcess]]
 ) -> None:

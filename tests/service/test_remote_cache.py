@@ -129,3 +129,36 @@ async def test_the_refresher_refetches_stale_profiles_of_users_sharing_a_room(
         assert users == {ALICE: {"profile_updates": {"m.tz": "Asia/Seoul"}}}, users
         assert await hs.services.profiles.get_profile(ALICE) == {"m.tz": "Asia/Seoul"}
         assert len(queries(peer)) == 2, "the refreshed copy answers"
+
+
+async def test_a_rate_limited_edu_makes_one_query_soon(
+    tmp_path: Path, autojump_clock: MockClock, clock: LinkedClock, peer: FakeHomeserver
+) -> None:
+    """docs/msc4259.md §4.6: updates over alice's per-user limit are dropped; her profile is
+    then queried once, ``join_fetch_grace_s`` later, however many were dropped meanwhile,
+    instead of the dropped value being missing until the copy expires."""
+    limited = Msc4259Section(
+        remote_cache_ttl_s=TTL_S,
+        remote_cache_ttl_edu_s=TTL_EDU_S,
+        refresh_interval_s=REFRESH_INTERVAL_S,
+        join_fetch_grace_s=GRACE_S,
+        receive_per_user_burst=1,
+        receive_per_user_per_second=0.001,
+    )
+    peer.profiles[ALICE] = {"m.tz": "Europe/Vienna"}
+    async with running_homeserver(
+        tmp_path, peer, clock=clock, msc4259=limited, remote_profile_tasks=True
+    ) as hs:
+        await alice_shares_a_room(hs, peer)
+        await hs.send_edus(REMOTE, [profile_edu({"m.tz": "Europe/Vienna"})])
+        profiles = hs.services.profiles
+        assert await profiles.get_profile(ALICE) == {"m.tz": "Europe/Vienna"}
+        peer.profiles[ALICE] = {"m.tz": "Asia/Tokyo"}
+        dropped_at = trio.current_time()
+        for zone in ("Europe/Paris", "Europe/Rome", "Asia/Tokyo"):
+            await hs.send_edus(REMOTE, [profile_edu({"m.tz": zone})])  # each dropped
+        (query,) = await peer.wait_for(lambda: queries(peer), what="the re-query")
+        assert GRACE_S <= query - dropped_at < GRACE_S + 0.1
+        assert await profiles.get_profile(ALICE) == {"m.tz": "Asia/Tokyo"}
+        await trio.sleep(REFRESH_INTERVAL_S)
+        assert len(queries(peer)) == 1, "one query for three dropped updates"

@@ -23,6 +23,7 @@ from refserver.events.power_levels import StateKey
 from refserver.events.room_versions import ROOM_V11, ROOM_V12, RoomVersion
 from refserver.events.state_res import (
     StateResolutionError,
+    auth_event_ids,
     is_power_event,
     iterative_auth_checks,
     mainline_sort,
@@ -106,6 +107,13 @@ def _prev_first_order(graph: Mapping[str, set[str]]) -> list[str]:
     return order
 
 
+def _edges(event_map: Mapping[str, Event]) -> dict[str, list[str]]:
+    return {
+        e: auth_event_ids(ev.room_version, ev.room_id, ev.type, ev.auth_event_ids)
+        for e, ev in event_map.items()
+    }
+
+
 def do_check(
     rv: RoomVersion, events: Sequence[Fake], edges: Sequence[Sequence[str]], expected: Sequence[str]
 ) -> None:
@@ -130,7 +138,10 @@ def do_check(
         elif len(prevs) == 1:
             state_before = dict(state_after[prevs[0]])
         else:
-            state_before = resolve_state(rv, [state_after[p] for p in prevs], event_map)
+            sets = [state_after[p] for p in prevs]
+            state_before = resolve_state(rv, sets, event_map)
+            # The same answer when the DAG's edges are given apart from the events.
+            assert resolve_state(rv, sets, event_map, _edges(event_map)) == state_before
         content = _content(rv, fake)
         auth_types = auth_types_for_event(fake.type, fake.state_key, fake.sender, content, rv)
         event = make_event(
@@ -544,3 +555,46 @@ def test_iterative_auth_checks_fall_back_to_non_rejected_auth_events() -> None:
     # State already resolved wins over the auth events, rejected or not.
     base = {(MEMBER, ALICE): ma}
     assert iterative_auth_checks(ROOM_V11, [topic], base, c.events) == {**base, (TOPIC, ""): topic}
+
+
+class _Reads(dict[str, Event]):
+    """An event map that remembers which events were read."""
+
+    def __init__(self, events: Mapping[str, Event]) -> None:
+        super().__init__(events)
+        self.read: set[str] = set()
+
+    def __getitem__(self, event_id: str) -> Event:
+        self.read.add(event_id)
+        return super().__getitem__(event_id)
+
+
+@BOTH
+def test_a_long_membership_chain_is_walked_by_its_edges_and_few_events_are_read(
+    rv: RoomVersion,
+) -> None:
+    """Every profile change is a member event whose auth events hold the sender's previous
+    membership, so its auth chain grows with each change. Given the DAG's edges, resolving
+    two states that differ only in the latest changes reads only the events involved, not
+    the 2,000 in the chain (the soak's memory growth, docs/reliability.md)."""
+    c = Chain(rv)
+    ma = c.new("MA", MEMBER, ALICE, ALICE, JOIN, [])
+    pa = c.new("PA", POWER_LEVELS, "", ALICE, {"users": {ALICE: 100}}, [ma])
+    jr = c.new("JR", JOIN_RULES, "", ALICE, {"join_rule": "public"}, [ma, pa])
+    bob = c.new("MB0", MEMBER, BOB, BOB, JOIN, [pa, jr])
+    for n in range(1, 2000):
+        bob = c.new(f"MB{n}", MEMBER, BOB, BOB, {**JOIN, "displayname": f"b{n}"}, [pa, bob])
+    previous = c.events[bob].auth_event_ids[-1]
+    # Alice's conflict is between two changes too (were her join itself conflicted, v2.1
+    # would rightly replay the whole chain: every event of it leads from Bob's to her join).
+    older = c.new("MA1", MEMBER, ALICE, ALICE, {**JOIN, "displayname": "a1"}, [pa, ma])
+    alice = c.new("MA2", MEMBER, ALICE, ALICE, {**JOIN, "displayname": "a2"}, [pa, older])
+    base = {(CREATE, ""): "$CREATE", (POWER_LEVELS, ""): pa, (JOIN_RULES, ""): jr}
+    ours = {**base, (MEMBER, ALICE): older, (MEMBER, BOB): bob}
+    theirs = {**base, (MEMBER, ALICE): alice, (MEMBER, BOB): previous}
+
+    expected = resolve_state(rv, [ours, theirs], c.events)
+    reads = _Reads(c.events)
+    assert resolve_state(rv, [ours, theirs], reads, _edges(c.events)) == expected
+    assert expected[(MEMBER, BOB)] == bob and expected[(MEMBER, ALICE)] == alice
+    assert len(reads.read) < 20, sorted(reads.read)
