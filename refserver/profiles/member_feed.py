@@ -86,6 +86,16 @@ class MemberProfileFeed:
         event = persisted.event
         if event.type != MEMBER or event.membership != JOIN or not event.state_key:
             return
+        change = persisted.membership
+        if (
+            change is not None
+            and change.before == JOIN
+            and server_name_of(event.state_key) == self._server_name
+        ):
+            # Our member's profile change (join → join): they already shared the room
+            # with every remote member, so nobody is new — no scan of the room's members
+            # (that scan made a displayname PUT cost O(room size)).
+            return
         to_fetch, changed = await self._db.run(self._feed_txn, event, self._clock.time_ms())
         for user_id in to_fetch:
             self._cache.schedule_fetch(user_id)
