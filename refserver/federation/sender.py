@@ -67,7 +67,7 @@ from refserver.settings import FederationListener
 from refserver.storage import events as event_store
 from refserver.storage import federation as fed_store
 from refserver.storage.database import Database
-from refserver.storage.persist import Persisted
+from refserver.storage.persist import Persisted, expand_owed
 from refserver.types import JsonDict, JsonValue
 
 log = logging.getLogger(__name__)
@@ -548,6 +548,7 @@ class FederationSender:
         #: Destinations of a large wake-up not yet woken (:meth:`wake_many`), in order.
         self._to_wake: dict[str, None] = {}
         self._to_wake_event = trio.Event()
+        self._fanout_due = trio.Event()
 
     @property
     def transactions_sent(self) -> int:
@@ -566,7 +567,10 @@ class FederationSender:
             self._nursery = nursery
             nursery.start_soon(self._waker)
             task_status.started()
-            # Catch up on whatever was owed before a restart.
+            # Catch up on whatever was owed before a restart (events stored but not yet
+            # expanded into outbox rows first).
+            await self._db.run(expand_owed)
+            nursery.start_soon(self._fan_out)
             pending = set(await self._db.run(fed_store.destinations_with_pending_pdus))
             for source in self._s.edu_sources:
                 pending |= await source.destinations_with_pending()
@@ -629,13 +633,34 @@ class FederationSender:
         return [q.status() for _, q in sorted(self._queues.items())]
 
     async def send_room_event(self, persisted: Persisted) -> None:
-        """An event was stored *and* owed to ``persisted.destinations`` in one transaction
-        (``storage.persist.persist_event``); wake those servers' queues. The event goes
-        into the shared :class:`PduCache` first, so they need not read it back; a redaction
-        evicts its target (it now reads back redacted)."""
+        """An event was stored *and* recorded as owed to its room in one transaction
+        (``storage.persist.persist_event``). The event goes into the shared
+        :class:`PduCache`, so queues need not read it back (a redaction evicts its target:
+        it now reads back redacted); :meth:`_fan_out` names the servers and wakes them
+        once the caller — usually a client's request — has gone on."""
         event = persisted.event
         if event.redacts:
             self._s.pdus.discard(event.redacts)
-        if persisted.destinations:
+        if persisted.owed:
             self._s.pdus.put(event.event_id, event.pdu)
-        self.wake_many(persisted.destinations)
+            self._fanout_due.set()
+
+    async def _fan_out(self) -> None:
+        """Expands owed events into outbox rows (one database trip for all that are due, in
+        stream order) and wakes their servers' queues: O(servers) work that a PUT to a
+        room of 10,000 servers does not wait for."""
+        while True:
+            await self._fanout_due.wait()
+            self._fanout_due = trio.Event()
+            try:
+                owed = await self._db.run(expand_owed)
+            except Exception:
+                # Left in pdu_fanout (rolled back): retried in a second, and at start-up.
+                log.exception("expanding owed events into the outbox failed; retrying in 1 s")
+                await trio.sleep(1.0)
+                self._fanout_due.set()
+                continue
+            destinations: dict[str, None] = {}
+            for _, servers in owed:
+                destinations.update(dict.fromkeys(servers))
+            self.wake_many(list(destinations))

@@ -99,6 +99,29 @@ def enqueue_pdu(
     )
 
 
+def owe_to_room(
+    conn: sqlite3.Connection, stream_ordering: int, event_id: str, except_servers: list[str]
+) -> None:
+    """Record that an event is owed to its room's servers except ``except_servers``: one row
+    now, expanded later by :func:`take_fanout` and :func:`enqueue_pdu`."""
+    conn.execute(
+        "INSERT OR IGNORE INTO pdu_fanout (stream_ordering, event_id, except_servers)"
+        " VALUES (?,?,?)",
+        (stream_ordering, event_id, json.dumps(sorted(except_servers))),
+    )
+
+
+def take_fanout(conn: sqlite3.Connection) -> list[tuple[int, str, list[str]]]:
+    """Every owed event not yet expanded, oldest first, removed from ``pdu_fanout`` (the
+    caller writes their outbox rows in the same transaction)."""
+    rows = conn.execute(
+        "SELECT stream_ordering, event_id, except_servers FROM pdu_fanout ORDER BY stream_ordering"
+    ).fetchall()
+    if rows:
+        conn.execute("DELETE FROM pdu_fanout WHERE stream_ordering <= ?", (rows[-1][0],))
+    return [(row[0], row[1], json.loads(row[2])) for row in rows]
+
+
 def pending_pdus(conn: sqlite3.Connection, destination: str, limit: int) -> list[tuple[int, str]]:
     rows = conn.execute(
         "SELECT stream_ordering, event_id FROM destination_pdus WHERE destination = ?"

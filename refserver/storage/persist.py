@@ -38,8 +38,9 @@ class Persisted:
 
     event: Event
     stream_ordering: int
-    #: Servers the event was owed to (outbox rows written in the same transaction).
-    destinations: tuple[str, ...] = ()
+    #: Owed to the room's servers: recorded in the same transaction (``pdu_fanout``);
+    #: :func:`expand_owed` writes the per-server outbox rows.
+    owed: bool = False
     #: Set for an accepted ``m.room.member`` event.
     membership: MembershipChange | None = None
     soft_failed: bool = False
@@ -66,7 +67,8 @@ def persist_event(
     - make it a leaf of the DAG and recompute the room's current state from the leaves;
     - apply it when it is a redaction (:func:`apply_redaction`);
     - owe it to every server of the room except ``owe_except`` (None: owe nobody), in this
-      transaction, so a crash cannot keep the event and lose the fact that others are owed it.
+      transaction, so a crash cannot keep the event and lose the fact that others are owed it
+      (one ``pdu_fanout`` row; :func:`expand_owed` names the servers).
     """
     ordering = event_store.insert_event(
         conn, event, state_before=state_before, soft_failed=soft_failed
@@ -77,16 +79,36 @@ def persist_event(
     event_store.update_forward_extremities(conn, event)
     recompute_current_state(conn, event.room_id, event.room_version)
     apply_redaction(conn, event, state_before or {}, checked=redaction_checked)
-    destinations: tuple[str, ...] = ()
     if owe_except is not None:
-        destinations = tuple(sorted(room_store.room_destinations(conn, event) - set(owe_except)))
-        fed_store.enqueue_pdu(conn, list(destinations), ordering, event.event_id)
+        fed_store.owe_to_room(conn, ordering, event.event_id, list(owe_except))
     return Persisted(
         event,
         ordering,
-        destinations=destinations,
+        owed=owe_except is not None,
         membership=_membership_change(conn, event, state_before or {}),
     )
+
+
+def expand_owed(conn: sqlite3.Connection) -> list[tuple[Event, tuple[str, ...]]]:
+    """Turn every owed event (``pdu_fanout``) into outbox rows, oldest first: one per server
+    with a user joined to the room now, plus a member event's target's server, except the
+    recorded ones. Returns each event with the servers it is now owed to.
+
+    Kept out of :func:`persist_event` so that storing an event costs the same whether its
+    room spans 10 servers or 10,000: the sender calls this after the request is answered.
+    """
+    owed = fed_store.take_fanout(conn)
+    events = event_store.get_events(conn, [event_id for _, event_id, _ in owed])
+    out: list[tuple[Event, tuple[str, ...]]] = []
+    for ordering, event_id, except_servers in owed:
+        event = events.get(event_id)
+        if event is None:
+            continue
+        servers = room_store.room_destinations(conn, event) - set(except_servers)
+        destinations = tuple(sorted(servers))
+        fed_store.enqueue_pdu(conn, list(destinations), ordering, event_id)
+        out.append((event, destinations))
+    return out
 
 
 def persist_built(

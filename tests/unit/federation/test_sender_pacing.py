@@ -164,9 +164,10 @@ async def test_a_fan_out_of_one_event_reads_it_once_and_makes_no_empty_builds(
             await nursery.start(sender.run)
             event, ordering = await db.run(_store_owed_event, destinations)
             hops_before = db.batches_run
-            await sender.send_room_event(
-                Persisted(event, ordering, destinations=tuple(destinations))
-            )
+            # As persist_event + expand_owed would: the outbox rows are written, the event
+            # is handed over (into the cache) and the servers are woken.
+            await sender.send_room_event(Persisted(event, ordering, owed=True))
+            sender.wake_many(destinations)
             await client.wait_until(lambda: len(client.sent_at) == len(destinations))
             while await db.run(fed_store.destinations_with_pending_pdus):
                 await trio.testing.wait_all_tasks_blocked()  # the acknowledgements

@@ -16,7 +16,12 @@ from refserver.storage import events as event_store
 from refserver.storage import federation as fed_store
 from refserver.storage import rooms as room_store
 from refserver.storage.database import migrate
-from refserver.storage.persist import MembershipChange, persist_built, persist_event
+from refserver.storage.persist import (
+    MembershipChange,
+    expand_owed,
+    persist_built,
+    persist_event,
+)
 from refserver.storage.room_state import load_view
 from tests.unit.spec_vectors import spec_signing_key
 
@@ -61,7 +66,15 @@ def create_room(conn: sqlite3.Connection, builder: EventBuilder) -> None:
             now_ms=1,
         )
     persisted = persist_built(conn, view, state_before_first={}, new_room=True, owe_except=OWE)
-    assert [p.destinations for p in persisted] == [()] * 4  # nobody else is in the room
+    assert all(p.owed for p in persisted)
+    assert [servers for _, servers in expand_owed(conn)] == [()] * 4  # nobody else is here
+
+
+def owed_to(conn: sqlite3.Connection, event: Event) -> tuple[str, ...]:
+    """The servers the one event waiting in ``pdu_fanout`` is owed to (expanding it)."""
+    owed = expand_owed(conn)
+    assert [e.event_id for e, _ in owed] == [event.event_id]
+    return owed[0][1]
 
 
 def send(
@@ -97,22 +110,24 @@ def test_a_join_is_owed_to_the_room_and_reports_the_membership_change(
     join, before = send(conn, builder, BOB, "m.room.member", {"membership": "join"}, state_key=BOB)
     p = persist_event(conn, join, state_before=before, owe_except=OWE)
     assert p.accepted
-    assert p.destinations == ("hs2",)
     assert p.membership == MembershipChange(BOB, None, "join")
     assert room_store.get_current_state(conn, ROOM)[("m.room.member", BOB)] == join.event_id
-    # The outbox row was written with the event: the sender needs no second look.
+    # One pdu_fanout row was written with the event; expanding it writes the outbox rows.
+    assert fed_store.pending_pdus(conn, "hs2", 50) == []
+    assert owed_to(conn, join) == ("hs2",)
     assert fed_store.pending_pdus(conn, "hs2", 50) == [(p.stream_ordering, join.event_id)]
+    assert expand_owed(conn) == []  # each owed event is expanded once
 
     message, before = send(conn, builder, ALICE, "m.room.message", {"body": "hi"})
     p = persist_event(conn, message, state_before=before, owe_except=OWE)
-    assert (p.destinations, p.membership) == (("hs2",), None)
+    assert (owed_to(conn, message), p.membership) == (("hs2",), None)
 
     leave, before = send(
         conn, builder, BOB, "m.room.member", {"membership": "leave"}, state_key=BOB
     )
     p = persist_event(conn, leave, state_before=before, owe_except=OWE)
     # The leaver's server is told of its own leave (the target of a membership event).
-    assert p.destinations == ("hs2",)
+    assert owed_to(conn, leave) == ("hs2",)
     assert p.membership == MembershipChange(BOB, "join", "leave")
 
 
@@ -125,10 +140,11 @@ def test_received_events_are_owed_to_nobody_unless_relayed(
             conn, builder, user, "m.room.member", {"membership": "join"}, state_key=user
         )
         p = persist_event(conn, join, state_before=before)
-        assert p.destinations == ()
+        assert not p.owed
+    assert expand_owed(conn) == []
     message, before = send(conn, builder, CAROL, "m.room.message", {"body": "hi"})
     relayed = persist_event(conn, message, state_before=before, owe_except=("hs1", "hs3"))
-    assert relayed.destinations == ("hs2",)
+    assert relayed.owed and owed_to(conn, message) == ("hs2",)
 
 
 def test_a_soft_failed_event_changes_nothing_and_is_owed_to_nobody(
@@ -138,7 +154,7 @@ def test_a_soft_failed_event_changes_nothing_and_is_owed_to_nobody(
     join, before = send(conn, builder, BOB, "m.room.member", {"membership": "join"}, state_key=BOB)
     p = persist_event(conn, join, state_before=before, soft_failed=True, owe_except=OWE)
     assert not p.accepted
-    assert (p.destinations, p.membership) == ((), None)
+    assert (p.owed, p.membership, expand_owed(conn)) == (False, None, [])
     assert ("m.room.member", BOB) not in room_store.get_current_state(conn, ROOM)
     assert join.event_id not in event_store.get_forward_extremities(conn, ROOM)
 
