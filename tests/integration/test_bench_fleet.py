@@ -18,7 +18,7 @@ import trio
 from benchmarks.client import Client
 from benchmarks.fleet import Fleet
 from benchmarks.runner import fleet_certificate
-from benchmarks.scenarios import fanout
+from benchmarks.scenarios import fanout, put_latency
 from tests.servers import ServerProcess
 
 
@@ -63,4 +63,14 @@ async def test_three_fleet_servers_join_and_receive_a_displayname_change(
             assert ("edu", "uk.tcpip.msc4259.profile") in kinds, f"{server.server_name} saw {kinds}"
             assert all(a.size > 0 for a in server.arrivals)
             assert server.handshakes >= 1
+
+        # Isolated custom-field PUTs are timed and their EDU seen at every server.
+        timed = await put_latency(fleet, alice, servers, samples=2, tag="smoke")
+        assert len(timed.put_s) == 2 and timed.failed == 0, f"expected 2 PUTs, got {timed}"
+        assert None not in timed.delivery_last_s, f"an EDU did not reach every server: {timed}"
+        # The polling comparison's sizes come from a real query/profile answer.
+        request, answer, status = await fleet.query_profile_wire(
+            servers[0], refserver.server_name, alice.user_id
+        )
+        assert status == 200 and request > 0 and answer > 0, (request, answer, status)
         nursery.cancel_scope.cancel()
