@@ -13,9 +13,10 @@ from pathlib import Path
 
 import trio
 
-from benchmarks.report import Machine, write_report
+from benchmarks.report import Machine, artifacts_dir, write_report
 from benchmarks.runner import Plan, run_latency, run_target
 from benchmarks.scenarios import Latency, TargetResults
+from benchmarks.sender_memory import idle_destination_memory
 from benchmarks.targets import ExternalTarget
 from benchmarks.targets_table import merge_included, rows_json, target_rows
 from tests.servers import REPO
@@ -135,9 +136,12 @@ async def main_async(args: argparse.Namespace) -> int:
                 kind, base / "pairs", ca_dir, samples=samples, custom_samples=3 if args.quick else 6
             )
     machine.finish(time.monotonic() - started)
-    rows = merge_included(target_rows(results, latencies), args.include_targets)
+    sender_memory = (
+        idle_destination_memory(max(10_000, args.destinations)) if "refserver" in kinds else None
+    )
+    rows = merge_included(target_rows(results, latencies, sender_memory), args.include_targets)
     out: Path = args.out
-    raw = out.with_suffix("").parent / "benchmarks" / "results.json"
+    raw = artifacts_dir(out) / "results.json"
     raw.parent.mkdir(parents=True, exist_ok=True)
     raw.write_text(
         json.dumps(
@@ -146,6 +150,7 @@ async def main_async(args: argparse.Namespace) -> int:
                 "targets": [asdict(r) for r in results],
                 "latency": [asdict(x) for x in latencies],
                 "target_rows": rows_json(rows),
+                "sender_memory": asdict(sender_memory) if sender_memory else None,
             },
             indent=1,
         )

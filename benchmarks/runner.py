@@ -8,6 +8,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -15,6 +16,7 @@ import trio
 
 from benchmarks.client import Client
 from benchmarks.fleet import Fleet, FleetServer, raise_open_files_limit
+from benchmarks.jssdk_route import TimedWatcher, start_watcher
 from benchmarks.scenarios import (
     DRAIN_MAX_S,
     DRAIN_QUIET_S,
@@ -305,6 +307,7 @@ async def run_latency(
 ) -> list[Latency]:
     """Two servers of ``kind``: alice on hs1 changes her displayname, bob syncs on hs2."""
     servers: list[RefserverTarget | SynapseTarget] = []
+    watcher: TimedWatcher | None = None
     try:
         for name in ("hs1", "hs2"):
             servers.append(
@@ -316,6 +319,21 @@ async def run_latency(
             alice, room_id = await register_and_room(http, servers[0].base_url)
             bob = await Client.register(http, servers[1].base_url, "bob")
             await bob.ok("POST", f"/v3/join/{room_id}", {}, server_name=servers[0].server_name)
+            if kind == "refserver":
+                try:
+                    watcher = await trio.to_thread.run_sync(
+                        partial(
+                            start_watcher,
+                            servers[1].base_url,
+                            bob.user_id,
+                            bob.access_token,
+                            bob.device_id,
+                            ("displayname", "org.example.latency"),
+                            base_dir / "jssdk",
+                        )
+                    )
+                except Exception as exc:
+                    log(f"[{kind}] js-sdk client not started: {exc!r}"[:500])
             results = []
             for key, samples_, gap in (
                 ("displayname", samples, GAP_S),
@@ -329,6 +347,7 @@ async def run_latency(
                     samples=samples_,
                     gap_s=gap,
                     users_section=kind == "refserver",
+                    watcher=watcher,
                 )
                 result.kind = kind
                 log(f"[{kind}] latency: {result}")
@@ -338,5 +357,7 @@ async def run_latency(
         log(f"[{kind}] latency FAILED: {exc!r}")
         return [Latency(kind, "displayname", error=f"{type(exc).__name__}: {exc}"[:300])]
     finally:
+        if watcher is not None:
+            await trio.to_thread.run_sync(watcher.stop)
         for server in servers:
             await trio.to_thread.run_sync(server.stop)

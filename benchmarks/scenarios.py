@@ -25,6 +25,7 @@ import trio
 
 from benchmarks.client import Client
 from benchmarks.fleet import Fleet, FleetServer, Watch
+from benchmarks.jssdk_route import TimedWatcher
 from benchmarks.targets import cpu_seconds, rss_bytes
 
 JsonDict = dict[str, Any]
@@ -34,6 +35,7 @@ EDU_GRACE_S = 5.0
 #: How long an EDU-only change (custom field) is waited for when it reaches nobody.
 EDU_ONLY_TIMEOUT_S = 10.0
 POLL_S = 0.01
+JSSDK_ROUTE = "js-sdk UserProfileUpdate"
 #: A server that sent nothing to the fleet for this long has drained its queues.
 DRAIN_QUIET_S = 1.5
 DRAIN_MAX_S = 240.0
@@ -550,6 +552,7 @@ async def latency_pair(
     gap_s: float,
     users_section: bool,
     timeout_s: float = 10.0,
+    watcher: TimedWatcher | None = None,
 ) -> Latency:
     """Isolated changes of ``key`` by ``sender`` → the first ``/sync`` response of
     ``receiver``'s long-poll loop showing the new value, per route: the MSC4429 ``users``
@@ -563,6 +566,8 @@ async def latency_pair(
         params["filter"] = json.dumps({"org.matrix.msc4429.profile_fields": {"ids": [key]}})
     if key == "displayname":
         routes.append("member event")
+    if watcher is not None:
+        routes.append(JSSDK_ROUTE)
     result = Latency(kind="", key=key, routes={r: [] for r in routes})
 
     def note(value: object, route: str, t: float) -> None:
@@ -593,8 +598,25 @@ async def latency_pair(
                         ):
                             note(ev.get("content", {}).get(key), "member event", t)
 
+    async def jssdk_loop(w: TimedWatcher) -> None:
+        seen_records = len(w.records)
+        while True:
+            w.drain()
+            for record in w.records[seen_records:]:
+                profile = record.get("profile")
+                if (
+                    record.get("type") == "profile"
+                    and record.get("user_id") == sender.user_id
+                    and isinstance(profile, dict)
+                ):
+                    note(profile.get(key), JSSDK_ROUTE, float(record["t"]))
+            seen_records = len(w.records)
+            await trio.sleep(0.002)
+
     async with trio.open_nursery() as nursery:
         nursery.start_soon(sync_loop)
+        if watcher is not None:
+            nursery.start_soon(jssdk_loop, watcher)
         await trio.sleep(1.0)  # the initial sync is answered and the next one parked
         for i in range(samples):
             value = f"lat-{time.time_ns()}-{i}"
