@@ -13,10 +13,11 @@ from pathlib import Path
 
 import trio
 
+from benchmarks.load import from_json
 from benchmarks.report import Machine, artifacts_dir, write_report
 from benchmarks.runner import Plan, run_latency, run_target
 from benchmarks.scenarios import Latency, TargetResults
-from benchmarks.sender_memory import idle_destination_memory
+from benchmarks.sender_memory import SenderMemory, idle_destination_memory
 from benchmarks.targets import ExternalTarget
 from benchmarks.targets_table import merge_included, rows_json, target_rows
 from tests.servers import REPO
@@ -63,6 +64,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="results.json of an earlier run (e.g. --sizes 100,250,500 or --destinations "
         "10000): its measured target rows fill the rows this run did not measure",
     )
+    parser.add_argument(
+        "--render",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="run nothing: write the report again from this results.json (with "
+        "--include-targets, e.g. to add a later run's target rows)",
+    )
     parser.add_argument("--no-latency", action="store_true", help="skip the hs1 → hs2 pairs")
     parser.add_argument(
         "--servers", default="refserver,synapse", help="comma-separated: refserver,synapse"
@@ -86,6 +94,30 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.target and not args.ca_dir:
         parser.error("--target needs --ca-dir")
     return args
+
+
+def render(args: argparse.Namespace) -> int:
+    """The report from a stored ``results.json`` and the ``--include-targets`` runs."""
+    data = json.loads(args.render.read_text())
+    machine = from_json(Machine, data["machine"])
+    results = [from_json(TargetResults, r) for r in data["targets"]]
+    latencies = [from_json(Latency, x) for x in data["latency"]]
+    sender_memory = from_json(SenderMemory, data.get("sender_memory"))
+    rows = merge_included(target_rows(results, latencies, sender_memory), args.include_targets)
+    data["target_rows"] = rows_json(rows)
+    args.render.write_text(json.dumps(data, indent=1))
+    write_report(
+        args.out,
+        machine,
+        results,
+        latencies,
+        label=args.label or data.get("label", ""),
+        quick=bool(data.get("quick")),
+        rows=rows,
+        sender_memory=sender_memory,
+    )
+    print(f"wrote {args.out} from {args.render}")
+    return 0
 
 
 async def main_async(args: argparse.Namespace) -> int:
@@ -151,6 +183,8 @@ async def main_async(args: argparse.Namespace) -> int:
                 "latency": [asdict(x) for x in latencies],
                 "target_rows": rows_json(rows),
                 "sender_memory": asdict(sender_memory) if sender_memory else None,
+                "label": args.label,
+                "quick": args.quick,
             },
             indent=1,
         )
@@ -162,6 +196,8 @@ async def main_async(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.render:
+        return render(args)
     return trio.run(main_async, args)
 
 
