@@ -499,9 +499,22 @@ def write_report(
         "- `just bench` (= `pip install -e '.[test,bench]'` and `python -m benchmarks`): every "
         "scenario for refserver and Synapse (installed into `REFSERVER_SYNAPSE_VENV`, default "
         "`.synapse-venv`, as for the interop tests); writes this file, the plots and "
-        "`results.json`. `--quick` uses fleets of 5 and 10; `--sizes 50,100,200` picks fleet "
-        "sizes; `--servers refserver` skips Synapse; `--label TEXT` heads the report; "
-        "`--out PATH` writes elsewhere.",
+        "`results.json`. Default: one-room join storm to 50 and 100, then rooms of 50 up to "
+        "250, 500 and 1,000 destinations (Synapse to 500), 20 timed PUTs at 10 and 1,000, the "
+        "hs1 → hs2 pairs with a js-sdk client. `--quick` uses fleets of 5–40; `--sizes` sets "
+        "the one-room storm steps, `--spread` the totals reached with rooms of 50; "
+        "`--servers refserver` skips Synapse; `--no-latency` skips the pairs; `--label TEXT` "
+        "heads the report; `--out PATH` writes elsewhere (plots and `results.json` go to a "
+        "directory named after it).",
+        "- Longer than the default 15 minutes, run separately and merged into the Targets "
+        "table: the 500-server one-room join storm, `python -m benchmarks --sizes 100,250,500 "
+        "--spread '' --no-latency --out docs/benchmarks/storm500.md`; 10,000 destinations "
+        "(refserver), `python -m benchmarks --servers refserver --sizes 50,100 --spread 1000 "
+        "--destinations 10000 --no-latency --put-samples 10 --out docs/benchmarks/scale10k.md`. "
+        "Then `python -m benchmarks --render docs/benchmarks/results.json --include-targets "
+        "docs/benchmarks/storm500/results.json --include-targets "
+        "docs/benchmarks/scale10k/results.json` rewrites this report with their rows (marked "
+        "with the run they come from).",
         "- Any other server: `python -m benchmarks --target CLIENT_URL SERVER_NAME PID --ca-dir "
         "DIR` runs the fleet scenarios against a running server that trusts the CA in `DIR` "
         "(`ca.pem` and `ca.key`, e.g. from `refserver init --ca-dir DIR`); the fleet's "
@@ -579,7 +592,7 @@ def _scale_sections(results: list[TargetResults], heads: list[str]) -> list[str]
         "",
         "Isolated custom-field PUTs (a new field each time, so each is a leading-edge EDU; "
         "before each, everything earlier had been delivered and the fleet had received "
-        "nothing for 0.5 s), timed as the client sees them: from sending the PUT to its "
+        "nothing for 1 s), timed as the client sees them: from sending the PUT to its "
         "200 answer. At 10: a second user who shares one room with 10 fleet servers; at the "
         "largest N: the user who shares rooms with every fleet server. Delivery: PUT → the "
         "EDU's arrival at the median and the last destination.",

@@ -73,7 +73,7 @@ class Plan:
     room_size: int = 50
     #: Room size for totals above 1,000 (fewer deliveries per join).
     large_room_size: int = 20
-    concurrency: int = 8
+    concurrency: int = 12
     join_budget_s: float = 240.0
     inbound_transactions: int = 100
     #: Isolated custom-field PUTs timed at 10 destinations and at the largest total.

@@ -698,7 +698,7 @@ async def put_latency(
     *,
     samples: int,
     tag: str,
-    quiet_s: float = 0.5,
+    quiet_s: float = 1.0,
 ) -> PutLatency:
     """``samples`` isolated PUTs of custom fields by ``client`` (a new field each time, so
     every change is a leading-edge EDU); before each, everything earlier was delivered and
