@@ -651,7 +651,7 @@ def _scale_sections(results: list[TargetResults], heads: list[str]) -> list[str]
 
 
 def _ms(x: float) -> str:
-    return f"{x * 1000:.1f} ms" if x < 10 else f"{x:.2f} s"
+    return f"{x * 1000:.1f} ms" if x < 1 else f"{x:.3f} s"
 
 
 def _n(x: float) -> str:

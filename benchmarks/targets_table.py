@@ -41,7 +41,7 @@ class TargetRow:
 def _ms(x: float | None) -> str:
     if x is None or math.isnan(x):
         return "–"
-    return f"{x * 1000:.1f} ms" if x < 10 else f"{x:.2f} s"
+    return f"{x * 1000:.1f} ms" if x < 1 else f"{x:.3f} s"
 
 
 def _verdict(ok: bool) -> str:
@@ -143,7 +143,7 @@ def target_rows(
                 TargetRow(
                     t_key,
                     t_target,
-                    f"{_ms(ta)} vs Synapse {_ms(tb)} = {ta / tb:.2f}×",
+                    f"{_ms(ta)} vs Synapse {_ms(tb)} = {ta / tb:.3f}×",
                     _verdict(ta <= 0.7 * tb),
                 )
             )
@@ -152,8 +152,7 @@ def target_rows(
             TargetRow(
                 c_key,
                 c_target,
-                f"{_ms(a.cpu_s)} vs Synapse {_ms(b.cpu_s)} = {ratio:.2f}× (CPU clock ticks of "
-                "10 ms)",
+                f"{_ms(a.cpu_s)} vs Synapse {_ms(b.cpu_s)} = {ratio:.3f}×",
                 _verdict(a.cpu_s <= 0.7 * b.cpu_s),
             )
         )
@@ -215,7 +214,7 @@ def target_rows(
             TargetRow(
                 "storm500",
                 st,
-                f"{a_cpu:.1f} CPU-s vs Synapse {b_cpu:.1f} CPU-s = {a_cpu / b_cpu:.2f}×",
+                f"{a_cpu:.1f} CPU-s vs Synapse {b_cpu:.1f} CPU-s = {a_cpu / b_cpu:.3f}×",
                 _verdict(a_cpu <= 0.5 * b_cpu),
             )
         )
@@ -297,8 +296,8 @@ def target_rows(
         m1, m2 = statistics.median(small.put_s), statistics.median(large.put_s)
         p1, p2 = nearest_rank(small.put_s, 95), nearest_rank(large.put_s, 95)
         text = (
-            f"median {_ms(m1)} at 10 vs {_ms(m2)} at {large.n:,} = {m2 / m1:.2f}×; "
-            f"p95 {_ms(p1)} vs {_ms(p2)} = {p2 / p1:.2f}× ({len(large.put_s)} PUTs each)"
+            f"median {_ms(m1)} at 10 vs {_ms(m2)} at {large.n:,} = {m2 / m1:.3f}×; "
+            f"p95 {_ms(p1)} vs {_ms(p2)} = {p2 / p1:.3f}× ({len(large.put_s)} PUTs each)"
         )
         if large.n < 10000:
             rows.append(
