@@ -54,6 +54,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--large-room-size", type=int, default=20)
     parser.add_argument(
+        "--spread-budget",
+        type=float,
+        default=1200.0,
+        help="seconds after which a spread step starts no new room (it then goes on with the "
+        "destinations reached, and says so)",
+    )
+    parser.add_argument(
         "--put-samples", type=int, help="isolated custom-field PUTs timed at each end (20)"
     )
     parser.add_argument(
@@ -139,6 +146,7 @@ async def main_async(args: argparse.Namespace) -> int:
             join_budget_s=args.join_budget,
             inbound_transactions=20 if args.quick else 100,
             put_samples=put_samples,
+            spread_budget_s=args.spread_budget,
         )
 
     machine = Machine.probe(" ".join(["python -m benchmarks", *sys.argv[1:]]))

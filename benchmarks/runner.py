@@ -74,6 +74,8 @@ class Plan:
     #: Room size for totals above 1,000 (fewer deliveries per join).
     large_room_size: int = 20
     concurrency: int = 12
+    #: No new room is started in a spread step after this many seconds.
+    spread_budget_s: float = 1200.0
     join_budget_s: float = 240.0
     inbound_transactions: int = 100
     #: Isolated custom-field PUTs timed at 10 destinations and at the largest total.
@@ -224,6 +226,7 @@ async def run_target(
                     n_before=len(joined),
                     room_size=room_size,
                     concurrency=plan.concurrency,
+                    budget_s=plan.spread_budget_s,
                 )
                 joined += ok
                 rooms += step.rooms
@@ -240,9 +243,10 @@ async def run_target(
                         note=f"{rooms} rooms",
                     )
                 )
-                await fanouts(spread_fanouts(kind, n))
+                await fanouts(spread_fanouts(kind, len(joined)))
                 if step.error:
                     results.errors.append(f"spread join: {step.error}")
+                if len(joined) < n:
                     break
             if plan.put_samples and len(joined) > 10 and kind != "synapse":
                 lat = await put_latency(fleet, alice, joined, samples=plan.put_samples, tag="large")

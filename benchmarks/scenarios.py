@@ -646,23 +646,32 @@ async def spread_join(
     n_before: int,
     room_size: int,
     concurrency: int,
+    budget_s: float = math.inf,
 ) -> tuple[SpreadJoin, list[FleetServer]]:
     """``servers`` join new public rooms created by ``owner``, ``room_size`` per room
     (signed ``make_join``/``send_join`` as in the join storm), ``concurrency`` rooms at a
-    time; stops a room at its first failed join. Then waits until the server went quiet."""
+    time; stops a room at its first failed join, and starts no new room after ``budget_s``.
+    Then waits until the server went quiet."""
     groups = [list(servers[i : i + room_size]) for i in range(0, len(servers), room_size)]
     joined: list[FleetServer] = []
     errors: list[str] = []
     limiter = trio.CapacityLimiter(concurrency)
     cpu0, t0 = cpu_seconds(pid), time.monotonic()
 
+    skipped = created = 0
+
     async def fill(group: list[FleetServer]) -> None:
+        nonlocal skipped, created
         async with limiter:
+            if time.monotonic() - t0 > budget_s:
+                skipped += 1
+                return
             try:
                 room_id = await owner.create_public_room()
             except Exception as exc:
                 errors.append(f"createRoom: {exc!r}"[:200])
                 return
+            created += 1
             for server in group:
                 try:
                     await fleet.join(server, destination, room_id)
@@ -681,13 +690,16 @@ async def spread_join(
         n_after=n_before + len(joined),
         attempted=len(servers),
         joined=len(joined),
-        rooms=len(groups),
+        rooms=created,
         room_size=room_size,
         concurrency=concurrency,
         wall_s=wall,
         cpu_s=cpu,
         error=f"{len(errors)} failures, first: {errors[0]}" if errors else None,
     )
+    if skipped:
+        note = f"budget of {budget_s:.0f} s used up: {skipped} rooms not started"
+        result.error = f"{result.error}; {note}" if result.error else note
     return result, joined
 
 

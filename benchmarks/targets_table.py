@@ -201,14 +201,24 @@ def target_rows(
     b_cpu = storm_cpu(theirs, 500) if theirs else None
     if a_cpu is None or b_cpu is None:
         biggest = max((j.n_after for r in results for j in r.joins), default=0)
-        rows.append(
-            TargetRow(
-                "storm500",
-                st,
-                f"the one-room storm of this run went to {biggest} (`--sizes 100,250,500`)",
-                NOT_MEASURED,
-            )
+        text = f"the one-room storm of this run went to {biggest} (`--sizes 100,250,500`)"
+        common = sorted(
+            {j.n_after for j in ours.joins} & {j.n_after for j in theirs.joins}
+            if ours and theirs
+            else set()
         )
+        for n in reversed(common):
+            a_n, b_n = (
+                storm_cpu(ours, n) if ours else None,
+                storm_cpu(theirs, n) if theirs else None,
+            )
+            if a_n is not None and b_n:
+                text += (
+                    f"; at {n}: {a_n:.2f} CPU-s vs Synapse {b_n:.2f} CPU-s = {a_n / b_n:.3f}× "
+                    "(not the target's 500)"
+                )
+                break
+        rows.append(TargetRow("storm500", st, text, NOT_MEASURED))
     else:
         rows.append(
             TargetRow(
