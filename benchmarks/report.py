@@ -162,7 +162,7 @@ def plot(results: list[TargetResults], out_dir: Path) -> list[str]:
             "last delivery: PDU and EDU where both arrive" if metric == "time" else ylabel,
             fontsize=9,
         )
-        ax.set_xlabel("fleet servers in the room (N)")
+        ax.set_xlabel("destinations N (fleet servers sharing a room with the user)")
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
