@@ -500,7 +500,7 @@ def write_report(
         "scenario for refserver and Synapse (installed into `REFSERVER_SYNAPSE_VENV`, default "
         "`.synapse-venv`, as for the interop tests); writes this file, the plots and "
         "`results.json`. Default: one-room join storm to 50 and 100, then rooms of 50 up to "
-        "250, 500 and 1,000 destinations (Synapse to 500), 20 timed PUTs at 10 and 1,000, the "
+        "500 and 1,000 destinations (Synapse to 500), 20 timed PUTs at 10 and 1,000, the "
         "hs1 → hs2 pairs with a js-sdk client. `--quick` uses fleets of 5–40; `--sizes` sets "
         "the one-room storm steps, `--spread` the totals reached with rooms of 50; "
         "`--servers refserver` skips Synapse; `--no-latency` skips the pairs; `--label TEXT` "
