@@ -110,7 +110,9 @@ def render(args: argparse.Namespace) -> int:
     results = [from_json(TargetResults, r) for r in data["targets"]]
     latencies = [from_json(Latency, x) for x in data["latency"]]
     sender_memory = from_json(SenderMemory, data.get("sender_memory"))
-    rows = merge_included(target_rows(results, latencies, sender_memory), args.include_targets)
+    rows = merge_included(
+        target_rows(results, latencies, sender_memory), args.include_targets, args.out.parent
+    )
     data["target_rows"] = rows_json(rows)
     args.render.write_text(json.dumps(data, indent=1))
     write_report(
@@ -179,7 +181,9 @@ async def main_async(args: argparse.Namespace) -> int:
     sender_memory = (
         idle_destination_memory(max(10_000, args.destinations)) if "refserver" in kinds else None
     )
-    rows = merge_included(target_rows(results, latencies, sender_memory), args.include_targets)
+    rows = merge_included(
+        target_rows(results, latencies, sender_memory), args.include_targets, args.out.parent
+    )
     out: Path = args.out
     raw = artifacts_dir(out) / "results.json"
     raw.parent.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -392,8 +393,11 @@ def target_rows(
     return rows
 
 
-def merge_included(rows: list[TargetRow], included: list[Path]) -> list[TargetRow]:
-    """Rows this run did not measure, taken from earlier runs' ``results.json``."""
+def merge_included(
+    rows: list[TargetRow], included: list[Path], report_dir: Path | None = None
+) -> list[TargetRow]:
+    """Rows this run did not measure, taken from other runs' ``results.json`` (each next to
+    its report: ``<dir>/<name>/results.json`` ↔ ``<dir>/<name>.md``)."""
     out = []
     for row in rows:
         if row.verdict == NOT_MEASURED:
@@ -402,13 +406,16 @@ def merge_included(rows: list[TargetRow], included: list[Path]) -> list[TargetRo
                 for other in data.get("target_rows", []):
                     if other["key"] == row.key and other["verdict"] != NOT_MEASURED:
                         date = data.get("machine", {}).get("date_utc", "?")
-                        cmd = data.get("machine", {}).get("command", "?")
+                        report = path.parent.parent / f"{path.parent.name}.md"
+                        link = str(report)
+                        if report_dir is not None:
+                            link = os.path.relpath(report.resolve(), report_dir.resolve())
                         row = TargetRow(
                             row.key,
                             row.target,
                             other["measured"],
                             other["verdict"],
-                            f"{path.parent.name}/{path.name} ({date}, `{cmd}`)",
+                            f"[{report.name}]({link}) ({date})",
                         )
                         break
                 if row.verdict != NOT_MEASURED:
