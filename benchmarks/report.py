@@ -214,13 +214,16 @@ def write_report(
         ],
         "",
     ]
+    optimisations = os.path.relpath(
+        REPO / "docs" / "benchmarks" / "optimisations.md", out.parent.resolve()
+    )
     if kept:
         lines += kept
         if not any("optimisations.md" in line for line in kept):
             lines += [
                 "",
                 "Each optimisation with its before/after numbers and a sampling profile (py-spy) "
-                "of the hot path: [benchmarks/optimisations.md](benchmarks/optimisations.md).",
+                f"of the hot path: [{optimisations}]({optimisations}).",
             ]
         lines.append("")
     else:
@@ -228,8 +231,7 @@ def write_report(
             "## Before and after",
             "",
             "Each optimisation of the sender, with its before/after numbers and a sampling "
-            "profile (py-spy) of the hot path: "
-            "[benchmarks/optimisations.md](benchmarks/optimisations.md).",
+            f"profile (py-spy) of the hot path: [{optimisations}]({optimisations}).",
             "",
         ]
     lines += [
