@@ -489,8 +489,8 @@ def write_report(
                 theirs = _find(by_kind["synapse"], n_max, "displayname", mode)
                 if ours and theirs:
                     ta, tb = last_delivery(ours), last_delivery(theirs)
-                    ratio_t = f"{ta / tb:.2f}×" if ta and tb else "–"
-                    ratio_c = f"{ours.cpu_s / theirs.cpu_s:.2f}×" if theirs.cpu_s else "–"
+                    ratio_t = f"{ta / tb:.3f}×" if ta and tb else "–"
+                    ratio_c = f"{ours.cpu_s / theirs.cpu_s:.3f}×" if theirs.cpu_s else "–"
                     lines.append(f"| {mode} | {ratio_t} | {ratio_c} |")
     lines += [
         "",
