@@ -22,6 +22,7 @@ class Client:
     base_url: str
     user_id: str
     access_token: str
+    device_id: str = ""
 
     @classmethod
     async def register(cls, http: httpx.AsyncClient, base_url: str, username: str) -> Client:
@@ -36,7 +37,9 @@ class Client:
         if r.status_code != 200:
             raise RuntimeError(f"register {username} at {base_url}: {r.status_code} {r.text}")
         body = r.json()
-        return cls(http, base_url, body["user_id"], body["access_token"])
+        return cls(
+            http, base_url, body["user_id"], body["access_token"], str(body.get("device_id", ""))
+        )
 
     async def request(
         self, method: str, path: str, body: JsonDict | None = None, **params: Any

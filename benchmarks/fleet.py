@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import resource
 import ssl
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -74,6 +75,9 @@ class Arrival:
     kind: str  #: "pdu" or "edu"
     type: str  #: event type or edu_type
     size: int
+    #: Bytes of the whole ``PUT /send`` request it arrived in (request line, headers and
+    #: body as received; shared with the other items of that transaction).
+    txn_size: int = 0
 
 
 @dataclass
@@ -132,10 +136,29 @@ class _BadRequest(Exception):
     pass
 
 
-class Fleet:
-    """N fleet servers sharing one TLS certificate for ``localhost`` from the development CA."""
+def raise_open_files_limit() -> int:
+    """Raise this process's soft ``RLIMIT_NOFILE`` to the hard limit (one listening socket per
+    fleet server, plus its connections); returns the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
-    def __init__(self, cert: Path, key: Path, ca_pem: Path) -> None:
+
+class Fleet:
+    """N fleet servers sharing one TLS certificate for ``localhost`` from the development CA.
+
+    ``max_open_connections``: when an accepted connection would exceed it, the fleet closes
+    its least recently used *idle* inbound connection first (as a real server's idle timeout
+    would): at 10,000 fleet servers, 10,000 listening sockets plus 10,000 kept-alive
+    connections do not fit one process's file descriptors. The server under test notices
+    the close and reconnects; closes are counted in ``evicted``."""
+
+    def __init__(
+        self, cert: Path, key: Path, ca_pem: Path, *, max_open_connections: int | None = None
+    ) -> None:
         self._server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self._server_ctx.load_cert_chain(str(cert), str(key))
         self._client_ctx = ssl.create_default_context(cafile=str(ca_pem))
@@ -144,7 +167,11 @@ class Fleet:
         self.unknown_requests: Counter[str] = Counter()
         #: ``time.monotonic()`` of the latest transaction any fleet server received.
         self.last_arrival = 0.0
-        self._connections: set[trio.CancelScope] = set()
+        #: Open inbound connections, least recently active first; value: idle (between
+        #: requests).
+        self._connections: OrderedDict[trio.CancelScope, bool] = OrderedDict()
+        self.max_open_connections = max_open_connections
+        self.evicted = 0
         self._nursery: trio.Nursery | None = None
         self.http: httpx.AsyncClient | None = None
 
@@ -189,6 +216,7 @@ class Fleet:
     def drop_connections(self) -> int:
         """Close every inbound connection (the server under test must reconnect: "cold")."""
         scopes = list(self._connections)
+        self._connections.clear()
         for scope in scopes:
             scope.cancel()
         return len(scopes)
@@ -213,18 +241,33 @@ class Fleet:
 
     async def _connection(self, server: FleetServer, stream: trio.SSLStream[Any]) -> None:
         with trio.CancelScope() as scope:
-            self._connections.add(scope)
+            self._evict_idle()
+            self._connections[scope] = False
             try:
                 await stream.do_handshake()
                 server.handshakes += 1
-                await self._serve(server, stream)
+                await self._serve(server, stream, scope)
             except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
                 pass
             finally:
-                self._connections.discard(scope)
+                self._connections.pop(scope, None)
                 await trio.aclose_forcefully(stream)
 
-    async def _serve(self, server: FleetServer, stream: trio.SSLStream[Any]) -> None:
+    def _evict_idle(self) -> None:
+        """Close least recently used idle connections while at ``max_open_connections``."""
+        if self.max_open_connections is None:
+            return
+        while len(self._connections) >= self.max_open_connections:
+            victim = next((s for s, idle in self._connections.items() if idle), None)
+            if victim is None:
+                return
+            del self._connections[victim]
+            victim.cancel()
+            self.evicted += 1
+
+    async def _serve(
+        self, server: FleetServer, stream: trio.SSLStream[Any], scope: trio.CancelScope
+    ) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_BODY)
         while True:
             request: h11.Request | None = None
@@ -232,7 +275,12 @@ class Fleet:
             while True:
                 event = conn.next_event()
                 if event is h11.NEED_DATA:
+                    if request is None and scope in self._connections:
+                        self._connections[scope] = True  # idle between requests
                     data = await stream.receive_some(65536)
+                    if scope in self._connections:
+                        self._connections[scope] = False
+                        self._connections.move_to_end(scope)
                     conn.receive_data(bytes(data))
                     if not data and request is None:
                         return
@@ -246,7 +294,9 @@ class Fleet:
                     return
             assert request is not None
             t = time.monotonic()
-            status, payload = self._route(server, request, bytes(body), t)
+            head = len(request.method) + len(request.target) + 12  # "M T HTTP/1.1\r\n"
+            head += sum(len(k) + len(v) + 4 for k, v in request.headers) + 2
+            status, payload = self._route(server, request, bytes(body), t, head)
             headers = [
                 ("content-type", "application/json"),
                 ("content-length", str(len(payload))),
@@ -259,7 +309,7 @@ class Fleet:
             conn.start_next_cycle()
 
     def _route(
-        self, server: FleetServer, request: h11.Request, body: bytes, t: float
+        self, server: FleetServer, request: h11.Request, body: bytes, t: float, head: int
     ) -> tuple[int, bytes]:
         method = request.method.decode()
         path = request.target.decode().split("?", 1)[0]
@@ -267,13 +317,13 @@ class Fleet:
             return 200, server.key_json
         if method == "PUT" and path.startswith("/_matrix/federation/v1/send/"):
             try:
-                return 200, self._on_transaction(server, body, t)
+                return 200, self._on_transaction(server, body, t, head + len(body))
             except (_BadRequest, ValueError) as exc:
                 return 400, json.dumps({"errcode": "M_BAD_JSON", "error": str(exc)}).encode()
         self.unknown_requests[f"{method} {path.rsplit('/', 1)[0]}"] += 1
         return 404, b'{"errcode":"M_UNRECOGNIZED","error":"not simulated"}'
 
-    def _on_transaction(self, server: FleetServer, body: bytes, t: float) -> bytes:
+    def _on_transaction(self, server: FleetServer, body: bytes, t: float, wire: int) -> bytes:
         txn = json.loads(body)
         if not isinstance(txn, dict):
             raise _BadRequest("transaction is not an object")
@@ -283,7 +333,7 @@ class Fleet:
         for pdu in txn.get("pdus", []):
             if not isinstance(pdu, dict):
                 continue
-            server.arrivals.append(Arrival(t, "pdu", str(pdu.get("type")), item_size(pdu)))
+            server.arrivals.append(Arrival(t, "pdu", str(pdu.get("type")), item_size(pdu), wire))
             version = server.rooms.get(str(pdu.get("room_id")), "12")
             # An odd PDU is still recorded; only its result is left out.
             with contextlib.suppress(Exception):
@@ -293,7 +343,9 @@ class Fleet:
         for edu in txn.get("edus", []):
             if not isinstance(edu, dict):
                 continue
-            server.arrivals.append(Arrival(t, "edu", str(edu.get("edu_type")), item_size(edu)))
+            server.arrivals.append(
+                Arrival(t, "edu", str(edu.get("edu_type")), item_size(edu), wire)
+            )
             for watch in self.watches:
                 watch.offer(server.server_name, "edu", edu, t)
         return json.dumps({"pdus": results}).encode()
@@ -347,6 +399,35 @@ class Fleet:
             )
         data: JsonDict = response.json()
         return data
+
+    async def query_profile_wire(
+        self, server: FleetServer, destination: str, user_id: str
+    ) -> tuple[int, int, int]:
+        """One ``GET /_matrix/federation/v1/query/profile?user_id=`` (server-server API
+        §"Querying for information") from ``server``: (request bytes, response bytes, status),
+        each counting the request/status line, the headers and the body as sent on the wire
+        (before TLS)."""
+        assert self.http is not None
+        path = f"/_matrix/federation/v1/query/profile?user_id={_q(user_id)}"
+        auth = build_authorization_header(
+            method="GET",
+            uri=path,
+            origin=server.server_name,
+            destination=destination,
+            content=None,
+            signing_key=server.signing_key,
+        )
+        request = self.http.build_request(
+            "GET", f"https://{destination}{path}", headers={"Authorization": auth}
+        )
+        response = await self.http.send(request)
+        await response.aread()
+        req_bytes = len(f"GET {path} HTTP/1.1\r\n") + 2
+        req_bytes += sum(len(k) + len(v) + 4 for k, v in request.headers.raw)
+        resp_bytes = len(f"HTTP/1.1 {response.status_code} {response.reason_phrase}\r\n") + 2
+        resp_bytes += sum(len(k) + len(v) + 4 for k, v in response.headers.raw)
+        resp_bytes += response.num_bytes_downloaded
+        return req_bytes, resp_bytes, response.status_code
 
     async def join(self, server: FleetServer, destination: str, room_id: str) -> None:
         """``make_join`` → build, hash and sign the join event → ``send_join`` (v2)."""

@@ -13,6 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.scenarios import Delivery, FanOut, Latency, TargetResults
+from benchmarks.sender_memory import SenderMemory
+from benchmarks.targets_table import (
+    POLL_CHANGES_PER_HOUR,
+    POLL_SERVERS,
+    POLL_USERS,
+    TargetRow,
+    polling_figures,
+)
 from tests.servers import REPO
 
 
@@ -154,7 +162,7 @@ def plot(results: list[TargetResults], out_dir: Path) -> list[str]:
             "last delivery: PDU and EDU where both arrive" if metric == "time" else ylabel,
             fontsize=9,
         )
-        ax.set_xlabel("fleet servers in the room (N)")
+        ax.set_xlabel("destinations N (fleet servers sharing a room with the user)")
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
@@ -176,8 +184,13 @@ def write_report(
     *,
     label: str,
     quick: bool,
+    rows: list[TargetRow],
+    sender_memory: SenderMemory | None = None,
 ) -> None:
-    plots = plot(results, out.parent / "benchmarks")
+    kept = _section(out, "## Before and after")
+    artifacts = artifacts_dir(out)
+    rel = artifacts.relative_to(out.parent).as_posix()
+    plots = plot(results, artifacts)
     by_kind = {r.kind: r for r in results}
     heads = [f"{r.kind} ({r.version})" for r in results]
     lines: list[str] = ["# Benchmarks: profile fan-out at federation scale", ""]
@@ -185,6 +198,42 @@ def write_report(
         lines += [f"**{label}**", ""]
     if quick:
         lines += ["**`--quick` run (small fleets): for development, not for conclusions.**", ""]
+    lines += [
+        "## Targets",
+        "",
+        "Each target of the issue, the value measured and the verdict (*met* only if the "
+        "measured value is within the target as measured, no rounding). Ratios are to Synapse "
+        "in the same run. CPU is read in clock ticks of 10 ms. The sections below give every "
+        "number these rows come from.",
+        "",
+        "| target | measured | verdict | run |",
+        "|---|---|---|---|",
+        *[
+            f"| {r.target} | {r.measured} | {r.verdict} | {r.source} |".replace("\n", " ")
+            for r in rows
+        ],
+        "",
+    ]
+    optimisations = os.path.relpath(
+        REPO / "docs" / "benchmarks" / "optimisations.md", out.parent.resolve()
+    )
+    if kept:
+        lines += kept
+        if not any("optimisations.md" in line for line in kept):
+            lines += [
+                "",
+                "Each optimisation with its before/after numbers and a sampling profile (py-spy) "
+                f"of the hot path: [{optimisations}]({optimisations}).",
+            ]
+        lines.append("")
+    else:
+        lines += [
+            "## Before and after",
+            "",
+            "Each optimisation of the sender, with its before/after numbers and a sampling "
+            f"profile (py-spy) of the hot path: [{optimisations}]({optimisations}).",
+            "",
+        ]
     lines += [
         "Every number below was measured by `benchmarks/` in the run described here; a scenario "
         "that failed or timed out says so. The fleet (`benchmarks/fleet.py`) is N simulated "
@@ -234,11 +283,17 @@ def write_report(
         ("displayname", "cold", "displayname, cold"),
         ("displayname", "warm", "displayname, warm"),
         ("custom", "warm", "custom field, warm"),
+        ("custom", "cold", "custom field, cold"),
     ):
         for n in sizes:
-            cells = [_fanout_cell(_find(r, n, fld, mode)) for r in results]
-            lines.append(f"| {title} | {n} | {' | '.join(cells)} |")
-    lines += ["", *[f"![{p}](benchmarks/{p})" for p in plots], ""]
+            found = [_find(r, n, fld, mode) for r in results]
+            if not any(found):
+                continue
+            rooms = max(f.rooms for f in found if f)
+            where = f"{n} ({rooms} rooms)" if rooms > 1 else f"{n}"
+            cells = [_fanout_cell(f) for f in found]
+            lines.append(f"| {title} | {where} | {' | '.join(cells)} |")
+    lines += ["", *[f"![{p}]({rel}/{p})" for p in plots], ""]
 
     lines += [
         "## Join storm: fleet servers join one room one after another",
@@ -280,8 +335,12 @@ def write_report(
         "",
         "## Memory per known destination",
         "",
-        "RSS after the fleet joined and then idled 3 s, minus RSS before the first join, divided "
-        "by N (includes the room's grown state, not only per-destination sender state).",
+        "RSS after the fleet joined and then idled (3 s; 65 s at 5,000 destinations or more, "
+        "past the default `idle_timeout_s` of 60 s, so that the destination queues have ended "
+        "and closed their connections), minus RSS before the first join, divided by N. This "
+        "includes everything the joins added: the rooms' state and events, caches, and "
+        "per-destination sender state; it is an upper bound of what the sender keeps per "
+        "idle destination.",
         "",
         f"| N | {' | '.join(heads)} |",
         f"|---|{'---|' * len(heads)}",
@@ -294,14 +353,34 @@ def write_report(
                 "–"
                 if m is None
                 else f"{(m.rss_after - m.rss_before) / 2**20:+.1f} MiB total · "
-                f"{m.per_destination / 1024:.1f} KiB per destination"
+                f"{m.per_destination / 1024:.1f} KiB per destination · idle {m.idle_s:.0f} s"
+                + (f" · {m.note}" if m.note else "")
             )
         lines.append(f"| {n} | {' | '.join(cells)} |")
+    if sender_memory is not None:
+        lines += [
+            "",
+            "In-process micro-benchmark (`benchmarks/sender_memory.py`): a real "
+            "`FederationSender` with the default settings is asked for the queue of "
+            f"{sender_memory.n:,} destinations, as `wake` does; an idle queue stays in its "
+            "map with its back-off state. `tracemalloc` counts the Python memory this adds "
+            "(map entries, `DestinationQueue` objects, back-off, event); not included: the "
+            "TLS session kept per destination for resumption (OpenSSL memory, at most 10,000 "
+            "sessions), database rows. "
+            + (
+                f"Result: {sender_memory.bytes_total / 2**20:.2f} MiB, "
+                f"{sender_memory.per_destination:.0f} B per idle destination."
+                if sender_memory.error is None
+                else f"It failed: {sender_memory.error}."
+            ),
+        ]
 
     lines += [
         "",
         "## Burst: 100 changes of one field in about 1 s",
         "",
+        "99 PUTs started 10 ms apart without waiting for answers, then the 100th once all were "
+        "answered (its value is the final one); the time is first PUT sent → last answered. "
         "Per destination: MSC4259 EDUs carrying the field, member PDUs (displayname), and how "
         "many destinations got the final value last.",
         "",
@@ -317,7 +396,8 @@ def write_report(
                 continue
             e, p = b.edus_per_destination, b.pdus_per_destination
             cell = (
-                f"N={b.n}, {b.changes} PUTs in {b.burst_s:.2f} s ({b.failed_puts} failed) · "
+                f"N={b.n}, {b.changes} PUTs in {b.burst_s:.2f} s ({b.changes / b.burst_s:.0f} "
+                f"PUTs/s, {b.failed_puts} failed) · "
                 f"EDUs/destination min {min(e)} mean {statistics.fmean(e):.1f} max {max(e)}"
             )
             if fld == "displayname":
@@ -333,29 +413,29 @@ def write_report(
         f"| | {' | '.join(heads)} |",
         f"|---|{'---|' * len(heads)}",
     ]
-    rows: dict[str, list[str]] = {"sent": [], "rate": [], "cpu": [], "check": []}
+    inbound_rows: dict[str, list[str]] = {"sent": [], "rate": [], "cpu": [], "check": []}
     for r in results:
         i = r.inbound
         if i is None:
-            for v in rows.values():
+            for v in inbound_rows.values():
                 v.append("not run")
             continue
-        rows["sent"].append(
+        inbound_rows["sent"].append(
             f"{i.transactions} transactions ({i.edus} EDUs) from {i.origins} origins, "
             f"{i.ok} answered 200"
         )
-        rows["rate"].append(f"{i.edus / i.wall_s:.0f} EDUs/s (wall {_s(i.wall_s)})")
-        rows["cpu"].append(
+        inbound_rows["rate"].append(f"{i.edus / i.wall_s:.0f} EDUs/s (wall {_s(i.wall_s)})")
+        inbound_rows["cpu"].append(
             f"{_s(i.cpu_s)} · {i.edus / i.cpu_s:.0f} EDUs per CPU-second" if i.cpu_s else "–"
         )
-        rows["check"].append(i.check.replace("|", "\\|"))
+        inbound_rows["check"].append(i.check.replace("|", "\\|"))
     for title, key in (
         ("sent", "sent"),
         ("throughput", "rate"),
         ("server CPU", "cpu"),
         ("applied?", "check"),
     ):
-        lines.append(f"| {title} | {' | '.join(rows[key])} |")
+        lines.append(f"| {title} | {' | '.join(inbound_rows[key])} |")
 
     lines += [
         "",
@@ -386,6 +466,8 @@ def write_report(
                 f"{len(samples) - len(got)} |"
             )
 
+    lines += _scale_sections(results, heads)
+
     errors = [(r.kind, e) for r in results for e in r.errors]
     if errors:
         lines += ["", "## Failures", ""]
@@ -407,21 +489,36 @@ def write_report(
                 theirs = _find(by_kind["synapse"], n_max, "displayname", mode)
                 if ours and theirs:
                     ta, tb = last_delivery(ours), last_delivery(theirs)
-                    ratio_t = f"{ta / tb:.2f}×" if ta and tb else "–"
-                    ratio_c = f"{ours.cpu_s / theirs.cpu_s:.2f}×" if theirs.cpu_s else "–"
+                    ratio_t = f"{ta / tb:.3f}×" if ta and tb else "–"
+                    ratio_c = f"{ours.cpu_s / theirs.cpu_s:.3f}×" if theirs.cpu_s else "–"
                     lines.append(f"| {mode} | {ratio_t} | {ratio_c} |")
     lines += [
         "",
-        "Raw results: [`docs/benchmarks/results.json`](benchmarks/results.json).",
+        f"Raw results: [`{rel}/results.json`]({rel}/results.json).",
         "",
         "## How to run",
         "",
         "- `just bench` (= `pip install -e '.[test,bench]'` and `python -m benchmarks`): every "
         "scenario for refserver and Synapse (installed into `REFSERVER_SYNAPSE_VENV`, default "
         "`.synapse-venv`, as for the interop tests); writes this file, the plots and "
-        "`results.json`. `--quick` uses fleets of 5 and 10; `--sizes 50,100,200` picks fleet "
-        "sizes; `--servers refserver` skips Synapse; `--label TEXT` heads the report; "
-        "`--out PATH` writes elsewhere.",
+        "`results.json`. Default: one-room join storm to 50 and 100, then rooms of 50 up to "
+        "500 and 1,000 destinations (Synapse to 500), 20 timed PUTs at 10 and 1,000, the "
+        "hs1 → hs2 pairs with a js-sdk client. `--quick` uses fleets of 5–40; `--sizes` sets "
+        "the one-room storm steps, `--spread` the totals reached with rooms of 50; "
+        "`--servers refserver` skips Synapse; `--no-latency` skips the pairs; `--label TEXT` "
+        "heads the report; `--out PATH` writes elsewhere (plots and `results.json` go to a "
+        "directory named after it).",
+        "- Longer than the default 15 minutes, run separately and merged into the Targets "
+        "table: the 500-server one-room join storm (about 13 minutes for both servers), "
+        "`python -m benchmarks --sizes 250,500 --spread '' --no-latency --put-samples 1 "
+        "--join-budget 600 --out docs/benchmarks/storm500.md`; 10,000 destinations "
+        "(refserver, about 20 minutes: 9,950 servers join 498 rooms of 20, 12 rooms at a "
+        "time, at about 13 joins per second here), `python -m benchmarks --servers refserver "
+        "--sizes 50 --spread '' --destinations 10000 --no-latency --put-samples 6 --out "
+        "docs/benchmarks/scale10k.md`. Then `python -m benchmarks --render "
+        "docs/benchmarks/results.json --include-targets docs/benchmarks/storm500/results.json "
+        "--include-targets docs/benchmarks/scale10k/results.json` rewrites this report with "
+        "their rows (the run column names the run they come from).",
         "- Any other server: `python -m benchmarks --target CLIENT_URL SERVER_NAME PID --ca-dir "
         "DIR` runs the fleet scenarios against a running server that trusts the CA in `DIR` "
         "(`ca.pem` and `ca.key`, e.g. from `refserver init --ca-dir DIR`); the fleet's "
@@ -433,3 +530,140 @@ def write_report(
         "",
     ]
     out.write_text("\n".join(lines))
+
+
+def artifacts_dir(out: Path) -> Path:
+    """Where the plots and ``results.json`` of the report ``out`` go: ``docs/benchmarks/``
+    for ``docs/benchmarks.md``, else a directory named after the report next to it."""
+    return out.parent / ("benchmarks" if out.name == "benchmarks.md" else out.stem)
+
+
+def _section(path: Path, heading: str) -> list[str]:
+    """The lines of the section of ``path`` starting with ``heading`` (hand-written, kept
+    across runs), up to the next ``## `` heading."""
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith(heading)), None)
+    if start is None:
+        return []
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    section = lines[start:end]
+    while section and not section[-1].strip():
+        section.pop()
+    return section
+
+
+def _scale_sections(results: list[TargetResults], heads: list[str]) -> list[str]:
+    lines = [
+        "",
+        "## How the fleet got to 500, 1,000 and 10,000 destinations",
+        "",
+        "After the one-room join storm, more fleet servers joined *new* public rooms created "
+        "by the user whose changes are fanned out (rooms of 50 up to 1,000 destinations, "
+        "smaller rooms beyond), one join after another inside a room, several rooms at a time. "
+        "Joining 1,000 servers into one room is O(N²) deliveries; this way each destination "
+        "still shares exactly one room with the user, and a displayname change is one member "
+        "PDU per room (each destination gets one PDU and one EDU). What is measured is the "
+        "fan-out afterwards, not these joins.",
+        "",
+        f"| destinations before → after | {' | '.join(heads)} |",
+        f"|---|{'---|' * len(heads)}",
+    ]
+    steps = sorted({(x.n_before, x.n_before + x.attempted) for r in results for x in r.spreads})
+    for before, after in steps:
+        cells = []
+        for r in results:
+            x = next(
+                (x for x in r.spreads if (x.n_before, x.n_before + x.attempted) == (before, after)),
+                None,
+            )
+            if x is None:
+                cells.append("not run")
+                continue
+            cell = (
+                f"{x.joined}/{x.attempted} joined into {x.rooms} rooms of {x.room_size} "
+                f"({x.concurrency} rooms at a time) · wall {_s(x.wall_s)} · CPU {_s(x.cpu_s)}"
+            )
+            if x.error:
+                cell += f" · {x.error}"
+            cells.append(cell.replace("|", "\\|"))
+        lines.append(f"| {before} → {after} | {' | '.join(cells)} |")
+
+    lines += [
+        "",
+        "## Profile PUT latency against the number of destinations",
+        "",
+        "Isolated custom-field PUTs (a new field each time, so each is a leading-edge EDU; "
+        "before each, everything earlier had been delivered and the fleet had received "
+        "nothing for 1 s), timed as the client sees them: from sending the PUT to its "
+        "200 answer. At 10: a second user who shares one room with 10 fleet servers; at the "
+        "largest N: the user who shares rooms with every fleet server. Delivery: PUT → the "
+        "EDU's arrival at the median and the last destination.",
+        "",
+        "| server | destinations | PUTs | PUT p50 | PUT p95 | PUT max | delivery p50 "
+        "(median destination) | delivery p50 (last destination) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        for lat in r.put_latency:
+            if not lat.put_s:
+                continue
+            d50 = [x for x in lat.delivery_p50_s if x is not None]
+            dl = [x for x in lat.delivery_last_s if x is not None]
+            lines.append(
+                f"| {r.kind} | {lat.n:,} | {len(lat.put_s)} ({lat.failed} failed) | "
+                f"{_ms(statistics.median(lat.put_s))} | {_ms(percentile(lat.put_s, 95))} | "
+                f"{_ms(max(lat.put_s))} | {_ms(statistics.median(d50)) if d50 else '–'} | "
+                f"{_ms(statistics.median(dl)) if dl else '–'} "
+                f"({len(lat.delivery_last_s) - len(dl)} not everywhere) |"
+            )
+
+    lines += [
+        "",
+        "## Polling: what `query/profile` polling would cost for the same freshness",
+        "",
+        f"Population: {POLL_USERS:,} remote users, each shared with {POLL_SERVERS} servers; "
+        f"{POLL_CHANGES_PER_HOUR} profile changes per user per hour (assumed). Freshness to "
+        "match: the median PUT → EDU arrival of isolated changes (PUT latency table, 10 "
+        "destinations). A poll every T seconds leaves a change unseen for T/2 on average, "
+        "so T = 2 × that median. Sizes are measured in this run: one "
+        '`GET /_matrix/federation/v1/query/profile` (server-server API §"Querying for '
+        'information") from a fleet server about a user with a displayname, an avatar and '
+        "one custom field (request line, headers with X-Matrix, and the answer, before TLS); "
+        "one `PUT /send` carrying one custom-field EDU as the fleet received it, and the "
+        "fleet's answer. EDUs: one transaction per change per server (no batching counted).",
+        "",
+        "| server | query request / answer | EDU transaction / answer | poll interval | "
+        "polling per hour | polling every 60 s per hour | EDUs per hour |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        p = r.polling
+        if p is None or math.isnan(p.edu_delivery_p50_s) or math.isnan(p.edu_txn_bytes):
+            continue
+        f = polling_figures(p)
+        lines.append(
+            f"| {r.kind} | {p.query_request_bytes} B / {p.query_response_bytes} B "
+            f"(HTTP {p.query_status}) | {p.edu_txn_bytes:.0f} B / {p.edu_answer_bytes} B | "
+            f"{_ms(f['interval_s'])} | {_n(f['poll_requests'])} requests, "
+            f"{_bytes(f['poll_bytes'])} | {_n(f['poll_60_requests'])} requests, "
+            f"{_bytes(f['poll_60_bytes'])} | {_n(f['edu_requests'])} requests, "
+            f"{_bytes(f['edu_bytes'])} |"
+        )
+    return lines
+
+
+def _ms(x: float) -> str:
+    return f"{x * 1000:.1f} ms" if x < 1 else f"{x:.3f} s"
+
+
+def _n(x: float) -> str:
+    return f"{x:,.0f}"
+
+
+def _bytes(x: float) -> str:
+    for unit, div in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if x >= div:
+            return f"{x / div:,.2f} {unit}"
+    return f"{x:.0f} B"

@@ -25,6 +25,7 @@ import trio
 
 from benchmarks.client import Client
 from benchmarks.fleet import Fleet, FleetServer, Watch
+from benchmarks.jssdk_route import TimedWatcher
 from benchmarks.targets import cpu_seconds, rss_bytes
 
 JsonDict = dict[str, Any]
@@ -34,6 +35,7 @@ EDU_GRACE_S = 5.0
 #: How long an EDU-only change (custom field) is waited for when it reaches nobody.
 EDU_ONLY_TIMEOUT_S = 10.0
 POLL_S = 0.01
+JSSDK_ROUTE = "js-sdk UserProfileUpdate"
 #: A server that sent nothing to the fleet for this long has drained its queues.
 DRAIN_QUIET_S = 1.5
 DRAIN_MAX_S = 240.0
@@ -105,6 +107,11 @@ class FanOut:
     #: CPU of this process (fleet and driver) over the same wait: if it nears the wall time,
     #: the fleet, not the server, limited the delivery time.
     fleet_cpu_s: float
+    #: Median wire size of the ``PUT /send`` requests that carried the profile EDU.
+    edu_txn_bytes: float = math.nan
+    #: Rooms the changing user shares with the fleet (each displayname change is one member
+    #: PDU per room).
+    rooms: int = 1
 
 
 @dataclass
@@ -124,10 +131,61 @@ class JoinStorm:
 
 
 @dataclass
+class SpreadJoin:
+    """Fleet servers joining many rooms of ``room_size`` (each created by the user whose
+    change is fanned out), ``concurrency`` rooms at a time, one join after another inside a
+    room: how the fleet gets to 500, 1,000 or 10,000 destinations without the O(N²)
+    deliveries of one big room."""
+
+    n_before: int
+    n_after: int
+    attempted: int
+    joined: int
+    rooms: int
+    room_size: int
+    concurrency: int
+    wall_s: float
+    cpu_s: float
+    error: str | None = None
+
+
+@dataclass
+class PutLatency:
+    """Isolated custom-field PUTs by a user who shares rooms with ``n`` fleet servers."""
+
+    n: int
+    #: Client-observed seconds from sending the PUT to its 200 answer, per PUT.
+    put_s: list[float] = field(default_factory=list)
+    #: Per PUT: seconds from the PUT to its EDU's arrival at the median / last destination
+    #: (None: not everywhere within the timeout).
+    delivery_p50_s: list[float | None] = field(default_factory=list)
+    delivery_last_s: list[float | None] = field(default_factory=list)
+    failed: int = 0
+
+
+@dataclass
+class Polling:
+    """Measured wire sizes for the polling comparison (server-server API
+    §"Querying for information" vs MSC4259 EDUs)."""
+
+    query_request_bytes: int
+    query_response_bytes: int
+    query_status: int
+    #: Median wire size of a ``PUT /send`` carrying one profile EDU and of the fleet's answer.
+    edu_txn_bytes: float
+    edu_answer_bytes: int
+    #: Median PUT → EDU arrival at a destination, isolated changes (the freshness to match).
+    edu_delivery_p50_s: float
+
+
+@dataclass
 class Memory:
     n: int
     rss_before: int
     rss_after: int
+    #: How long the server idled before ``rss_after`` was read, and what that includes.
+    idle_s: float = 3.0
+    note: str = ""
 
     @property
     def per_destination(self) -> float:
@@ -179,6 +237,9 @@ class TargetResults:
     inbound: Inbound | None = None
     errors: list[str] = field(default_factory=list)
     fleet_overhead: str = ""
+    spreads: list[SpreadJoin] = field(default_factory=list)
+    put_latency: list[PutLatency] = field(default_factory=list)
+    polling: Polling | None = None
 
 
 # -- scenarios ------------------------------------------------------------------------------
@@ -328,6 +389,12 @@ async def fanout(
     finally:
         for w in watches.values():
             fleet.unwatch(w)
+    edu_txns = sorted(
+        a.txn_size
+        for s in servers
+        for a in reversed(s.arrivals[-4:])
+        if a.t >= t0 and a.kind == "edu" and a.type in PROFILE_EDU_TYPES
+    )
     return FanOut(
         n=len(servers),
         field="displayname" if key == "displayname" else "custom",
@@ -339,6 +406,7 @@ async def fanout(
         handshakes=fleet.handshakes - handshakes0,
         waited_s=t1 - t0,
         fleet_cpu_s=time.process_time() - own0,
+        edu_txn_bytes=edu_txns[len(edu_txns) // 2] if edu_txns else math.nan,
     )
 
 
@@ -352,8 +420,11 @@ async def burst(
     changes: int = 100,
     within_s: float = 1.0,
 ) -> Burst:
-    """``changes`` PUTs of one field spread over ``within_s``; counts EDUs (and member PDUs)
-    per destination and whether the final value arrived everywhere."""
+    """``changes`` PUTs of one field, started every ``within_s / changes`` seconds without
+    waiting for the previous answer (the first ``changes - 1`` overlap), then the last one
+    once all others were answered, so that its value is the final one; counts EDUs (and
+    member PDUs) per destination and whether the final value arrived everywhere.
+    ``burst_s``: first PUT sent → last PUT answered."""
     final = f"{tag}-{changes - 1}"
     edus = fleet.watch(profile_edu(client.user_id, key), servers)
     pdus = fleet.watch(
@@ -370,11 +441,22 @@ async def burst(
     )
     failed = 0
     t0 = time.monotonic()
-    try:
-        for i in range(changes):
-            await trio.sleep_until(t0 + i * within_s / changes)
+
+    async def put(i: int) -> None:
+        nonlocal failed
+        try:
             response = await client.set_field(key, f"{tag}-{i}")
             failed += response.status_code != 200
+        except httpx.HTTPError:
+            failed += 1
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for i in range(changes - 1):
+                await trio.sleep_until(t0 + i * within_s / changes)
+                nursery.start_soon(put, i)
+        await trio.sleep_until(t0 + (changes - 1) * within_s / changes)
+        await put(changes - 1)
         burst_s = time.monotonic() - t0
         with trio.move_on_after(fanout_timeout(len(servers))):
             await finals.done.wait()
@@ -470,6 +552,7 @@ async def latency_pair(
     gap_s: float,
     users_section: bool,
     timeout_s: float = 10.0,
+    watcher: TimedWatcher | None = None,
 ) -> Latency:
     """Isolated changes of ``key`` by ``sender`` → the first ``/sync`` response of
     ``receiver``'s long-poll loop showing the new value, per route: the MSC4429 ``users``
@@ -483,6 +566,8 @@ async def latency_pair(
         params["filter"] = json.dumps({"org.matrix.msc4429.profile_fields": {"ids": [key]}})
     if key == "displayname":
         routes.append("member event")
+    if watcher is not None:
+        routes.append(JSSDK_ROUTE)
     result = Latency(kind="", key=key, routes={r: [] for r in routes})
 
     def note(value: object, route: str, t: float) -> None:
@@ -513,8 +598,25 @@ async def latency_pair(
                         ):
                             note(ev.get("content", {}).get(key), "member event", t)
 
+    async def jssdk_loop(w: TimedWatcher) -> None:
+        seen_records = len(w.records)
+        while True:
+            w.drain()
+            for record in w.records[seen_records:]:
+                profile = record.get("profile")
+                if (
+                    record.get("type") == "profile"
+                    and record.get("user_id") == sender.user_id
+                    and isinstance(profile, dict)
+                ):
+                    note(profile.get(key), JSSDK_ROUTE, float(record["t"]))
+            seen_records = len(w.records)
+            await trio.sleep(0.002)
+
     async with trio.open_nursery() as nursery:
         nursery.start_soon(sync_loop)
+        if watcher is not None:
+            nursery.start_soon(jssdk_loop, watcher)
         await trio.sleep(1.0)  # the initial sync is answered and the next one parked
         for i in range(samples):
             value = f"lat-{time.time_ns()}-{i}"
@@ -532,6 +634,124 @@ async def latency_pair(
             await trio.sleep(gap_s)
         nursery.cancel_scope.cancel()
     return result
+
+
+async def spread_join(
+    fleet: Fleet,
+    owner: Client,
+    servers: Sequence[FleetServer],
+    destination: str,
+    pid: int,
+    *,
+    n_before: int,
+    room_size: int,
+    concurrency: int,
+    budget_s: float = math.inf,
+) -> tuple[SpreadJoin, list[FleetServer]]:
+    """``servers`` join new public rooms created by ``owner``, ``room_size`` per room
+    (signed ``make_join``/``send_join`` as in the join storm), ``concurrency`` rooms at a
+    time; stops a room at its first failed join, and starts no new room after ``budget_s``.
+    Then waits until the server went quiet."""
+    groups = [list(servers[i : i + room_size]) for i in range(0, len(servers), room_size)]
+    joined: list[FleetServer] = []
+    errors: list[str] = []
+    limiter = trio.CapacityLimiter(concurrency)
+    cpu0, t0 = cpu_seconds(pid), time.monotonic()
+
+    skipped = created = 0
+
+    async def fill(group: list[FleetServer]) -> None:
+        nonlocal skipped, created
+        async with limiter:
+            if time.monotonic() - t0 > budget_s:
+                skipped += 1
+                return
+            try:
+                room_id = await owner.create_public_room()
+            except Exception as exc:
+                errors.append(f"createRoom: {exc!r}"[:200])
+                return
+            created += 1
+            for server in group:
+                try:
+                    await fleet.join(server, destination, room_id)
+                except Exception as exc:
+                    errors.append(f"join: {exc!r}"[:200])
+                    return
+                joined.append(server)
+
+    async with trio.open_nursery() as nursery:
+        for group in groups:
+            nursery.start_soon(fill, group)
+    wall, cpu = time.monotonic() - t0, cpu_seconds(pid) - cpu0
+    await drain(fleet, quiet_s=DRAIN_QUIET_S, max_s=DRAIN_MAX_S)
+    result = SpreadJoin(
+        n_before=n_before,
+        n_after=n_before + len(joined),
+        attempted=len(servers),
+        joined=len(joined),
+        rooms=created,
+        room_size=room_size,
+        concurrency=concurrency,
+        wall_s=wall,
+        cpu_s=cpu,
+        error=f"{len(errors)} failures, first: {errors[0]}" if errors else None,
+    )
+    if skipped:
+        note = f"budget of {budget_s:.0f} s used up: {skipped} rooms not started"
+        result.error = f"{result.error}; {note}" if result.error else note
+    return result, joined
+
+
+async def put_latency(
+    fleet: Fleet,
+    client: Client,
+    servers: list[FleetServer],
+    *,
+    samples: int,
+    tag: str,
+    quiet_s: float = 1.0,
+) -> PutLatency:
+    """``samples`` isolated PUTs of custom fields by ``client`` (a new field each time, so
+    every change is a leading-edge EDU); before each, everything earlier was delivered and
+    the fleet received nothing for ``quiet_s``. Times the PUT as the client sees it and the
+    EDU's arrival across ``servers``."""
+    result = PutLatency(len(servers))
+    for i in range(samples):
+        await drain(fleet, quiet_s=quiet_s, max_s=DRAIN_MAX_S)
+        key, value = f"org.example.{tag}{i}", f"{tag}-{i}"
+        watch = fleet.watch(profile_edu(client.user_id, key, value), servers)
+        try:
+            t0 = time.monotonic()
+            response = await client.set_field(key, value)
+            result.put_s.append(time.monotonic() - t0)
+            if response.status_code != 200:
+                result.failed += 1
+                continue
+            with trio.move_on_after(fanout_timeout(len(servers))):
+                await watch.done.wait()
+        finally:
+            fleet.unwatch(watch)
+        arrivals = sorted(t - t0 for t in watch.first.values())
+        if watch.done.is_set() and arrivals:
+            result.delivery_p50_s.append(arrivals[len(arrivals) // 2])
+            result.delivery_last_s.append(arrivals[-1])
+        else:
+            result.delivery_p50_s.append(None)
+            result.delivery_last_s.append(None)
+    return result
+
+
+async def polling(fleet: Fleet, server: FleetServer, destination: str, client: Client) -> Polling:
+    """Wire sizes of ``GET /_matrix/federation/v1/query/profile`` about ``client`` (who has a
+    displayname and custom fields) from fleet server ``server``, and of the fleet's answer to
+    an EDU-only transaction. The EDU transaction size and the freshness are filled in from
+    the fan-outs and the PUT latency runs."""
+    req, resp, status = await fleet.query_profile_wire(server, destination, client.user_id)
+    body = json.dumps({"pdus": {}}).encode()
+    answer = len(b"HTTP/1.1 200 \r\n") + 2
+    answer += len("content-type: application/json\r\n") + len(f"content-length: {len(body)}\r\n")
+    return Polling(req, resp, status, math.nan, answer + len(body), math.nan)
 
 
 async def settle_rss(pid: int, idle_s: float) -> int:

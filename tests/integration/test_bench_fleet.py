@@ -18,7 +18,7 @@ import trio
 from benchmarks.client import Client
 from benchmarks.fleet import Fleet
 from benchmarks.runner import fleet_certificate
-from benchmarks.scenarios import fanout
+from benchmarks.scenarios import fanout, put_latency, spread_join
 from tests.servers import ServerProcess
 
 
@@ -63,4 +63,40 @@ async def test_three_fleet_servers_join_and_receive_a_displayname_change(
             assert ("edu", "uk.tcpip.msc4259.profile") in kinds, f"{server.server_name} saw {kinds}"
             assert all(a.size > 0 for a in server.arrivals)
             assert server.handshakes >= 1
+
+        # Isolated custom-field PUTs are timed and their EDU seen at every server.
+        timed = await put_latency(fleet, alice, servers, samples=2, tag="smoke")
+        assert len(timed.put_s) == 2 and timed.failed == 0, f"expected 2 PUTs, got {timed}"
+        assert None not in timed.delivery_last_s, f"an EDU did not reach every server: {timed}"
+        # The polling comparison's sizes come from a real query/profile answer.
+        request, answer, status = await fleet.query_profile_wire(
+            servers[0], refserver.server_name, alice.user_id
+        )
+        assert status == 200 and request > 0 and answer > 0, (request, answer, status)
+
+        # Two more servers reach alice through rooms of their own (how the benchmark gets to
+        # 1,000 destinations); a custom-field change then reaches all five.
+        extra = await fleet.grow(2)
+        step, joined = await spread_join(
+            fleet,
+            alice,
+            extra,
+            refserver.server_name,
+            refserver.proc.pid,
+            n_before=3,
+            room_size=1,
+            concurrency=2,
+        )
+        assert (step.joined, step.rooms, step.error) == (2, 2, None), step
+        everyone = [*servers, *joined]
+        custom = await fanout(
+            fleet,
+            alice,
+            everyone,
+            refserver.proc.pid,
+            key="org.example.smoke",
+            value="five",
+            mode="warm",
+        )
+        assert custom.edu.reached == 5 and custom.edu.last_s is not None, custom
         nursery.cancel_scope.cancel()
