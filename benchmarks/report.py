@@ -4,6 +4,7 @@ plots (matplotlib) of delivery time and CPU against the fleet size."""
 from __future__ import annotations
 
 import datetime
+import itertools
 import math
 import os
 import platform
@@ -188,6 +189,10 @@ def write_report(
     sender_memory: SenderMemory | None = None,
 ) -> None:
     kept = _section(out, "## Before and after")
+    # The generated paragraph that follows the hand-written section is not part of it.
+    kept = list(itertools.takewhile(lambda line: not line.startswith(_GENERATED_INTRO), kept))
+    while kept and not kept[-1].strip():
+        kept.pop()
     artifacts = artifacts_dir(out)
     rel = artifacts.relative_to(out.parent).as_posix()
     plots = plot(results, artifacts)
@@ -235,7 +240,7 @@ def write_report(
             "",
         ]
     lines += [
-        "Every number below was measured by `benchmarks/` in the run described here; a scenario "
+        f"{_GENERATED_INTRO} by `benchmarks/` in the run described here; a scenario "
         "that failed or timed out says so. The fleet (`benchmarks/fleet.py`) is N simulated "
         "federation servers in one Trio process on loopback TLS (own ports, own ed25519 keys, "
         "real signed `make_join`/`send_join`), recording the arrival time and size of every PDU "
@@ -536,6 +541,9 @@ def artifacts_dir(out: Path) -> Path:
     """Where the plots and ``results.json`` of the report ``out`` go: ``docs/benchmarks/``
     for ``docs/benchmarks.md``, else a directory named after the report next to it."""
     return out.parent / ("benchmarks" if out.name == "benchmarks.md" else out.stem)
+
+
+_GENERATED_INTRO = "Every number below was measured"
 
 
 def _section(path: Path, heading: str) -> list[str]:
