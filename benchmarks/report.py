@@ -264,9 +264,9 @@ def write_report(
         # Only the first run's: later runs reuse memory this process already holds.
         *[f"| fleet cost | {r.fleet_overhead} |" for r in results[:1] if r.fleet_overhead],
         "",
-        "The machine is shared: other processes ran during the measurement (see the load "
-        "average), so absolute numbers are noisy; both servers ran one after the other under "
-        "the same conditions, and the ratios are what count.",
+        "The load average says whether other processes competed for the two cores (the "
+        "label above says what else ran); absolute numbers move with it, so both servers "
+        "ran one after the other under the same conditions, and the ratios are what count.",
         "",
     ]
     sizes = sorted({f.n for r in results for f in r.fanouts})
