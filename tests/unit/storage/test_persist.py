@@ -4,7 +4,6 @@ current state and writes the outbox rows, and says what it did."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 
 import pytest
 
@@ -15,7 +14,6 @@ from refserver.rooms.builder import EventBuilder
 from refserver.storage import events as event_store
 from refserver.storage import federation as fed_store
 from refserver.storage import rooms as room_store
-from refserver.storage.database import migrate
 from refserver.storage.persist import (
     MembershipChange,
     expand_owed,
@@ -31,15 +29,6 @@ CAROL = "@carol:hs3"
 ROOM = "!room:hs1"
 RV = get_room_version("10")
 OWE = ("hs1",)
-
-
-@pytest.fixture
-def conn() -> Iterator[sqlite3.Connection]:
-    conn = sqlite3.connect(":memory:")
-    conn.row_factory = sqlite3.Row  # as storage.database.connect sets it
-    migrate(conn)
-    yield conn
-    conn.close()
 
 
 @pytest.fixture

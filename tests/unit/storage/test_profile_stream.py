@@ -4,21 +4,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
-
-import pytest
 
 from refserver.storage import profiles as store
-from refserver.storage.database import migrate
-
-
-@pytest.fixture
-def conn() -> Iterator[sqlite3.Connection]:
-    conn = sqlite3.connect(":memory:")
-    conn.row_factory = sqlite3.Row
-    migrate(conn)
-    yield conn
-    conn.close()
 
 
 def append(conn: sqlite3.Connection, rows: list[tuple[str, str, object]]) -> None:

@@ -10,29 +10,18 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
 
 import pytest
 
 from refserver.events.model import Event
 from refserver.events.room_versions import ROOM_V11, ROOM_V12, RoomVersion
 from refserver.events.state_res import auth_event_ids, resolve_state
-from refserver.storage.database import migrate
 from refserver.storage.room_state import load_auth_edges, resolve_states
 from tests.unit.events.fakes import ALICE, BOB, JOIN_RULES, MEMBER, POWER_LEVELS, room_id_for
 from tests.unit.events.test_state_res import JOIN, Chain
 
 BOTH = pytest.mark.parametrize("rv", [ROOM_V11, ROOM_V12], ids=["v11", "v12"])
 CHAIN = 300
-
-
-@pytest.fixture
-def conn() -> Iterator[sqlite3.Connection]:
-    conn = sqlite3.connect(":memory:")
-    conn.row_factory = sqlite3.Row  # as storage.database.connect sets it
-    migrate(conn)
-    yield conn
-    conn.close()
 
 
 def store(conn: sqlite3.Connection, rv: RoomVersion, events: dict[str, Event]) -> None:
