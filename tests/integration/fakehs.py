@@ -177,3 +177,19 @@ class FakeHomeserver:
         )
         assert r.status_code == 200, r.text
         return event
+
+    def join_new_room(
+        self, fed: httpx.Client, cs: httpx.Client, target: ServerProcess, token: str
+    ) -> tuple[str, str]:
+        """The local user of ``token`` creates a public v12 room on ``target`` and this
+        server's ``@mallory`` joins it over federation; returns (room_id, mallory)."""
+        r = cs.post(
+            target.url("/v3/createRoom"),
+            json={"preset": "public_chat", "room_version": "12"},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert r.status_code == 200, r.text
+        room_id: str = r.json()["room_id"]
+        mallory = f"@mallory:{self.name}"
+        self.join(fed, target, room_id, mallory)
+        return room_id, mallory

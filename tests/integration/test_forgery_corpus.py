@@ -169,15 +169,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     try:
         alice, alice_token = hs1.register(f"alice{secrets.token_hex(3)}")
         loner, loner_token = hs1.register(f"loner{secrets.token_hex(3)}")
-        r = cs.post(
-            hs1.url("/v3/createRoom"),
-            json={"preset": "public_chat", "room_version": "12"},
-            headers={"Authorization": f"Bearer {alice_token}"},
-        )
-        assert r.status_code == 200, r.text
-        room_id = r.json()["room_id"]
-        mallory = f"@mallory:{fake.name}"
-        fake.join(fed, hs1, room_id, mallory)
+        room_id, mallory = fake.join_new_room(fed, cs, hs1, alice_token)
         yield World(hs1, fake, fed, cs, alice, alice_token, loner, loner_token, mallory, room_id)
     finally:
         fed.close()

@@ -92,15 +92,7 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     fed = httpx.Client(verify=ssl.create_default_context(cafile=hs1.ca_pem), timeout=TIMEOUT_S)
     try:
         user, token = hs1.register(f"fuzz{secrets.token_hex(3)}")
-        r = cs.post(
-            hs1.url("/v3/createRoom"),
-            json={"preset": "public_chat", "room_version": "12"},
-            headers={"Authorization": f"Bearer {token}"},
-        )
-        assert r.status_code == 200, r.text
-        room_id = r.json()["room_id"]
-        mallory = f"@mallory:{fake.name}"
-        fake.join(fed, hs1, room_id, mallory)
+        room_id, mallory = fake.join_new_room(fed, cs, hs1, token)
         yield Target(hs1, fake, cs, fed, user, token, room_id, mallory)
     finally:
         cs.close()
