@@ -14,7 +14,13 @@ module walks the auth DAG itself. A missing event raises :class:`StateResolution
 caller may also pass the DAG's edges alone (``auth_events``); then only the events the
 algorithm looks at are taken from ``event_map``, which may load them on demand. Chains are
 walked in linear time: a member event's auth chain holds every earlier membership event of
-its sender, so it grows with every profile change (docs/reliability.md, "Soak").
+its sender, so it grows with every profile change (docs/reliability.md, "Soak"). With a
+*topological numbering* as well (``order``: each event's number above those of its auth
+events, as a stream ordering is when every event was stored after its auth events), the
+walks stop where they can no longer change the answer: the auth difference once every
+walked branch is in every state set's chain, the conflicted subgraph and the power-event
+chains below the oldest event they could meet. An edge that goes up the numbering makes
+the resolution start again without it.
 
 Choices, and where this deliberately differs from Synapse:
 
@@ -68,6 +74,7 @@ def resolve_state(
     state_sets: Sequence[StateMap],
     event_map: Mapping[str, Event],
     auth_events: Mapping[str, Sequence[str]] | None = None,
+    order: Mapping[str, int] | None = None,
 ) -> dict[StateKey, str]:
     """Resolve ``state_sets`` into one state map (spec §"Algorithm").
 
@@ -79,6 +86,9 @@ def resolve_state(
             gives them. With it the DAG is walked without touching ``event_map``, which may
             then load events on demand: only the events of the full conflicted set and
             those the auth checks consult are read.
+        order: optional, a topological numbering of the events (each above its auth
+            events; may load on demand). With it the walks are bounded (module docstring);
+            the answer is the same.
 
     Returns:
         The resolved state, ``(type, state_key) → event_id``.
@@ -86,19 +96,36 @@ def resolve_state(
     unconflicted, conflicted = _separate(state_sets)
     if not conflicted:
         return unconflicted
+    if order is not None:
+        bounded = _AuthGraph(event_map, auth_events, order)
+        try:
+            return _resolve(room_version, state_sets, unconflicted, conflicted, bounded)
+        except _NotTopological:
+            pass  # an edge goes up the numbering: walk the whole closures instead
     graph = _AuthGraph(event_map, auth_events)
+    return _resolve(room_version, state_sets, unconflicted, conflicted, graph)
+
+
+def _resolve(
+    room_version: RoomVersion,
+    state_sets: Sequence[StateMap],
+    unconflicted: dict[StateKey, str],
+    conflicted: dict[StateKey, set[str]],
+    graph: _AuthGraph,
+) -> dict[StateKey, str]:
+    event_map = graph.event_map
     conflicted_ids = set().union(*conflicted.values())
-    full_conflicted = conflicted_ids | _auth_difference(graph, state_sets)
+    full_conflicted = conflicted_ids | graph.auth_difference(state_sets)
     v2_1 = room_version.state_res is StateResAlgorithm.V2_1
     if v2_1:
-        full_conflicted |= _conflicted_subgraph(graph, conflicted_ids)
+        full_conflicted |= graph.conflicted_subgraph(conflicted_ids)
     # 1. Select the set X of all power events in the full conflicted set, enlarged with the
     #    events of their auth chains which also belong to the full conflicted set. Sort X by
     #    the reverse topological power ordering.
     power_ids = {e for e in full_conflicted if is_power_event(graph.event(e))}
     x = set(power_ids)
     for event_id in power_ids:
-        x |= graph.auth_chain(event_id) & full_conflicted
+        x |= graph.chain_within(event_id, full_conflicted)
     sorted_power = _power_sort(x, graph)
     # 2. Apply the iterative auth checks algorithm, starting from the unconflicted state map
     #    (v2) or from an *empty* state map (v2.1), to get a partially resolved state.
@@ -169,16 +196,23 @@ def _get(event_map: Mapping[str, Event], event_id: str) -> Event:
         raise StateResolutionError(f"event {event_id} is not in event_map") from None
 
 
+class _NotTopological(Exception):
+    """An auth edge goes up the numbering given as ``order``: bounded walks would be wrong."""
+
+
 class _AuthGraph:
-    """The auth DAG over ``event_map``, with memoised auth chains (spec §"Auth chain")."""
+    """The auth DAG over ``event_map``, with memoised auth chains (spec §"Auth chain"), and
+    walks bounded by a topological numbering when one is given."""
 
     def __init__(
         self,
         event_map: Mapping[str, Event],
         auth_events: Mapping[str, Sequence[str]] | None = None,
+        order: Mapping[str, int] | None = None,
     ) -> None:
         self.event_map = event_map
         self._auth_events = auth_events
+        self._order = order
         self._chains: dict[str, frozenset[str]] = {}
 
     def event(self, event_id: str) -> Event:
@@ -193,6 +227,22 @@ class _AuthGraph:
             return self._auth_events[event_id]
         except KeyError:
             raise StateResolutionError(f"event {event_id} is not in event_map") from None
+
+    def number(self, event_id: str) -> int:
+        """The event's place in the topological numbering (only called when there is one)."""
+        assert self._order is not None
+        try:
+            return self._order[event_id]
+        except KeyError:
+            raise StateResolutionError(f"event {event_id} is not in event_map") from None
+
+    def auth_ids_below(self, event_id: str, number: int) -> Sequence[str]:
+        """``auth_ids``, checking that each is numbered below ``number`` (the event's)."""
+        auth_ids = self.auth_ids(event_id)
+        for auth_id in auth_ids:
+            if self.number(auth_id) >= number:
+                raise _NotTopological(f"{event_id} cites {auth_id}, numbered above it")
+        return auth_ids
 
     def auth_chain(self, event_id: str) -> frozenset[str]:
         """Every event reachable through ``auth_events`` links (excluding the event itself)."""
@@ -217,6 +267,31 @@ class _AuthGraph:
                 path.discard(current)
         return self._chains[event_id]
 
+    def chain_within(self, event_id: str, targets: Collection[str]) -> set[str]:
+        """The events of ``targets`` in the event's auth chain. With a numbering, only the
+        part of the chain numbered at or above the lowest target is walked; without one,
+        the memoised chain is used (every target is then found by one lookup)."""
+        if self._order is None:
+            return set(self.auth_chain(event_id) & set(targets))
+        floor = min((self.number(t) for t in targets), default=None)
+        if floor is None:
+            return set()
+        return self._walk_down([event_id], floor) & set(targets)
+
+    def _walk_down(self, starts: Iterable[str], floor: int) -> set[str]:
+        """Every event reachable from ``starts`` through auth edges, each numbered ≥
+        ``floor``: nothing numbered lower has a path to an event numbered ``floor``."""
+        found: set[str] = set()
+        todo = [(s, self.number(s)) for s in starts]
+        while todo:
+            event_id, number = todo.pop()
+            for auth_id in self.auth_ids_below(event_id, number):
+                auth_number = self.number(auth_id)
+                if auth_id not in found and auth_number >= floor:
+                    found.add(auth_id)
+                    todo.append((auth_id, auth_number))
+        return found
+
     def full_auth_chain(self, event_ids: Iterable[str]) -> set[str]:
         """The union of the events' auth chains, in one walk: memoising every event's own
         chain would cost the square of the chain's length (a member event's chain holds
@@ -230,35 +305,80 @@ class _AuthGraph:
                 todo.extend(self.auth_ids(event_id))
         return found
 
+    def auth_difference(self, state_sets: Sequence[StateMap]) -> set[str]:
+        """Spec §"Auth difference": ∪ Cᵢ − ∩ Cᵢ over the full auth chains Cᵢ of the states."""
+        if self._order is None:
+            chains = [self.full_auth_chain(state.values()) for state in state_sets]
+            return set().union(*chains) - chains[0].intersection(*chains[1:])
+        return self._auth_difference_bounded(state_sets)
 
-def _auth_difference(graph: _AuthGraph, state_sets: Sequence[StateMap]) -> set[str]:
-    """Spec §"Auth difference": ∪ Cᵢ − ∩ Cᵢ over the full auth chains Cᵢ of the states."""
-    chains = [graph.full_auth_chain(state.values()) for state in state_sets]
-    return set().union(*chains) - chains[0].intersection(*chains[1:])
+    def _auth_difference_bounded(self, state_sets: Sequence[StateMap]) -> set[str]:
+        """The auth difference by one walk down the numbering, highest first, carrying for
+        each event the set of state sets whose chains hold it (a bit mask). An event's mask
+        is complete when it is taken: every event citing it is numbered higher. Once every
+        event still waiting is in all chains, so is everything below them: stop there."""
+        everyone = (1 << len(state_sets)) - 1
+        masks: dict[str, int] = {}
+        waiting: list[tuple[int, str]] = []  # (−number, event_id): highest number first
+        open_count = 0  # events waiting whose mask is not yet ``everyone``
 
+        def reach(event_id: str, mask: int) -> None:
+            nonlocal open_count
+            old = masks.get(event_id)
+            if old is None:
+                masks[event_id] = mask
+                heapq.heappush(waiting, (-self.number(event_id), event_id))
+                open_count += mask != everyone
+            elif old | mask != old:
+                masks[event_id] = old | mask
+                open_count -= old | mask == everyone
 
-def _conflicted_subgraph(graph: _AuthGraph, conflicted: set[str]) -> set[str]:
-    """/rooms/v12 §"Conflicted state subgraph".
+        for bit, state in enumerate(state_sets):
+            for event_id in set(state.values()):
+                for auth_id in self.auth_ids(event_id):
+                    reach(auth_id, 1 << bit)
+        difference: set[str] = set()
+        taken: set[str] = set()
+        while open_count:
+            negated, event_id = heapq.heappop(waiting)
+            mask = masks[event_id]
+            taken.add(event_id)
+            if mask != everyone:
+                open_count -= 1
+                difference.add(event_id)
+            for auth_id in self.auth_ids_below(event_id, -negated):
+                if auth_id in taken:  # numbered higher, yet cited: not topological
+                    raise _NotTopological(f"{event_id} cites {auth_id}, taken before it")
+                reach(auth_id, mask)
+        return difference
 
-    The union of all ``auth_events`` paths between two conflicted events, endpoints included:
-    the events below some conflicted event whose own auth chain reaches a conflicted event.
-    """
-    below = graph.full_auth_chain(conflicted)
-    # An event of ``below`` whose auth chain reaches a conflicted event is one reached from
-    # a conflicted event along reversed auth_events links; such a path stays inside
-    # ``below`` ∪ ``conflicted``, so one walk over those reversed links finds them all.
-    children: dict[str, list[str]] = {}
-    for event_id in below | conflicted:
-        for auth_id in graph.auth_ids(event_id):
-            children.setdefault(auth_id, []).append(event_id)
-    reached: set[str] = set()
-    todo = list(conflicted)
-    while todo:
-        for child in children.get(todo.pop(), ()):
-            if child not in reached:
-                reached.add(child)
-                todo.append(child)
-    return conflicted | (reached & below)
+    def conflicted_subgraph(self, conflicted: set[str]) -> set[str]:
+        """/rooms/v12 §"Conflicted state subgraph".
+
+        The union of all ``auth_events`` paths between two conflicted events, endpoints
+        included: the events below some conflicted event whose own auth chain reaches a
+        conflicted event. With a numbering, only events numbered at or above the lowest
+        conflicted event can be on such a path, so the walk stops there.
+        """
+        if self._order is None:
+            below = self.full_auth_chain(conflicted)
+        else:
+            below = self._walk_down(conflicted, min(self.number(c) for c in conflicted))
+        # An event of ``below`` whose auth chain reaches a conflicted event is one reached
+        # from a conflicted event along reversed auth_events links; such a path stays inside
+        # ``below`` ∪ ``conflicted``, so one walk over those reversed links finds them all.
+        children: dict[str, list[str]] = {}
+        for event_id in below | conflicted:
+            for auth_id in self.auth_ids(event_id):
+                children.setdefault(auth_id, []).append(event_id)
+        reached: set[str] = set()
+        todo = list(conflicted)
+        while todo:
+            for child in children.get(todo.pop(), ()):
+                if child not in reached:
+                    reached.add(child)
+                    todo.append(child)
+        return conflicted | (reached & below)
 
 
 def _sender_power(event: Event, event_map: Mapping[str, Event]) -> PowerLevel:
@@ -287,7 +407,7 @@ def reverse_topological_power_sort(
 def _power_sort(event_ids: Collection[str], graph: _AuthGraph) -> list[str]:
     event_map = graph.event_map
     ids = set(event_ids)
-    waiting_on = {e: set(graph.auth_chain(e) & ids) for e in ids}
+    waiting_on = {e: graph.chain_within(e, ids) for e in ids}
     unblocks: dict[str, list[str]] = {e: [] for e in ids}
     for event_id, auth_ids in waiting_on.items():
         for auth_id in auth_ids:

@@ -88,7 +88,7 @@ def auth_and_persist(
     owed to the room's servers except those (a resident relays a send_join/send_leave)."""
     rv = event.room_version
     if state_before is None:
-        state_before = state_after_events(conn, rv, event.prev_event_ids)
+        state_before = state_after_events(conn, rv, event.room_id, event.prev_event_ids)
     rejected: str | None = None
     soft_failed = False
     auth_events = event_store.get_events(conn, event.auth_event_ids)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from refserver.crypto.canonical_json import encode_canonical_json
 from refserver.events.model import Event
 from refserver.events.room_versions import get_room_version
+from refserver.events.state_res import auth_event_ids
 
 #: ``(type, state_key) → event_id``.
 StateMap = dict[tuple[str, str], str]
@@ -157,6 +158,7 @@ def insert_event(
         ),
     )
     assert cur.lastrowid is not None
+    _note_auth_order(conn, event)
     if state_before is not None:
         before = _state_group_for(conn, event.room_id, state_before, event.prev_event_ids)
         after = before
@@ -170,6 +172,29 @@ def insert_event(
             (event.event_id, before, after),
         )
     return cur.lastrowid
+
+
+def _note_auth_order(conn: sqlite3.Connection, event: Event) -> None:
+    """Flag the room if ``event`` cites an auth event not stored yet: that one will be
+    stored with a higher stream ordering, so the room's orderings are no longer a
+    topological numbering of its auth DAG (what bounded state resolution relies on)."""
+    cited = set(auth_event_ids(event.room_version, event.room_id, event.type, event.auth_event_ids))
+    if not cited:
+        return
+    marks = ",".join("?" * len(cited))
+    (stored,) = conn.execute(
+        f"SELECT COUNT(*) FROM events WHERE event_id IN ({marks})", list(cited)
+    ).fetchone()
+    if stored < len(cited):
+        conn.execute(
+            "INSERT OR IGNORE INTO rooms_auth_unordered (room_id) VALUES (?)", (event.room_id,)
+        )
+
+
+def auth_order_is_topological(conn: sqlite3.Connection, room_id: str) -> bool:
+    """Whether every event of the room was stored after all its auth events."""
+    row = conn.execute("SELECT 1 FROM rooms_auth_unordered WHERE room_id = ?", (room_id,))
+    return row.fetchone() is None
 
 
 def mark_redacted(conn: sqlite3.Connection, event_id: str, redaction_id: str) -> None:

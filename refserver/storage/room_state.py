@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping
+import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TypeVar
 
 from refserver.events.model import Event
 from refserver.events.room_versions import RoomVersion, get_room_version
@@ -17,6 +19,8 @@ from refserver.events.room_view import RoomView, StateMap
 from refserver.events.state_res import auth_event_ids, resolve_state
 from refserver.storage import events as event_store
 from refserver.storage import rooms as room_store
+
+_V = TypeVar("_V")
 
 
 def load_view(conn: sqlite3.Connection, room_id: str) -> RoomView | None:
@@ -50,19 +54,23 @@ def load_auth_closure(conn: sqlite3.Connection, event_ids: Iterable[str]) -> dic
 
 
 def resolve_states(
-    conn: sqlite3.Connection, room_version: RoomVersion, state_sets: list[StateMap]
+    conn: sqlite3.Connection, room_version: RoomVersion, room_id: str, state_sets: list[StateMap]
 ) -> StateMap:
     """State resolution over stored events (one set needs no resolving)."""
     unique = [dict(s) for s in {tuple(sorted(s.items())): s for s in state_sets}.values()]
     if len(unique) <= 1:
         return dict(unique[0]) if unique else {}
+    events = _EventsOnDemand(conn)
+    if event_store.auth_order_is_topological(conn, room_id):
+        # The DAG's edges and stream orderings, read as the walks reach them: the walks stop
+        # where the state sets' chains meet, however long the room's history.
+        dag = _StoredAuthDag(conn, room_version, room_id)
+        return resolve_state(room_version, unique, events, dag.auth_events, dag.order)
+    # Orderings out of auth order: the edges of the whole auth closure, read at once (the
+    # closure grows with the room's history: every membership change of a member is in the
+    # chain of their next one), and events loaded only when the algorithm looks at them.
     ids = {e for s in unique for e in s.values()}
-    # The DAG's edges only, and events loaded when the algorithm looks at them: the full
-    # auth closure grows with the room's history (every membership change of a member is in
-    # the chain of their next one), the events resolution reads do not.
-    return resolve_state(
-        room_version, unique, _EventsOnDemand(conn), load_auth_edges(conn, room_version, ids)
-    )
+    return resolve_state(room_version, unique, events, load_auth_edges(conn, room_version, ids))
 
 
 def load_auth_edges(
@@ -88,13 +96,84 @@ def load_auth_edges(
                 chunk,
             )
             for event_id, room_id, event_type, listed in rows:
-                auth = json.loads(listed) if listed else []
-                ids = [a for a in auth if isinstance(a, str)] if isinstance(auth, list) else []
-                ids = auth_event_ids(room_version, room_id, event_type, ids)
+                ids = auth_event_ids(room_version, room_id, event_type, _listed_ids(listed))
                 key = known.setdefault(event_id, event_id)
                 edges[key] = [known.setdefault(a, a) for a in ids]
                 todo.extend(a for a in edges[key] if a not in edges)
     return edges
+
+
+#: The number of an event of another room: above every event, so an edge to it makes the
+#: bounded walks give way to the whole-closure walk.
+_FOREIGN = sys.maxsize
+
+
+class _StoredAuthDag:
+    """The auth DAG's edges and a topological numbering (the stream ordering), read from
+    the stored PDUs' ``auth_events`` (without decoding the PDUs) when first asked for."""
+
+    def __init__(self, conn: sqlite3.Connection, room_version: RoomVersion, room_id: str) -> None:
+        self._conn = conn
+        self._room_version = room_version
+        self._room_id = room_id
+        self._rows: dict[str, tuple[int, list[str]] | None] = {}
+        self.auth_events: Mapping[str, Sequence[str]] = _Column(self, lambda row: row[1])
+        self.order: Mapping[str, int] = _Column(self, lambda row: row[0])
+
+    def row(self, event_id: str) -> tuple[int, list[str]] | None:
+        if event_id not in self._rows:
+            self._load([event_id])
+            row = self._rows[event_id]
+            # The walks ask for the numbers of an event's auth events next: one query.
+            if row is not None:
+                self._load([a for a in row[1] if a not in self._rows])
+        return self._rows[event_id]
+
+    def loaded(self) -> Iterator[str]:
+        return (e for e, row in self._rows.items() if row is not None)
+
+    def _load(self, event_ids: list[str]) -> None:
+        if not event_ids:
+            return
+        self._rows.update(dict.fromkeys(event_ids))
+        marks = ",".join("?" * len(event_ids))
+        rows = self._conn.execute(
+            "SELECT event_id, stream_ordering, room_id, type,"
+            " json_extract(pdu_json, '$.auth_events')"
+            f" FROM events WHERE event_id IN ({marks})",
+            event_ids,
+        )
+        for event_id, ordering, room_id, event_type, listed in rows:
+            ids = _listed_ids(listed)
+            ids = auth_event_ids(self._room_version, room_id, event_type, ids)
+            number = ordering if room_id == self._room_id else _FOREIGN
+            self._rows[event_id] = (number, ids)
+
+
+class _Column(Mapping[str, _V]):
+    """One column of a :class:`_StoredAuthDag`, as a mapping by event ID."""
+
+    def __init__(self, dag: _StoredAuthDag, pick: Callable[[tuple[int, list[str]]], _V]) -> None:
+        self._dag = dag
+        self._pick = pick
+
+    def __getitem__(self, event_id: str) -> _V:
+        row = self._dag.row(event_id)
+        if row is None:
+            raise KeyError(event_id)
+        return self._pick(row)
+
+    def __iter__(self) -> Iterator[str]:
+        return self._dag.loaded()
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self._dag.loaded())
+
+
+def _listed_ids(listed: str | None) -> list[str]:
+    """The event IDs of a stored PDU's ``auth_events`` (as ``json_extract`` gives it)."""
+    auth = json.loads(listed) if listed else []
+    return [a for a in auth if isinstance(a, str)] if isinstance(auth, list) else []
 
 
 class _EventsOnDemand(Mapping[str, Event]):
@@ -120,7 +199,7 @@ class _EventsOnDemand(Mapping[str, Event]):
 
 
 def state_after_events(
-    conn: sqlite3.Connection, room_version: RoomVersion, event_ids: Iterable[str]
+    conn: sqlite3.Connection, room_version: RoomVersion, room_id: str, event_ids: Iterable[str]
 ) -> StateMap | None:
     """The resolved state after ``event_ids`` (a new event's state before it), or None if
     the state after any of them is unknown."""
@@ -130,7 +209,7 @@ def state_after_events(
         if state is None:
             return None
         sets.append(state)
-    return resolve_states(conn, room_version, sets)
+    return resolve_states(conn, room_version, room_id, sets)
 
 
 def recompute_current_state(
@@ -138,6 +217,6 @@ def recompute_current_state(
 ) -> None:
     """Current state = the resolution of the states after every forward extremity."""
     extremities = event_store.get_forward_extremities(conn, room_id)
-    state = state_after_events(conn, room_version, extremities)
+    state = state_after_events(conn, room_version, room_id, extremities)
     if state is not None:
         room_store.set_current_state(conn, room_id, state)

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from refserver.events.auth_rules import auth_types_for_event
 from refserver.events.model import Event
@@ -23,6 +25,7 @@ from refserver.events.power_levels import StateKey
 from refserver.events.room_versions import ROOM_V11, ROOM_V12, RoomVersion
 from refserver.events.state_res import (
     StateResolutionError,
+    _AuthGraph,
     auth_event_ids,
     is_power_event,
     iterative_auth_checks,
@@ -114,6 +117,11 @@ def _edges(event_map: Mapping[str, Event]) -> dict[str, list[str]]:
     }
 
 
+def _numbering(event_map: Mapping[str, Event]) -> dict[str, int]:
+    """A topological numbering: the order the events were made in (auth events first)."""
+    return {e: n for n, e in enumerate(event_map)}
+
+
 def do_check(
     rv: RoomVersion, events: Sequence[Fake], edges: Sequence[Sequence[str]], expected: Sequence[str]
 ) -> None:
@@ -140,8 +148,11 @@ def do_check(
         else:
             sets = [state_after[p] for p in prevs]
             state_before = resolve_state(rv, sets, event_map)
-            # The same answer when the DAG's edges are given apart from the events.
+            # The same answer when the DAG's edges are given apart from the events, and
+            # when the walks are bounded by a topological numbering.
             assert resolve_state(rv, sets, event_map, _edges(event_map)) == state_before
+            bounded = resolve_state(rv, sets, event_map, _edges(event_map), _numbering(event_map))
+            assert bounded == state_before
         content = _content(rv, fake)
         auth_types = auth_types_for_event(fake.type, fake.state_key, fake.sender, content, rv)
         event = make_event(
@@ -435,6 +446,17 @@ class Chain:
         return {self.events[i].state_tuple(): i for i in ("$CREATE", *ids)}
 
 
+def resolve_every_way(
+    rv: RoomVersion, sets: Sequence[Mapping[StateKey, str]], events: Mapping[str, Event]
+) -> dict[StateKey, str]:
+    """Resolve from the events alone, from the edges, and with walks bounded by a
+    topological numbering; all three must agree."""
+    resolved = resolve_state(rv, sets, events)
+    assert resolve_state(rv, sets, events, _edges(events)) == resolved
+    assert resolve_state(rv, sets, events, _edges(events), _numbering(events)) == resolved
+    return resolved
+
+
 @BOTH
 def test_v2_1_starts_from_an_empty_state_so_stale_leaves_cannot_reset_join_rules(
     rv: RoomVersion,
@@ -452,7 +474,7 @@ def test_v2_1_starts_from_an_empty_state_so_stale_leaves_cannot_reset_join_rules
 
     correct = c.state(ma2, mb, power, jr2)
     incorrect = c.state(ma2, mb, power, jr1)
-    resolved = resolve_state(rv, [correct, incorrect], c.events)
+    resolved = resolve_every_way(rv, [correct, incorrect], c.events)
 
     if rv is ROOM_V12:
         assert resolved == correct
@@ -487,7 +509,7 @@ def test_v2_1_replays_the_conflicted_subgraph(rv: RoomVersion) -> None:
 
     dodgy = c.state(ma, mb, mc, me2, power1, jr)
     sensible = c.state(ma, mb, mc, mz, power3, jr)
-    resolved = resolve_state(rv, [dodgy, sensible], c.events)
+    resolved = resolve_every_way(rv, [dodgy, sensible], c.events)
 
     if rv is ROOM_V12:
         assert resolved == c.state(ma, mb, mc, me1, mz, power3, jr)
@@ -507,7 +529,7 @@ def test_concurrent_joins_are_both_kept(rv: RoomVersion) -> None:
     mb = c.new("IMB", MEMBER, BOB, BOB, JOIN, [jr])
     mc = c.new("IMC", MEMBER, CHARLIE, CHARLIE, JOIN, [jr])
     at_bob, at_charlie = c.state(ma, jr, mb), c.state(ma, jr, mc)
-    assert resolve_state(rv, [at_bob, at_charlie], c.events) == c.state(ma, jr, mb, mc)
+    assert resolve_every_way(rv, [at_bob, at_charlie], c.events) == c.state(ma, jr, mb, mc)
 
 
 def test_unconflicted_states_resolve_to_themselves() -> None:
@@ -598,3 +620,101 @@ def test_a_long_membership_chain_is_walked_by_its_edges_and_few_events_are_read(
     assert resolve_state(rv, [ours, theirs], reads, _edges(c.events)) == expected
     assert expected[(MEMBER, BOB)] == bob and expected[(MEMBER, ALICE)] == alice
     assert len(reads.read) < 20, sorted(reads.read)
+
+
+class _Looked(dict[str, Any]):
+    """A mapping that remembers which keys were looked up."""
+
+    def __init__(self, items: Mapping[str, Any]) -> None:
+        super().__init__(items)
+        self.looked: set[str] = set()
+
+    def __getitem__(self, key: str) -> Any:
+        self.looked.add(key)
+        return super().__getitem__(key)
+
+
+def _long_chain(rv: RoomVersion, length: int) -> tuple[Chain, list[dict[StateKey, str]]]:
+    """Bob changed his profile ``length`` times; two states differ in his last two changes
+    and in two of Alice's."""
+    c = Chain(rv)
+    ma = c.new("MA", MEMBER, ALICE, ALICE, JOIN, [])
+    pa = c.new("PA", POWER_LEVELS, "", ALICE, {"users": {ALICE: 100}}, [ma])
+    jr = c.new("JR", JOIN_RULES, "", ALICE, {"join_rule": "public"}, [ma, pa])
+    bob = c.new("MB0", MEMBER, BOB, BOB, JOIN, [pa, jr])
+    for n in range(1, length):
+        bob = c.new(f"MB{n}", MEMBER, BOB, BOB, {**JOIN, "displayname": f"b{n}"}, [pa, bob])
+    previous = c.events[bob].auth_event_ids[-1]
+    older = c.new("MA1", MEMBER, ALICE, ALICE, {**JOIN, "displayname": "a1"}, [pa, ma])
+    alice = c.new("MA2", MEMBER, ALICE, ALICE, {**JOIN, "displayname": "a2"}, [pa, older])
+    base = {(CREATE, ""): "$CREATE", (POWER_LEVELS, ""): pa, (JOIN_RULES, ""): jr}
+    ours = {**base, (MEMBER, ALICE): older, (MEMBER, BOB): bob}
+    theirs = {**base, (MEMBER, ALICE): alice, (MEMBER, BOB): previous}
+    return c, [ours, theirs]
+
+
+@BOTH
+def test_a_topological_numbering_bounds_the_walks_to_where_the_chains_differ(
+    rv: RoomVersion,
+) -> None:
+    """With the stream ordering as a numbering, the auth difference stops once both states'
+    chains meet, and the conflicted subgraph below the oldest conflicted event: a few edges
+    are followed, not the 2,000 of Bob's chain."""
+    c, sets = _long_chain(rv, 2000)
+    expected = resolve_state(rv, sets, c.events)
+    edges, numbers = _Looked(_edges(c.events)), _Looked(_numbering(c.events))
+    assert resolve_state(rv, sets, c.events, edges, numbers) == expected
+    assert len(edges.looked) < 20, sorted(edges.looked)
+    assert len(numbers.looked) < 20, sorted(numbers.looked)
+    # Without the numbering every edge of the closure is followed.
+    edges = _Looked(_edges(c.events))
+    assert resolve_state(rv, sets, c.events, edges) == expected
+    assert len(edges.looked) > 2000
+
+
+@BOTH
+def test_a_numbering_that_is_not_topological_falls_back_to_the_whole_walk(
+    rv: RoomVersion,
+) -> None:
+    """Numbered backwards (as stream orderings are when an event was stored before its auth
+    events), the first edge walked goes up: the resolution walks the whole closures and
+    gives the same answer."""
+    c, sets = _long_chain(rv, 50)
+    expected = resolve_state(rv, sets, c.events)
+    backwards = {e: -n for e, n in _numbering(c.events).items()}
+    edges = _Looked(_edges(c.events))
+    assert resolve_state(rv, sets, c.events, edges, backwards) == expected
+    assert len(edges.looked) > 50
+
+
+@st.composite
+def _auth_dags(draw: st.DrawFn) -> tuple[dict[str, list[str]], dict[str, int], list[set[str]]]:
+    """A random auth DAG (each event cites earlier ones), a topological numbering with gaps,
+    and 2–4 random sets of events."""
+    size = draw(st.integers(2, 40))
+    edges: dict[str, list[str]] = {}
+    for n in range(size):
+        cited = draw(st.sets(st.integers(0, n - 1), max_size=3)) if n else set()
+        edges[f"${n}"] = [f"${c}" for c in sorted(cited)]
+    gaps = draw(st.lists(st.integers(1, 5), min_size=size, max_size=size))
+    numbers = {f"${n}": sum(gaps[: n + 1]) for n in range(size)}
+    ids = st.sampled_from(sorted(edges))
+    sets = draw(st.lists(st.sets(ids, min_size=1, max_size=6), min_size=2, max_size=4))
+    return edges, numbers, sets
+
+
+@given(_auth_dags())
+@settings(max_examples=300, deadline=None)
+def test_bounded_walks_equal_whole_walks_on_random_dags(
+    dag: tuple[dict[str, list[str]], dict[str, int], list[set[str]]],
+) -> None:
+    """The auth difference, the conflicted subgraph and the chains within a set are the
+    same whether the walks are bounded by the numbering or cover the whole closures."""
+    edges, numbers, sets = dag
+    whole, bounded = _AuthGraph({}, edges), _AuthGraph({}, edges, numbers)
+    state_sets = [{("t", e): e for e in chosen} for chosen in sets]
+    assert bounded.auth_difference(state_sets) == whole.auth_difference(state_sets)
+    conflicted = set().union(*sets[1:]) ^ sets[0] or sets[0]
+    assert bounded.conflicted_subgraph(conflicted) == whole.conflicted_subgraph(conflicted)
+    for event_id in edges:
+        assert bounded.chain_within(event_id, sets[0]) == whole.chain_within(event_id, sets[0])
