@@ -65,6 +65,7 @@ def resolve_states(
         # The DAG's edges and stream orderings, read as the walks reach them: the walks stop
         # where the state sets' chains meet, however long the room's history.
         dag = _StoredAuthDag(conn, room_version, room_id)
+        dag.preload({e for s in unique for e in s.values()})
         return resolve_state(room_version, unique, events, dag.auth_events, dag.order)
     # Orderings out of auth order: the edges of the whole auth closure, read at once (the
     # closure grows with the room's history: every membership change of a member is in the
@@ -87,8 +88,8 @@ def load_auth_edges(
     while todo:
         batch = [e for e in dict.fromkeys(todo) if e not in edges]
         todo = []
-        for start in range(0, len(batch), 500):
-            chunk = batch[start : start + 500]
+        for start in range(0, len(batch), _BATCH):
+            chunk = batch[start : start + _BATCH]
             marks = ",".join("?" * len(chunk))
             rows = conn.execute(
                 "SELECT event_id, room_id, type, json_extract(pdu_json, '$.auth_events')"
@@ -102,6 +103,10 @@ def load_auth_edges(
                 todo.extend(a for a in edges[key] if a not in edges)
     return edges
 
+
+#: Event IDs per ``IN (…)`` query (SQLite allows 32,766 parameters; smaller keeps each
+#: statement cheap to prepare).
+_BATCH = 500
 
 #: The number of an event of another room: above every event, so an edge to it makes the
 #: bounded walks give way to the whole-closure walk.
@@ -117,24 +122,31 @@ class _StoredAuthDag:
         self._room_version = room_version
         self._room_id = room_id
         self._rows: dict[str, tuple[int, list[str]] | None] = {}
+        self._unexpanded: list[str] = []  # rows read whose auth events are not read yet
         self.auth_events: Mapping[str, Sequence[str]] = _Column(self, lambda row: row[1])
         self.order: Mapping[str, int] = _Column(self, lambda row: row[0])
 
     def row(self, event_id: str) -> tuple[int, list[str]] | None:
         if event_id not in self._rows:
-            self._load([event_id])
-            row = self._rows[event_id]
-            # The walks ask for the numbers of an event's auth events next: one query.
-            if row is not None:
-                self._load([a for a in row[1] if a not in self._rows])
+            # A miss: read the event and, with it, the auth events of every row read so far
+            # whose auth events are not read yet. The walks go down the DAG, so that is what
+            # they ask for next; a walk of any shape takes about one query per level, not
+            # one per event, and reads at most one level more than it walks.
+            cited = [a for e in self._unexpanded if (r := self._rows[e]) for a in r[1]]
+            self._unexpanded = []
+            self.preload([event_id, *cited])
         return self._rows[event_id]
+
+    def preload(self, event_ids: Iterable[str]) -> None:
+        """Read the rows of ``event_ids`` not read yet, ``_BATCH`` to a query."""
+        todo = list(dict.fromkeys(e for e in event_ids if e not in self._rows))
+        for start in range(0, len(todo), _BATCH):
+            self._load(todo[start : start + _BATCH])
 
     def loaded(self) -> Iterator[str]:
         return (e for e, row in self._rows.items() if row is not None)
 
     def _load(self, event_ids: list[str]) -> None:
-        if not event_ids:
-            return
         self._rows.update(dict.fromkeys(event_ids))
         marks = ",".join("?" * len(event_ids))
         rows = self._conn.execute(
@@ -148,6 +160,7 @@ class _StoredAuthDag:
             ids = auth_event_ids(self._room_version, room_id, event_type, ids)
             number = ordering if room_id == self._room_id else _FOREIGN
             self._rows[event_id] = (number, ids)
+            self._unexpanded.append(event_id)
 
 
 class _Column(Mapping[str, _V]):
