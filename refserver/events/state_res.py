@@ -236,13 +236,14 @@ class _AuthGraph:
         except KeyError:
             raise StateResolutionError(f"event {event_id} is not in event_map") from None
 
-    def auth_ids_below(self, event_id: str, number: int) -> Sequence[str]:
-        """``auth_ids``, checking that each is numbered below ``number`` (the event's)."""
-        auth_ids = self.auth_ids(event_id)
-        for auth_id in auth_ids:
-            if self.number(auth_id) >= number:
+    def numbered_auth_ids(self, event_id: str, number: int) -> list[tuple[str, int]]:
+        """The event's auth events with their numbers, checking that each is numbered below
+        ``number`` (the event's own)."""
+        numbered = [(auth_id, self.number(auth_id)) for auth_id in self.auth_ids(event_id)]
+        for auth_id, auth_number in numbered:
+            if auth_number >= number:
                 raise _NotTopological(f"{event_id} cites {auth_id}, numbered above it")
-        return auth_ids
+        return numbered
 
     def auth_chain(self, event_id: str) -> frozenset[str]:
         """Every event reachable through ``auth_events`` links (excluding the event itself)."""
@@ -285,8 +286,7 @@ class _AuthGraph:
         todo = [(s, self.number(s)) for s in starts]
         while todo:
             event_id, number = todo.pop()
-            for auth_id in self.auth_ids_below(event_id, number):
-                auth_number = self.number(auth_id)
+            for auth_id, auth_number in self.numbered_auth_ids(event_id, number):
                 if auth_id not in found and auth_number >= floor:
                     found.add(auth_id)
                     todo.append((auth_id, auth_number))
@@ -322,12 +322,12 @@ class _AuthGraph:
         waiting: list[tuple[int, str]] = []  # (−number, event_id): highest number first
         open_count = 0  # events waiting whose mask is not yet ``everyone``
 
-        def reach(event_id: str, mask: int) -> None:
+        def reach(event_id: str, number: int, mask: int) -> None:
             nonlocal open_count
             old = masks.get(event_id)
             if old is None:
                 masks[event_id] = mask
-                heapq.heappush(waiting, (-self.number(event_id), event_id))
+                heapq.heappush(waiting, (-number, event_id))
                 open_count += mask != everyone
             elif old | mask != old:
                 masks[event_id] = old | mask
@@ -336,7 +336,7 @@ class _AuthGraph:
         for bit, state in enumerate(state_sets):
             for event_id in set(state.values()):
                 for auth_id in self.auth_ids(event_id):
-                    reach(auth_id, 1 << bit)
+                    reach(auth_id, self.number(auth_id), 1 << bit)
         difference: set[str] = set()
         taken: set[str] = set()
         while open_count:
@@ -346,10 +346,10 @@ class _AuthGraph:
             if mask != everyone:
                 open_count -= 1
                 difference.add(event_id)
-            for auth_id in self.auth_ids_below(event_id, -negated):
+            for auth_id, auth_number in self.numbered_auth_ids(event_id, -negated):
                 if auth_id in taken:  # numbered higher, yet cited: not topological
                     raise _NotTopological(f"{event_id} cites {auth_id}, taken before it")
-                reach(auth_id, mask)
+                reach(auth_id, auth_number, mask)
         return difference
 
     def conflicted_subgraph(self, conflicted: set[str]) -> set[str]:

@@ -149,7 +149,9 @@ class _StoredAuthDag:
     def _load(self, event_ids: list[str]) -> None:
         self._rows.update(dict.fromkeys(event_ids))
         marks = ",".join("?" * len(event_ids))
-        rows = self._conn.execute(
+        cursor = self._conn.cursor()
+        cursor.row_factory = None  # plain tuples: thousands of rows per resolution
+        rows = cursor.execute(
             "SELECT event_id, stream_ordering, room_id, type,"
             " json_extract(pdu_json, '$.auth_events')"
             f" FROM events WHERE event_id IN ({marks})",
