@@ -333,10 +333,17 @@ class _AuthGraph:
                 masks[event_id] = old | mask
                 open_count -= old | mask == everyone
 
-        for bit, state in enumerate(state_sets):
-            for event_id in set(state.values()):
+        # Seed each auth event of the state events once: those of events in every state
+        # set (most of a big room's members) are in every chain.
+        values = [set(state.values()) for state in state_sets]
+        in_all = values[0].intersection(*values[1:])
+        seeds = dict.fromkeys((a for e in in_all for a in self.auth_ids(e)), everyone)
+        for bit, ids in enumerate(values):
+            for event_id in ids - in_all:
                 for auth_id in self.auth_ids(event_id):
-                    reach(auth_id, self.number(auth_id), 1 << bit)
+                    seeds[auth_id] = seeds.get(auth_id, 0) | 1 << bit
+        for auth_id, mask in seeds.items():
+            reach(auth_id, self.number(auth_id), mask)
         difference: set[str] = set()
         taken: set[str] = set()
         while open_count:
