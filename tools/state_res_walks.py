@@ -2,22 +2,26 @@
 walks over the whole auth closures (docs/reliability.md, "Soak").
 
 ``python tools/state_res_walks.py``: builds rooms in an in-memory database (stored in auth
-order, as a server stores them) and resolves two states differing in one member's latest
-change, ``--repeat`` times each way; the whole-closure walk is what a room flagged in
-``rooms_auth_unordered`` gets. Two shapes:
+order, as a server stores them) and resolves two of its states, ``--repeat`` times each way
+(the median is shown); the whole-closure walk is what a room flagged in
+``rooms_auth_unordered`` gets. Three shapes:
 
-* **chain**: 8 members who changed their profile ``--changes`` times each (the soak's room:
-  each member event cites the member's previous one, so its auth chain holds them all);
+* **chain**: 8 members who changed their profile ``--changes`` times each, in turns, the
+  states differing in the last member's latest change (the soak's room: each member event
+  cites the member's previous one, so its auth chain holds them all);
 * **broad**: ``--members`` members who each joined and changed it 5 times before the next
   joined, the conflicted member being the newest, the middle one or the oldest (the bounded
   walk goes down the stream ordering to the older conflicted event, so the older it is, the
-  more of the room it walks: the oldest member's is the worst case).
+  more of the room it walks: the oldest member's is the worst case);
+* **join storm**: half as many members, then 20 new members joined on each side of a fork
+  (the shape of ``benchmarks/``' join storms).
 """
 
 from __future__ import annotations
 
 import argparse
 import sqlite3
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -64,27 +68,49 @@ def build(
     return c, [{**state, (MEMBER, user): newer}, state]
 
 
+def build_joins(rv: RoomVersion, members: int, joiners: int) -> tuple[Chain, list[StateMap]]:
+    """A join storm's fork: ``members`` joined, then ``joiners`` more on each side."""
+    c, sets = build(rv, members, 0, 0, False)
+    state = sets[1]
+    cited = [state[(POWER_LEVELS, "")], state[(JOIN_RULES, "")]]
+    forks = []
+    for side in "jk":
+        fork = dict(state)
+        for n in range(joiners):
+            user = f"@{side}{n}:example.org"
+            fork[(MEMBER, user)] = c.new(f"{side}{n}", MEMBER, user, user, JOIN, cited)
+        forks.append(fork)
+    return c, forks
+
+
 def time_both(rv: RoomVersion, c: Chain, sets: list[StateMap], repeat: int) -> tuple[float, float]:
-    conn = sqlite3.connect(":memory:")
-    conn.row_factory = sqlite3.Row
-    migrate(conn)
-    store(conn, rv, c.events)
+    """Median milliseconds per resolution, bounded and whole-closure, timed alternately (two
+    copies of the room, one flagged in ``rooms_auth_unordered``) so that drift in the
+    machine's speed falls on both alike."""
     room_id = room_id_for(rv)
-    took = []
-    for _ in ("bounded", "whole"):
-        began = time.perf_counter()
-        for _ in range(repeat):
+    conns = []
+    for flagged in (False, True):
+        conn = sqlite3.connect(":memory:")
+        conn.row_factory = sqlite3.Row
+        migrate(conn)
+        store(conn, rv, c.events)
+        if flagged:
+            conn.execute("INSERT INTO rooms_auth_unordered (room_id) VALUES (?)", (room_id,))
+        conns.append(conn)
+    took: list[list[float]] = [[], []]
+    for _ in range(repeat):
+        for way, conn in enumerate(conns):
+            began = time.perf_counter()
             room_state.resolve_states(conn, rv, room_id, sets)
-        took.append((time.perf_counter() - began) / repeat * 1000)
-        conn.execute("INSERT OR IGNORE INTO rooms_auth_unordered (room_id) VALUES (?)", (room_id,))
-    return took[0], took[1]
+            took[way].append((time.perf_counter() - began) * 1000)
+    return statistics.median(took[0]), statistics.median(took[1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--changes", type=int, default=1000, help="chain: changes per member")
     parser.add_argument("--members", type=int, default=500, help="broad: members")
-    parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--repeat", type=int, default=21)
     args = parser.parse_args()
     shapes = [
         (f"chain: 8 members × {args.changes} changes", 8, args.changes, 7, True),
@@ -94,14 +120,21 @@ def main() -> None:
     ]
     print("| room | version | events | bounded | whole closure |")
     print("|---|---|---|---|---|")
-    for label, members, changes, conflicted, in_turns in shapes:
-        for rv in (ROOM_V11, ROOM_V12):
-            c, sets = build(rv, members, changes, conflicted, in_turns)
-            bounded, whole = time_both(rv, c, sets, args.repeat)
-            print(
-                f"| {label} | {rv.identifier} | {len(c.events):,} "
-                f"| {bounded:.1f} ms | {whole:.1f} ms |"
-            )
+    rooms = [
+        (label, rv, build(rv, members, changes, conflicted, in_turns))
+        for label, members, changes, conflicted, in_turns in shapes
+        for rv in (ROOM_V11, ROOM_V12)
+    ]
+    rooms += [
+        (f"join storm: {args.members // 2} members, 20 joins on each side", rv,
+         build_joins(rv, args.members // 2, 20))
+        for rv in (ROOM_V11, ROOM_V12)
+    ]  # fmt: skip
+    for label, rv, (c, sets) in rooms:
+        bounded, whole = time_both(rv, c, sets, args.repeat)
+        print(
+            f"| {label} | {rv.identifier} | {len(c.events):,} | {bounded:.1f} ms | {whole:.1f} ms |"
+        )
 
 
 if __name__ == "__main__":
