@@ -166,9 +166,17 @@ class RemoteProfileCache:
     async def _run_refresher(self) -> None:
         while True:
             await trio.sleep(self._refresh_interval_s)
-            for user_id in await self._db.run(self._stale_shared_users, self._clock.time_ms()):
+            now = self._clock.time_ms()
+            for user_id, never_cached in await self._db.run(self._stale_shared_users, now):
                 if user_id in self._fetch_due:
                     continue  # its join fetch is coming (or an EDU makes it unnecessary)
+                if never_cached:
+                    # Nothing known about them: a user who has just started sharing a room
+                    # (their join is stored; the member feed has yet to schedule the join
+                    # fetch) or one never fetched before a restart. A join fetch, then: the
+                    # join-time EDU may be on its way.
+                    self.schedule_fetch(user_id)
+                    continue
                 await self._try_refresh(user_id)
                 await trio.sleep(1.0 / self._refresh_per_second)
 
@@ -235,7 +243,9 @@ class RemoteProfileCache:
                     if not waiting:
                         del self._requery[server]
 
-    def _stale_shared_users(self, conn: sqlite3.Connection, now: int) -> list[str]:
+    def _stale_shared_users(self, conn: sqlite3.Connection, now: int) -> list[tuple[str, bool]]:
+        """Remote users sharing a room with ours whose cached copy is stale, each with
+        whether anything is cached about them at all."""
         users = cache_store.remote_users_sharing_rooms(conn, self._server_name)
         bounds = {"*": now - self._ttl_ms}
         for user_id in users:
@@ -244,7 +254,8 @@ class RemoteProfileCache:
                 conn, server, since_ms=now - self._ttl_edu_ms
             ):
                 bounds[server] = now - self._ttl_edu_ms
-        return cache_store.stale_remote_users(conn, users, bounds)
+        stale = cache_store.stale_remote_users(conn, users, bounds)
+        return [(user_id, cache_store.get_cached(conn, user_id)[1] is None) for user_id in stale]
 
 
 def _needs_fetch(conn: sqlite3.Connection, *, user_id: str, requery: bool = False) -> bool:

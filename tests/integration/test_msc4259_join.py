@@ -80,6 +80,10 @@ def servers(tmp_path: Path) -> Iterator[Callable[..., list[ServerProcess]]]:
     stop_all(started)
 
 
+#: The join fetch's grace in the no-query test (default 2 s, plus slack for CI).
+JOIN_GRACE_S = 4.0
+
+
 def set_profile(user: User, profile: dict[str, Any]) -> None:
     for name, value in profile.items():
         user.put_field(name, value)
@@ -171,9 +175,14 @@ def test_profiles_that_arrived_by_edu_cause_no_profile_queries_and_reads_hit_the
     servers: Callable[..., list[ServerProcess]],
 ) -> None:
     """A join and normal use between two refservers: the refresher runs every 0.3 s with a
-    1 s TTL for servers not known to send EDUs, the join fetch is due 2 s after the join,
-    and still neither server sends a single query/profile."""
+    1 s TTL for servers not known to send EDUs, the join fetch is due JOIN_GRACE_S after the
+    join and is waited out, and still neither server sends a single query/profile. (On a
+    loaded 2-core CI machine this test once saw one query from hs1. Two causes fit: the
+    refresher querying a user whose join was stored before the join fetch was scheduled,
+    now fixed, or a join-time EDU slower than the default 2 s grace, when a query is what
+    the grace is for: hence the slack.)"""
     busy: Settings = {
+        ("msc4259", "join_fetch_grace_s"): str(JOIN_GRACE_S),
         ("msc4259", "refresh_interval_s"): "0.3",
         ("msc4259", "remote_cache_ttl_s"): "1.0",
         ("msc4259", "debounce_s"): "0.05",
@@ -186,6 +195,7 @@ def test_profiles_that_arrived_by_edu_cause_no_profile_queries_and_reads_hit_the
     set_profile(alice, ALICE_PROFILE)
     set_profile(bob, {"displayname": "Bob", "org.example.lang": "fr"})
     room_id = share_room(alice, bob)
+    joined = time.monotonic()
     bob_watch = SyncWatcher(bob, bob.sync()["next_batch"])
     alice_watch = SyncWatcher(alice, alice.sync()["next_batch"])
     # Through /sync, not GET /profile: a read before the EDUs arrived would query.
@@ -207,7 +217,7 @@ def test_profiles_that_arrived_by_edu_cause_no_profile_queries_and_reads_hit_the
     bob_watch.wait_for(alice.user_id, "m.tz", "Asia/Tokyo")
     bob.put_field("displayname", "Bobby")
     alice_watch.wait_for(bob.user_id, "displayname", "Bobby")
-    observe_until = time.monotonic() + 3.0
+    observe_until = max(time.monotonic() + 3.0, joined + JOIN_GRACE_S + 1.0)
     while time.monotonic() < observe_until:
         bob_watch.poll(500)
 

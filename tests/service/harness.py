@@ -205,6 +205,7 @@ class Homeserver:
 
     services: Services
     clock: LinkedClock
+    db: Database
     _txn_ids: int = 0
 
     @property
@@ -308,9 +309,10 @@ async def running_homeserver(
     try:
         network = FakeNetwork(*peers)
         async with httpx.AsyncClient(transport=httpx.MockTransport(network.handle)) as http:
+            db = InlineDatabase(conn)
             services = build_services(
                 config,
-                InlineDatabase(conn),
+                db,
                 signedjson.key.generate_signing_key("t"),
                 http,
                 clock=clock,
@@ -322,7 +324,7 @@ async def running_homeserver(
                 await nursery.start(services.profile_edus.run)
                 if remote_profile_tasks:
                     await nursery.start(services.remote_profiles.run)
-                yield Homeserver(services, clock)
+                yield Homeserver(services, clock, db)
                 nursery.cancel_scope.cancel()
     finally:
         conn.close()

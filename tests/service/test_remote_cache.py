@@ -18,6 +18,7 @@ from trio.testing import MockClock
 from refserver.clock import LinkedClock
 from refserver.profiles.edus import UNSTABLE_EDU_TYPE
 from refserver.settings import Msc4259Section
+from refserver.storage import remote_profiles as cache_store
 from tests.service.harness import REMOTE, FakeHomeserver, Homeserver, running_homeserver
 
 TTL_S = 60.0
@@ -162,3 +163,30 @@ async def test_a_rate_limited_edu_makes_one_query_soon(
         assert await profiles.get_profile(ALICE) == {"m.tz": "Asia/Tokyo"}
         await trio.sleep(REFRESH_INTERVAL_S)
         assert len(queries(peer)) == 1, "one query for three dropped updates"
+
+
+async def test_the_refresher_treats_a_user_it_knows_nothing_about_as_a_join(
+    tmp_path: Path, autojump_clock: MockClock, clock: LinkedClock, peer: FakeHomeserver
+) -> None:
+    """A user sharing a room of whom nothing is cached (their join just stored, the member
+    feed not yet run; or never fetched before a restart) gets a join fetch, not a query at
+    once: ``join_fetch_grace_s`` later, and not at all if the join-time EDU arrives first."""
+    peer.profiles[ALICE] = {"m.tz": "Europe/Rome"}
+    async with running_homeserver(
+        tmp_path, peer, clock=clock, msc4259=SETTINGS, remote_profile_tasks=True
+    ) as hs:
+        await alice_shares_a_room(hs, peer)
+        await peer.wait_for(lambda: queries(peer), what="the join fetch")
+        await hs.db.run(cache_store.forget, ALICE)  # as before her join feed ran
+        await trio.sleep_until(REFRESH_INTERVAL_S + 0.5)  # just after the refresher's pass
+        assert len(queries(peer)) == 1, "the refresher did not query at once"
+        await hs.send_edus(REMOTE, [profile_edu({"m.tz": "Asia/Seoul"})])
+        await trio.sleep(GRACE_S + 1)
+        assert len(queries(peer)) == 1, "the EDU arrived within the grace: no query"
+        assert await hs.services.profiles.get_profile(ALICE) == {"m.tz": "Asia/Seoul"}
+        # Without the EDU, the join fetch queries after the grace.
+        await hs.db.run(cache_store.forget, ALICE)
+        forgotten = trio.current_time()
+        query = (await peer.wait_for(lambda: queries(peer)[1:], what="the fetch"))[0]
+        refresher_pass = (forgotten // REFRESH_INTERVAL_S + 1) * REFRESH_INTERVAL_S
+        assert GRACE_S <= query - refresher_pass < GRACE_S + 0.1
