@@ -17,6 +17,7 @@ from refserver.crypto.signing import (
     verify_json_for_entity,
     verify_signed_json,
 )
+from tests.unit.events.test_deep_values import deep_value
 from tests.unit.spec_vectors import (
     load_vectors,
     other_signing_key,
@@ -133,20 +134,10 @@ def test_get_signature_returns_none_when_absent(obj: dict[str, Any]) -> None:
     assert signature_key_ids(obj, "domain") == []
 
 
-def _deep(levels: int) -> dict[str, Any]:
-    root: dict[str, Any] = {}
-    node = root
-    for _ in range(levels):
-        child: dict[str, Any] = {}
-        node["k"] = [child]
-        node = child
-    return root
-
-
 def test_signing_a_very_deep_value_does_not_recurse() -> None:
     """A 900-level value (1,800 nested arrays and objects) once raised RecursionError when a
     transaction holding it was signed, killing the sender; it is signed and verifies."""
-    obj = {"content": _deep(900), "unsigned": {"age": 1}}
+    obj = {"content": deep_value(900), "unsigned": {"age": 1}}
     signed = sign_json(obj, "domain", spec_signing_key())
     assert signed["unsigned"] == {"age": 1} and "signatures" not in obj
     verify_signed_json(signed, "domain", spec_verify_key())

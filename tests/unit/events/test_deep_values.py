@@ -25,7 +25,8 @@ from tests.unit.spec_vectors import spec_signing_key, spec_verify_key
 LEVELS = 3000
 
 
-def _deep(levels: int = LEVELS) -> dict[str, Any]:
+def deep_value(levels: int = LEVELS) -> dict[str, Any]:
+    """``{"k": [{"k": [… {"leaf": "x"}]}]}``, ``levels`` objects deep."""
     root: dict[str, Any] = {}
     node = root
     for _ in range(levels):
@@ -54,7 +55,7 @@ def test_copy_json_copies_every_container_and_shares_scalars() -> None:
 
 
 def test_copy_json_of_a_very_deep_value() -> None:
-    deep = _deep()
+    deep = deep_value()
     copied = copy_json(deep)
     assert copied is not deep and _leaf(copied) == "x"
 
@@ -65,7 +66,7 @@ def test_a_very_deep_event_is_built_signed_checked_redacted_and_formatted() -> N
         room_id="!room:example.org",
         sender="@a:example.org",
         event_type="org.example.deep",
-        content=_deep(),
+        content=deep_value(),
         state_key="",
         prev_events=[],
         auth_events=[],
@@ -85,13 +86,13 @@ def test_a_very_deep_event_is_built_signed_checked_redacted_and_formatted() -> N
     )
     assert not kept.redacted and _leaf(kept.pdu["content"]) == "x"
     assert "k" not in redact(event.pdu, ROOM_V12)["content"]
-    assert _leaf(client_event(event, unsigned={"deep": _deep()})["content"]) == "x"
+    assert _leaf(client_event(event, unsigned={"deep": deep_value()})["content"]) == "x"
     assert _leaf(stripped_state_event(event)["content"]) == "x"
 
 
 def test_a_response_too_deep_for_the_json_encoder_is_encoded_without_recursion() -> None:
     app = create_app([], max_body_bytes=1024)
-    body = {"content": _deep()}
+    body = {"content": deep_value()}
     assert app.json.dumps(body) == encode_canonical_json(body).decode()
     # Everything else keeps quart's own encoding.
     assert app.json.dumps({"b": 1, "a": "é"}) == '{"a": "\\u00e9", "b": 1}'
