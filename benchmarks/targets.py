@@ -9,6 +9,8 @@ CPU time and RSS are read from ``/proc/<pid>`` (proc(5): ``stat`` fields 14–15
 from __future__ import annotations
 
 import os
+import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -79,7 +81,33 @@ class RefserverTarget:
         return self.process.proc.pid
 
     def stop(self) -> object:
-        return self.process.stop() if self.process.proc is not None else None
+        code = self.process.stop() if self.process.proc is not None else None
+        errors = logged_errors(self.process.log_path)
+        if errors:
+            # The data directory, and the log with it, is deleted when the run ends.
+            print(
+                f"[refserver] logged {len(errors)} error(s) during the run:",
+                *errors,
+                sep="\n",
+                file=sys.stderr,
+            )
+        return code
+
+
+#: A log record starts with the timestamp ``logging`` puts first in refserver's format.
+_RECORD_START = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ", re.MULTILINE)
+
+
+def logged_errors(log_path: Path) -> list[str]:
+    """The ERROR and CRITICAL records of a refserver log, tracebacks included (an unhandled
+    error in a request is one, logged where the client got a 500)."""
+    if not log_path.exists():
+        return []
+    text = log_path.read_text(errors="replace")
+    starts = [m.start() for m in _RECORD_START.finditer(text)]
+    ends = [*starts[1:], len(text)]
+    records = [text[a:b].rstrip("\n") for a, b in zip(starts, ends, strict=True)]
+    return [r for r in records if r[24:].startswith(("ERROR ", "CRITICAL "))]
 
 
 @dataclass

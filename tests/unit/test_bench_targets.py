@@ -4,7 +4,10 @@ smaller scale than the issue names is "not measured"."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from benchmarks.scenarios import Delivery, FanOut, Memory, PutLatency, TargetResults
+from benchmarks.targets import logged_errors
 from benchmarks.targets_table import MET, NOT_MEASURED, NOT_MET, TargetRow, target_rows
 
 
@@ -50,3 +53,22 @@ def test_targets_measured_below_10000_destinations_are_not_measured() -> None:
     assert _row(rows, "memory").verdict == NOT_MEASURED, rows
     assert _row(rows, "put10k").verdict == NOT_MEASURED, rows
     assert _row(rows, "fanout500_warm_time").verdict == NOT_MEASURED, rows
+
+
+def test_logged_errors_are_the_error_records_with_their_tracebacks(tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    log.write_text(
+        "2026-11-30 18:25:17,902 INFO refserver.x: fine\n"
+        "2026-11-30 18:25:18,001 ERROR refserver.app.http: unhandled error on POST /x\n"
+        "Traceback (most recent call last):\n"
+        '  File "x.py", line 1, in f\n'
+        "ValueError: boom\n"
+        "2026-11-30 18:25:18,002 WARNING refserver.y: not an error\n"
+    )
+    assert logged_errors(log) == [
+        "2026-11-30 18:25:18,001 ERROR refserver.app.http: unhandled error on POST /x\n"
+        "Traceback (most recent call last):\n"
+        '  File "x.py", line 1, in f\n'
+        "ValueError: boom"
+    ]
+    assert logged_errors(tmp_path / "absent.log") == []
