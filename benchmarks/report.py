@@ -10,10 +10,19 @@ import os
 import platform
 import statistics
 import subprocess
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
-from benchmarks.scenarios import Delivery, FanOut, Latency, TargetResults
+from benchmarks.scenarios import (
+    Delivery,
+    FanOut,
+    JoinStorm,
+    Latency,
+    SpreadJoin,
+    TargetResults,
+)
 from benchmarks.sender_memory import SenderMemory
 from benchmarks.targets_table import (
     POLL_CHANGES_PER_HOUR,
@@ -310,31 +319,23 @@ def write_report(
         f"| N before → after | {' | '.join(heads)} |",
         f"|---|{'---|' * len(heads)}",
     ]
-    steps = sorted({(j.n_before, j.n_before + j.attempted) for r in results for j in r.joins})
-    for before, after in steps:
-        cells = []
-        for r in results:
-            j = next(
-                (j for j in r.joins if j.n_before == before and j.n_before + j.attempted == after),
-                None,
+
+    def storm_cell(j: JoinStorm) -> str:
+        cell = f"{j.joined}/{j.attempted} joined · wall {_s(j.wall_s)} · CPU {_s(j.cpu_s)}"
+        if j.joined:
+            cell += f" ({j.cpu_s / j.joined * 1000:.0f} ms CPU per join)"
+        if j.drained_s is None:
+            cell += " · join events not delivered to every member within 240 s more"
+        else:
+            cell += (
+                f" · every join PDU delivered after {_s(j.drained_s)}, "
+                f"CPU until then {_s(j.cpu_drained_s)}"
             )
-            if j is None:
-                cells.append("not run")
-                continue
-            cell = f"{j.joined}/{j.attempted} joined · wall {_s(j.wall_s)} · CPU {_s(j.cpu_s)}"
-            if j.joined:
-                cell += f" ({j.cpu_s / j.joined * 1000:.0f} ms CPU per join)"
-            if j.drained_s is None:
-                cell += " · join events not delivered to every member within 240 s more"
-            else:
-                cell += (
-                    f" · every join PDU delivered after {_s(j.drained_s)}, "
-                    f"CPU until then {_s(j.cpu_drained_s)}"
-                )
-            if j.error:
-                cell += f" · stopped: {j.error}"
-            cells.append(cell)
-        lines.append(f"| {before} → {after} | {' | '.join(cells)} |")
+        if j.error:
+            cell += f" · stopped: {j.error}"
+        return cell
+
+    lines += _step_rows(results, lambda r: r.joins, storm_cell)
 
     lines += [
         "",
@@ -578,25 +579,17 @@ def _scale_sections(results: list[TargetResults], heads: list[str]) -> list[str]
         f"| destinations before → after | {' | '.join(heads)} |",
         f"|---|{'---|' * len(heads)}",
     ]
-    steps = sorted({(x.n_before, x.n_before + x.attempted) for r in results for x in r.spreads})
-    for before, after in steps:
-        cells = []
-        for r in results:
-            x = next(
-                (x for x in r.spreads if (x.n_before, x.n_before + x.attempted) == (before, after)),
-                None,
-            )
-            if x is None:
-                cells.append("not run")
-                continue
-            cell = (
-                f"{x.joined}/{x.attempted} joined into {x.rooms} rooms of {x.room_size} "
-                f"({x.concurrency} rooms at a time) · wall {_s(x.wall_s)} · CPU {_s(x.cpu_s)}"
-            )
-            if x.error:
-                cell += f" · {x.error}"
-            cells.append(cell.replace("|", "\\|"))
-        lines.append(f"| {before} → {after} | {' | '.join(cells)} |")
+
+    def spread_cell(x: SpreadJoin) -> str:
+        cell = (
+            f"{x.joined}/{x.attempted} joined into {x.rooms} rooms of {x.room_size} "
+            f"({x.concurrency} rooms at a time) · wall {_s(x.wall_s)} · CPU {_s(x.cpu_s)}"
+        )
+        if x.error:
+            cell += f" · {x.error}"
+        return cell.replace("|", "\\|")
+
+    lines += _step_rows(results, lambda r: r.spreads, spread_cell)
 
     lines += [
         "",
@@ -675,3 +668,27 @@ def _bytes(x: float) -> str:
         if x >= div:
             return f"{x / div:,.2f} {unit}"
     return f"{x:.0f} B"
+
+
+_Step = TypeVar("_Step", JoinStorm, SpreadJoin)
+
+
+def _step_rows(
+    results: list[TargetResults],
+    runs: Callable[[TargetResults], Sequence[_Step]],
+    cell: Callable[[_Step], str],
+) -> list[str]:
+    """One table row per step "N before → after" of a join storm or spread, a cell per
+    server ("not run" where that server did not reach the step)."""
+    steps = sorted({(x.n_before, x.n_before + x.attempted) for r in results for x in runs(r)})
+    rows = []
+    for before, after in steps:
+        cells = []
+        for r in results:
+            x = next(
+                (x for x in runs(r) if (x.n_before, x.n_before + x.attempted) == (before, after)),
+                None,
+            )
+            cells.append("not run" if x is None else cell(x))
+        rows.append(f"| {before} → {after} | {' | '.join(cells)} |")
+    return rows
